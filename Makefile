@@ -1,0 +1,33 @@
+# Two entry points: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+# The CPU wheel here; on a GPU machine pick the CUDA build, e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+DEMO_ARGS ?=
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# Re-run only when the package's dependencies change; torch goes first so that
+# the dependency ranges below are met by the local wheel instead of a CUDA download.
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/torchrun --nproc-per-node 2 tools/train_rm.py parallel.tp=2 run.dir=$(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) tools/summarize_run.py $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,54 @@
+"""Train the demo's small BPE tokenizer and save it as a Hugging Face tokenizer folder.
+
+    python examples/demo/train_tokenizer.py      # writes examples/demo/tokenizer/
+
+It loads through `transformers.AutoTokenizer` like any real model's tokenizer,
+so the demo exercises the same code path. Digits are split one per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+HERE = Path(__file__).resolve().parent
+SPECIAL = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def texts(data_dir: Path):
+    for name in ("train.jsonl", "eval.jsonl"):
+        with (data_dir / name).open(encoding="utf-8") as rows:
+            for line in rows:
+                row = json.loads(line)
+                yield row["prompt"] + row["chosen"]
+                yield row["prompt"] + row["rejected"]
+
+
+def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tokenizer.decoder = decoders.BPEDecoder()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()))
+    tokenizer.train_from_iterator(texts(data_dir), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=HERE / "data")
+    parser.add_argument("--out-dir", type=Path, default=HERE / "tokenizer")
+    parser.add_argument("--vocab-size", type=int, default=384)
+    args = parser.parse_args()
+    tokenizer = build(args.data_dir, args.vocab_size)
+    tokenizer.save_pretrained(str(args.out_dir))
+    print(f"saved a {len(tokenizer)}-token tokenizer to {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Typed configuration for megatron-rm.
+
+Plain dataclasses, one per config group. Hydra fills them at the CLI edge
+(`tools/`); the library only ever sees these objects. `validate` checks a whole
+config against the launch (world size, devices) before any process group or
+model exists, and names every offending value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megatron_rm.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder with a reward head."""
+
+    tokenizer: str = "examples/demo/tokenizer"
+    """Hugging Face tokenizer folder; the vocabulary size comes from it."""
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None
+    """Key/value heads for grouped-query attention; None means one per attention head."""
+    kv_channels: Optional[int] = None
+    """Per-head dimension; None means hidden_size / num_attention_heads."""
+    ffn_hidden_size: int = 256
+    max_sequence_length: int = 512
+    normalization: str = "RMSNorm"
+    """RMSNorm or LayerNorm."""
+    norm_epsilon: float = 1e-5
+    activation: str = "swiglu"
+    """swiglu (gated SiLU, as Llama) or gelu."""
+    position_embedding_type: str = "rope"
+    """rope or learned_absolute."""
+    rotary_base: int = 10000
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = False
+    """Bias on the q/k/v projection only (Qwen2)."""
+    init_method_std: float = 0.02
+    hidden_dropout: float = 0.0
+    """Reward models train without dropout by default, as TRL does, so runs repeat exactly."""
+    attention_dropout: float = 0.0
+    num_labels: int = 1
+    """Reward head outputs: 1 for a scalar reward, more for multi-attribute heads."""
+    head_bias: bool = False
+    head_init_std: float = 0.02
+    make_vocab_size_divisible_by: int = 128
+    """The embedding is padded to a multiple of this, independent of TP, so a
+    checkpoint loads at any tensor-parallel size that divides the padded size."""
+    transformer_impl: str = "auto"
+    """auto (TransformerEngine when it imports and CUDA is present, else local),
+    local (megatron-core modules only) or transformer_engine."""
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size. Data-parallel size is world_size / (tp * pp)."""
+    sequence_parallel: bool = False
+    """Split activations along the sequence across TP ranks (GPU with TransformerEngine)."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state across data-parallel ranks (GPU only in megatron-core 0.16)."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    """Optimizer steps; 0 evaluates the starting weights (checkpoint.load) and saves nothing."""
+    global_batch_size: int = 32
+    """Preference pairs per optimizer step, over all data-parallel ranks."""
+    micro_batch_size: int = 8
+    """Pairs per micro-batch on one rank (2x this many sequences: chosen and rejected)."""
+    seed: int = 1234
+    lr: float = 1e-3
+    lr_warmup_steps: int = 0
+    """Linear warm-up from 0 to `lr`; the rate then stays constant."""
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip over TP/PP/DP; 0 disables."""
+    log_interval: int = 10
+
+
+@dataclass
+class DataConfig:
+    train_path: str = "examples/demo/data/train.jsonl"
+    """JSON Lines with `prompt`, `chosen`, `rejected` strings."""
+    eval_path: Optional[str] = "examples/demo/data/eval.jsonl"
+    max_length: int = 128
+    """Longest sequence (prompt + response + EOS) in tokens; longer pairs are dropped and counted."""
+    pad_to_multiple_of: int = 8
+    """Micro-batches are padded to their own longest row, rounded up to this."""
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 0
+    """Evaluate every this many steps (0: only at the end)."""
+    micro_batch_size: Optional[int] = None
+    """Pairs per evaluation micro-batch; defaults to train.micro_batch_size."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    """Run directory: metrics.jsonl, config.yaml and checkpoints/."""
+
+
+@dataclass
+class CheckpointConfig:
+    load: Optional[str] = None
+    """Start from this checkpoint: one checkpoint's folder, or a run's
+    `checkpoints/` folder (its newest complete checkpoint). Any TP/PP layout."""
+    save_interval: int = 0
+    """Save every this many steps (0: only at the end). The last step is always saved."""
+
+
+@dataclass
+class RMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def padded_vocab_size(vocab_size: int, model: ModelConfig) -> int:
+    """Embedding rows: the tokenizer's size rounded up to `make_vocab_size_divisible_by`."""
+    multiple = model.make_vocab_size_divisible_by
+    return -(-vocab_size // multiple) * multiple
+
+
+def validate(
+    cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int
+) -> None:
+    """Raise ConfigError listing every reason `cfg` cannot run on this launch."""
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    problems = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp),
+                        ("train.global_batch_size", t.global_batch_size),
+                        ("train.micro_batch_size", t.micro_batch_size),
+                        ("model.num_labels", m.num_labels)):
+        need(value >= 1, f"{name}={value} must be >= 1")
+    need(t.max_steps >= 0, f"train.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+    model_parallel = p.tp * p.pp
+    need(world_size % model_parallel == 0,
+         f"world size {world_size} is not divisible by parallel.tp={p.tp} x parallel.pp={p.pp}"
+         f" = {model_parallel}")
+    dp = max(world_size // model_parallel, 1)
+    need(m.num_layers % p.pp == 0,
+         f"model.num_layers={m.num_layers} is not divisible by parallel.pp={p.pp}")
+    need(m.num_attention_heads % p.tp == 0,
+         f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}")
+    groups = m.num_query_groups or m.num_attention_heads
+    need(groups % p.tp == 0,
+         f"model.num_query_groups={groups} is not divisible by parallel.tp={p.tp}")
+    need(m.num_attention_heads % groups == 0,
+         f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
+         f"model.num_query_groups={groups}")
+    need(m.ffn_hidden_size % p.tp == 0,
+         f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
+    need(m.hidden_size % p.tp == 0,
+         f"model.hidden_size={m.hidden_size} is not divisible by parallel.tp={p.tp} "
+         "(the reward head is split along the hidden dimension)")
+    padded = padded_vocab_size(vocab_size, m)
+    need(padded % p.tp == 0,
+         f"padded vocabulary {padded} (tokenizer {vocab_size}, multiple of "
+         f"model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by}) "
+         f"is not divisible by parallel.tp={p.tp}")
+    need(t.lr_warmup_steps >= 0 and (t.lr_warmup_steps < t.max_steps or t.max_steps == 0),
+         f"train.lr_warmup_steps={t.lr_warmup_steps} must be >= 0 and below "
+         f"train.max_steps={t.max_steps}")
+    per_step = t.micro_batch_size * dp
+    need(t.global_batch_size % per_step == 0,
+         f"train.global_batch_size={t.global_batch_size} is not divisible by "
+         f"train.micro_batch_size={t.micro_batch_size} x data-parallel size {dp} = {per_step}")
+    need(cfg.data.max_length <= m.max_sequence_length,
+         f"data.max_length={cfg.data.max_length} exceeds "
+         f"model.max_sequence_length={m.max_sequence_length}")
+    need(m.num_labels == 1,
+         f"model.num_labels={m.num_labels}: Bradley-Terry training needs a scalar reward "
+         "(model.num_labels=1)")
+    need(m.normalization in ("RMSNorm", "LayerNorm"),
+         f"model.normalization={m.normalization!r} must be RMSNorm or LayerNorm")
+    need(m.activation in ("swiglu", "gelu"),
+         f"model.activation={m.activation!r} must be swiglu or gelu")
+    need(m.position_embedding_type in ("rope", "learned_absolute"),
+         f"model.position_embedding_type={m.position_embedding_type!r} must be rope or "
+         "learned_absolute")
+    need(m.transformer_impl in ("auto", "local", "transformer_engine"),
+         f"model.transformer_impl={m.transformer_impl!r} must be auto, local or transformer_engine")
+    if m.transformer_impl == "transformer_engine":
+        need(cuda and te_available,
+             "model.transformer_impl=transformer_engine needs CUDA and an importable "
+             f"transformer_engine (cuda={cuda}, transformer_engine={te_available})")
+
+    # Paths that megatron-core 0.16 only implements for CUDA tensors.
+    if p.use_distributed_optimizer:
+        need(cuda, "parallel.use_distributed_optimizer=true needs CUDA: megatron-core 0.16's "
+                   "distributed optimizer rejects CPU tensors; use the default optimizer on CPU")
+    if p.sequence_parallel:
+        need(cuda and te_available and m.transformer_impl != "local",
+             "parallel.sequence_parallel=true needs CUDA and TransformerEngine (its norms handle "
+             f"sequence-split activations; cuda={cuda}, transformer_engine={te_available}, "
+             f"model.transformer_impl={m.transformer_impl})")
+        need(p.tp > 1, f"parallel.sequence_parallel=true needs parallel.tp > 1 (got {p.tp})")
+
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -1,0 +1,22 @@
+"""Errors caused by the user's input rather than by a bug.
+
+Each is raised identically on every rank (they come from checks every rank
+runs on the same config, files and checkpoints), so entry points print the
+message once, without a traceback, and exit non-zero.
+"""
+
+
+class UsageError(Exception):
+    """Bad configuration, data or checkpoint; the message says what and where."""
+
+
+class ConfigError(UsageError, ValueError):
+    """A configuration that cannot run; the message lists every problem found."""
+
+
+class DataError(UsageError, ValueError):
+    """Unreadable or malformed data; the message names the file, line and field."""
+
+
+class CheckpointError(UsageError, ValueError):
+    """A checkpoint that is missing, incomplete, not ours, or for another model."""

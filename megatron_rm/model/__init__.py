@@ -1,0 +1,5 @@
+from megatron_rm.model.build import build_reward_model, transformer_config
+from megatron_rm.model.reward_head import RewardHead
+from megatron_rm.model.reward_model import RewardModel
+
+__all__ = ["RewardHead", "RewardModel", "build_reward_model", "transformer_config"]

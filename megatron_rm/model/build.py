@@ -1,0 +1,76 @@
+"""Build this rank's slice of the reward model from the typed config."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_rm import runtime
+from megatron_rm.config import ModelConfig, ParallelConfig, padded_vocab_size
+from megatron_rm.model.layer_spec import transformer_layer_spec, uses_transformer_engine
+from megatron_rm.model.reward_model import RewardModel
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
+    # Fused kernels come with TransformerEngine; without it every op is plain torch.
+    fused = uses_transformer_engine(model)
+    cuda = runtime.cuda_available()
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.kv_channels,
+        ffn_hidden_size=model.ffn_hidden_size,
+        normalization=model.normalization,
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=model.activation == "swiglu",
+        activation_func=F.silu if model.activation == "swiglu" else F.gelu,
+        add_bias_linear=model.add_bias_linear,
+        add_qkv_bias=model.add_qkv_bias,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        init_method_std=model.init_method_std,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=torch.float32,
+        pipeline_dtype=torch.float32,
+        # Micro-batches are padded to their own length, so pipeline stages exchange shapes.
+        variable_seq_lengths=parallel.pp > 1,
+        # The model has no experts; megatron still checks its default MoE dispatcher
+        # ("allgather") against variable lengths, so name one that accepts them.
+        moe_token_dispatcher_type="alltoall",
+        # The loss function returns (sum over pairs, number of pairs): megatron then
+        # divides gradients by the pairs of the whole global batch, over all DP ranks.
+        calculate_per_token_loss=True,
+        # On the CPU, draw full weights and split them: same model at every TP size.
+        use_cpu_initialization=not cuda,
+        bias_activation_fusion=fused,
+        bias_dropout_fusion=fused,
+        apply_rope_fusion=fused,
+        gradient_accumulation_fusion=fused,
+        masked_softmax_fusion=False,
+        cuda_graph_scope=[],  # megatron's default "full" is deprecated and warns
+        persist_layer_norm=False,
+    )
+
+
+def build_reward_model(model: ModelConfig, parallel: ParallelConfig, vocab_size: int) -> RewardModel:
+    """This rank's pipeline stage of the reward model, on this rank's device."""
+    reward_model = RewardModel(
+        transformer_config(model, parallel),
+        transformer_layer_spec(model),
+        padded_vocab_size(vocab_size, model),
+        model.max_sequence_length,
+        num_labels=model.num_labels,
+        head_bias=model.head_bias,
+        head_init_std=model.head_init_std,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        position_embedding_type=model.position_embedding_type,
+        rotary_base=model.rotary_base,
+    )
+    return reward_model.to(runtime.device())

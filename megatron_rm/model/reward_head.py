@@ -1,0 +1,98 @@
+"""The reward head: a hidden -> num_labels projection split across tensor-parallel ranks."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.tensor_parallel import (
+    reduce_from_tensor_model_parallel_region,
+    scatter_to_tensor_model_parallel_region,
+)
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import (
+    ensure_metadata_has_dp_cp_group,
+    make_sharded_tensors_for_checkpoint,
+)
+
+from megatron_rm import runtime
+
+
+class RewardHead(MegatronModule):
+    """Reads each row's last real token and projects it to `num_labels` rewards.
+
+    The weight (num_labels, hidden) is split along the hidden dimension: a TP rank
+    holds (num_labels, hidden / tp), dots it with its slice of the hidden state,
+    and the partial sums are all-reduced. The projection runs in fp32 whatever the
+    model's dtype, since small reward differences decide the loss.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        num_labels: int,
+        bias: bool,
+        init_std: float,
+        tp_group: torch.distributed.ProcessGroup,
+    ):
+        super().__init__(config)
+        self.tp_group = tp_group
+        tp_size, tp_rank = tp_group.size(), tp_group.rank()
+        hidden = config.hidden_size
+        # Draw the full weight on the CPU from the shared RNG, then keep this rank's
+        # slice: the head is the same at every TP size for the same seed.
+        full = torch.empty(num_labels, hidden, dtype=torch.float32)
+        torch.nn.init.normal_(full, mean=0.0, std=init_std)
+        shard = full.chunk(tp_size, dim=1)[tp_rank].clone()
+        device = runtime.device()
+        self.weight = torch.nn.Parameter(shard.to(device))
+        set_tensor_model_parallel_attributes(self.weight, is_parallel=True, dim=1, stride=1)
+        self.bias = (
+            torch.nn.Parameter(torch.zeros(num_labels, dtype=torch.float32, device=device))
+            if bias
+            else None
+        )
+
+    def forward(self, hidden_states: torch.Tensor, last_token: torch.Tensor) -> torch.Tensor:
+        """hidden_states: (seq, batch, hidden), or (seq / tp, batch, hidden) under
+        sequence parallelism; last_token: (batch,) positions. Returns (batch, num_labels) fp32."""
+        if self.config.sequence_parallel:
+            rows = self._gather_sequence_parallel_rows(hidden_states, last_token)
+        else:
+            rows = hidden_states[last_token, _row_index(last_token)]
+        local = scatter_to_tensor_model_parallel_region(rows, group=self.tp_group)
+        partial = local.float() @ self.weight.float().t()
+        rewards = reduce_from_tensor_model_parallel_region(partial, group=self.tp_group)
+        if self.bias is not None:
+            rewards = rewards + self.bias.float()
+        return rewards
+
+    def _gather_sequence_parallel_rows(self, hidden_states, last_token):
+        """Fetch the (batch, hidden) last-token rows from sequence-split activations.
+
+        Each TP rank holds a contiguous chunk of the sequence; the rank owning a
+        row's last token contributes it and the others contribute zeros, so one
+        (batch, hidden) all-reduce replaces gathering the whole (seq, batch, hidden)
+        tensor. Its backward is the identity: the gradient reaches the owner only.
+        """
+        chunk = hidden_states.shape[0]
+        owner = last_token // chunk
+        local_rows = hidden_states[last_token % chunk, _row_index(last_token)]
+        mine = (owner == self.tp_group.rank()).unsqueeze(-1)
+        local_rows = torch.where(mine, local_rows, torch.zeros_like(local_rows))
+        return reduce_from_tensor_model_parallel_region(local_rows, group=self.tp_group)
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        return make_sharded_tensors_for_checkpoint(
+            self.state_dict(prefix="", keep_vars=True),
+            prefix,
+            {"weight": 1},
+            sharded_offsets,
+            tp_group=self.tp_group,
+            dp_cp_group=metadata["dp_cp_group"],
+        )
+
+
+def _row_index(last_token: torch.Tensor) -> torch.Tensor:
+    return torch.arange(last_token.numel(), device=last_token.device)

@@ -1,0 +1,112 @@
+"""Process groups: the one place that starts torch.distributed and megatron's parallel state."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from megatron_rm import runtime
+from megatron_rm.config import ParallelConfig
+
+
+@dataclass(frozen=True)
+class Layout:
+    """This rank's place in the tp x pp x dp grid."""
+
+    world_size: int
+    rank: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+
+def init_distributed() -> None:
+    """Join the torchrun job (or start a one-process job when launched without torchrun)."""
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # megatron-core's tensor-parallel layers overlap their all-reduce with compute only
+    # when GPU kernels queue on one hardware connection (it warns otherwise, on CPU too).
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    if runtime.cuda_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=runtime.backend())
+
+
+def initialize(parallel: ParallelConfig, seed: int) -> Layout:
+    """Create megatron's TP/PP/DP groups and seed every RNG for this rank.
+
+    Call after `config.validate`. Weights initialise from `seed + 100 * pp_rank`
+    (each stage holds different layers), identically on every TP rank: on the CPU
+    the full weight is drawn and then split, so the model is the same at any TP.
+    """
+    init_distributed()
+    runtime.cpu_compat.enable()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp
+    )
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    return layout()
+
+
+def layout() -> Layout:
+    return Layout(
+        world_size=dist.get_world_size(),
+        rank=dist.get_rank(),
+        tp=parallel_state.get_tensor_model_parallel_world_size(),
+        pp=parallel_state.get_pipeline_model_parallel_world_size(),
+        dp=parallel_state.get_data_parallel_world_size(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+    )
+
+
+def shutdown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_from_last_stage(tensor: torch.Tensor | None, shape, dtype) -> torch.Tensor:
+    """Give every pipeline stage the last stage's `tensor` (others pass None).
+
+    Used for rewards and metrics only: small (batch, num_labels)-sized tensors,
+    never hidden states.
+    """
+    group = parallel_state.get_pipeline_model_parallel_group()
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return tensor
+    if parallel_state.is_pipeline_last_stage():
+        buffer = tensor.detach().to(dtype).contiguous()
+    else:
+        buffer = torch.empty(shape, dtype=dtype, device=runtime.device())
+    dist.broadcast(buffer, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=group)
+    return buffer
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

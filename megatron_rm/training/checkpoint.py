@@ -1,0 +1,102 @@
+"""Model checkpoints in megatron's dist_checkpointing format, loadable at any TP/PP.
+
+A checkpoint is a folder `step_<N>` holding the sharded tensors and
+`megatron_rm.json` (the step and the model's architecture). It is written under
+a temporary name and renamed once every rank has finished, so a folder named
+`step_<N>` is always complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+from megatron_rm.config import ModelConfig
+from megatron_rm.errors import CheckpointError
+
+METADATA = "megatron_rm.json"
+STEP_DIR = re.compile(r"step_(\d+)$")
+# Fields that decide parameter names and shapes; a checkpoint loads only into a
+# model that agrees on all of them.
+ARCHITECTURE = (
+    "num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+    "ffn_hidden_size", "normalization", "activation", "position_embedding_type",
+    "add_bias_linear", "add_qkv_bias", "num_labels", "head_bias",
+)
+
+
+def save(model, checkpoints_dir: str | Path, step: int, model_config: ModelConfig,
+         padded_vocab_size: int) -> Path:
+    """Write `checkpoints_dir/step_<step>` from every rank; returns its path."""
+    final = Path(checkpoints_dir) / f"step_{step}"
+    staging = final.with_name(f".{final.name}.incomplete")
+    if dist.get_rank() == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(), str(staging))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        metadata = {
+            "step": step,
+            "padded_vocab_size": padded_vocab_size,
+            "model": dataclasses.asdict(model_config),
+        }
+        (staging / METADATA).write_text(json.dumps(metadata, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    dist.barrier()
+    return final
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder, or the newest complete `step_<N>` under a run's checkpoints folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint.load={path}: no such file or folder")
+    if (path / METADATA).is_file():
+        return path
+    steps = [
+        (int(match.group(1)), child)
+        for child in path.iterdir()
+        if (match := STEP_DIR.match(child.name)) and (child / METADATA).is_file()
+    ]
+    if not steps:
+        raise CheckpointError(
+            f"checkpoint.load={path}: not a megatron-rm checkpoint (no {METADATA}) and holds "
+            "no complete step_<N> checkpoint"
+        )
+    return max(steps)[1]
+
+
+def load(model, path: str | Path, model_config: ModelConfig, padded_vocab_size: int) -> int:
+    """Load weights into this rank's model (any TP/PP); returns the checkpoint's step."""
+    directory = resolve(path)
+    metadata = json.loads((directory / METADATA).read_text())
+    saved = metadata["model"]
+    mismatches = [
+        f"model.{name}: checkpoint {saved.get(name)!r}, this run {getattr(model_config, name)!r}"
+        for name in ARCHITECTURE
+        if saved.get(name) != getattr(model_config, name)
+    ]
+    if metadata["padded_vocab_size"] != padded_vocab_size:
+        mismatches.append(
+            f"padded vocabulary: checkpoint {metadata['padded_vocab_size']}, this run {padded_vocab_size}"
+            " (a different tokenizer or model.make_vocab_size_divisible_by)"
+        )
+    if mismatches:
+        raise CheckpointError(
+            f"{directory} does not match this model:\n  " + "\n  ".join(mismatches)
+        )
+    try:
+        state_dict = dist_checkpointing.load(model.sharded_state_dict(), str(directory))
+    except Exception as error:  # megatron raises many kinds here; say which checkpoint failed
+        raise CheckpointError(f"{directory}: could not load: {error}") from error
+    model.load_state_dict(state_dict)
+    return metadata["step"]

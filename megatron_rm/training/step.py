@@ -1,0 +1,105 @@
+"""One pass of micro-batches through megatron-core's pipeline schedule.
+
+`forward_step` follows megatron's `forward_step_func(data_iterator, model) ->
+(output, loss_func)` contract. The loss function returns (sum of per-pair
+losses, number of pairs, metric sums); with `calculate_per_token_loss` megatron
+then divides gradients by the pairs of the whole global batch, so the loss is the
+mean over pairs however they are split into micro-batches and ranks.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_rm import runtime
+from megatron_rm.data.batching import PairBatch
+from megatron_rm.losses import bradley_terry_loss
+from megatron_rm.metrics import SUM_FIELDS, pair_sums
+from megatron_rm.model.inputs import position_ids
+from megatron_rm.parallel import broadcast_from_last_stage
+
+
+def _forward(model, batch: PairBatch) -> torch.Tensor:
+    return model(batch.input_ids, position_ids(batch.attention_mask), batch.attention_mask)
+
+
+def pair_loss(batch: PairBatch, rewards: torch.Tensor):
+    """Bradley-Terry loss of one micro-batch: (loss sum, pair count, {"pair_sums": ...})."""
+    chosen, rejected = rewards[: batch.num_pairs, 0], rewards[batch.num_pairs :, 0]
+    per_pair = bradley_terry_loss(chosen, rejected)
+    sums = pair_sums(chosen, rejected, per_pair, tokens=batch.tokens)
+    num_pairs = torch.tensor(batch.num_pairs, dtype=torch.int, device=rewards.device)
+    return per_pair.sum(), num_pairs, {"pair_sums": sums}
+
+
+def forward_step(data_iterator, model):
+    batch = next(data_iterator).to(runtime.device())
+    return _forward(model, batch), partial(pair_loss, batch)
+
+
+def _returned_rewards(rewards: torch.Tensor):
+    return rewards.sum() * 0.0, {"rewards": rewards.detach()}
+
+
+def _scoring_step(data_iterator, model):
+    batch = next(data_iterator).to(runtime.device())
+    return _forward(model, batch), _returned_rewards
+
+
+def run_pair_batches(model_chunks, batches: list[PairBatch], *, forward_only: bool) -> torch.Tensor:
+    """Forward (and backward unless `forward_only`) over this rank's micro-batches.
+
+    Returns the metric sums (see `metrics.SUM_FIELDS`) over every data-parallel
+    rank's micro-batches, on every rank.
+    """
+    results = []
+    if batches:
+        results = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(batches),
+            model=model_chunks,
+            num_microbatches=len(batches),
+            seq_length=max(b.input_ids.shape[1] for b in batches),
+            micro_batch_size=2 * max(b.num_pairs for b in batches),
+            forward_only=forward_only,
+        )
+    local = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=runtime.device())
+    for result in results:
+        local += result["pair_sums"]
+    dist.all_reduce(local, group=parallel_state.get_data_parallel_group())
+    return broadcast_from_last_stage(local, local.shape, local.dtype)
+
+
+@torch.no_grad()
+def score(model_chunks, batches: Iterable[PairBatch]) -> torch.Tensor:
+    """Rewards (rows, num_labels) for this rank's batches, identical on every pipeline stage.
+
+    Rows follow the batches' row order. Only the last stage computes them; it
+    broadcasts the (rows, num_labels) tensor, never hidden states.
+    """
+    batches = list(batches)
+    outputs = get_forward_backward_func()(
+        forward_step_func=_scoring_step,
+        data_iterator=iter(batches),
+        model=model_chunks,
+        num_microbatches=len(batches),
+        seq_length=max(b.input_ids.shape[1] for b in batches),
+        micro_batch_size=max(b.input_ids.shape[0] for b in batches),
+        forward_only=True,
+    )
+    rewards = torch.cat([o["rewards"] for o in outputs]) if outputs else None
+    rows = sum(b.input_ids.shape[0] for b in batches)
+    num_labels = _unwrap(model_chunks[0]).num_labels
+    return broadcast_from_last_stage(rewards, (rows, num_labels), torch.float32)
+
+
+def _unwrap(module):
+    while hasattr(module, "module"):
+        module = module.module
+    return module

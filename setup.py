@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-rm",
+    version="0.1.0",
+    description="Reward models for RLHF on Megatron-Core: tensor, pipeline and data parallel.",
+    packages=find_packages(include=["megatron_rm", "megatron_rm.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # 2.13.0 (the CPU wheel used in CI) and the CUDA builds of NGC containers both satisfy this.
+        "torch>=2.6,<2.14",
+        "megatron-core>=0.16.1,<0.17",
+        "hydra-core>=1.3,<1.4",
+        "omegaconf>=2.3,<2.4",
+        "transformers>=4.45,<5",
+        "tokenizers>=0.20,<1",
+        "safetensors>=0.4,<1",
+        "numpy>=1.24",
+        # megatron's dist_checkpointing needs it for its save workers.
+        "psutil>=5.9",
+        "einops>=0.8,<1",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        # Fused kernels and sequence parallelism on NVIDIA GPUs; used when importable.
+        # apex is not on PyPI: it ships in NGC PyTorch containers and is used when present.
+        "te": ["transformer-engine[pytorch]>=2.9,<2.12"],
+        "test": ["pytest>=8"],
+    },
+)

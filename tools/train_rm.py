@@ -1,0 +1,35 @@
+"""Train a Bradley-Terry reward model with tensor, pipeline and data parallelism.
+
+    torchrun --nproc-per-node 2 tools/train_rm.py parallel.tp=2 run.dir=runs/demo
+    torchrun --nproc-per-node 8 tools/train_rm.py parallel.tp=2 parallel.pp=2
+
+Configuration: conf/train_rm.yaml (defaults) + Hydra overrides `key=value`.
+Writes run.dir/metrics.jsonl, run.dir/config.yaml and run.dir/checkpoints/step_<N>.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_rm import parallel  # noqa: E402
+from megatron_rm.cli import CONF_DIR, exit_on_usage_error, register_schema, to_config  # noqa: E402
+from megatron_rm.training.loop import train  # noqa: E402
+
+register_schema()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train_rm", version_base="1.3")
+def main(cfg) -> None:
+    try:
+        exit_on_usage_error(lambda: train(to_config(cfg)), rank=int(os.environ.get("RANK", "0")))
+    finally:
+        parallel.shutdown()
+
+
+# dist_checkpointing starts spawned helper processes that re-import this file.
+if __name__ == "__main__":
+    main()
