@@ -154,9 +154,13 @@ def validate(
     for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp),
                         ("train.global_batch_size", t.global_batch_size),
                         ("train.micro_batch_size", t.micro_batch_size),
-                        ("model.num_labels", m.num_labels)):
+                        ("model.num_labels", m.num_labels),
+                        ("data.pad_to_multiple_of", cfg.data.pad_to_multiple_of)):
         need(value >= 1, f"{name}={value} must be >= 1")
     need(t.max_steps >= 0, f"train.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
+    for name, value in (("model.num_query_groups", m.num_query_groups), ("model.kv_channels", m.kv_channels),
+                        ("eval.micro_batch_size", cfg.eval.micro_batch_size)):
+        need(value is None or value >= 1, f"{name}={value} must be >= 1 or null")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -169,6 +173,10 @@ def validate(
          f"model.num_layers={m.num_layers} is not divisible by parallel.pp={p.pp}")
     need(m.num_attention_heads % p.tp == 0,
          f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}")
+    if m.kv_channels is None:
+        need(m.hidden_size % m.num_attention_heads == 0,
+             f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
+             f"{m.num_attention_heads}; set model.kv_channels for another head size")
     groups = m.num_query_groups or m.num_attention_heads
     need(groups % p.tp == 0,
          f"model.num_query_groups={groups} is not divisible by parallel.tp={p.tp}")

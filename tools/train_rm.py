@@ -8,16 +8,12 @@ Writes run.dir/metrics.jsonl, run.dir/config.yaml and run.dir/checkpoints/step_<
 """
 
 import os
-import sys
-from pathlib import Path
 
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megatron_rm import parallel  # noqa: E402
-from megatron_rm.cli import CONF_DIR, exit_on_usage_error, register_schema, to_config  # noqa: E402
-from megatron_rm.training.loop import train  # noqa: E402
+from megatron_rm import parallel
+from megatron_rm.cli import CONF_DIR, exit_on_usage_error, register_schema, to_config
+from megatron_rm.training.loop import train
 
 register_schema()
 

@@ -64,9 +64,16 @@ def write(path: Path, rows: list[dict]) -> None:
 
 
 def generate(num_train: int, num_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Train and eval rows; no eval row repeats a train row, so eval is truly held out."""
     rng = random.Random(seed)
-    rows = [make_pair(rng) for _ in range(num_train + num_eval)]
-    return rows[:num_train], rows[num_train:]
+    train = [make_pair(rng) for _ in range(num_train)]
+    seen = {tuple(row.values()) for row in train}
+    held_out = []
+    while len(held_out) < num_eval:
+        row = make_pair(rng)
+        if tuple(row.values()) not in seen:
+            held_out.append(row)
+    return train, held_out
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -89,7 +90,10 @@ class PairSampler:
 
     def global_batch(self, step: int) -> list[int]:
         epoch, index = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(self.num_pairs, generator=torch.Generator().manual_seed(self.seed + epoch))
+        # (seed, epoch) -> an independent stream; `seed + epoch` would make seed s + 1
+        # replay seed s one epoch later.
+        epoch_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+        order = torch.randperm(self.num_pairs, generator=torch.Generator().manual_seed(epoch_seed))
         start = index * self.global_batch_size
         return order[start : start + self.global_batch_size].tolist()
 

@@ -30,11 +30,11 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     pairs, problems = [], []
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
+    with path.open("rb") as lines:
+        for line_number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
-            row, problem = _parse_row(line)
+            row, problem = _parse_row(raw)
             if problem:
                 problems.append(f"{path}:{line_number}: {problem}")
             else:
@@ -48,7 +48,11 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
     return pairs
 
 
-def _parse_row(line: str) -> tuple[dict | None, str | None]:
+def _parse_row(raw: bytes) -> tuple[dict | None, str | None]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not valid UTF-8 (byte {error.start + 1} of the line)"
     try:
         row = json.loads(line)
     except json.JSONDecodeError as error:

@@ -24,12 +24,12 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> li
     """Ids of prompt + response with the tokenizer's special tokens and exactly one EOS at the end.
 
     The reward is read at the last token, so every scored text must end the
-    same way: EOS is appended unless the text already tokenizes to it.
+    same way: trailing EOS tokens the text already carries are replaced by one.
     """
     ids = tokenizer(prompt + response, add_special_tokens=True)["input_ids"]
-    if not ids or ids[-1] != tokenizer.eos_token_id:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    while ids and ids[-1] == tokenizer.eos_token_id:
+        ids.pop()
+    return ids + [tokenizer.eos_token_id]
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -29,6 +29,7 @@ from megatron_rm.data import (
 from megatron_rm.errors import DataError
 from megatron_rm.metrics import summarize
 from megatron_rm.model import build_reward_model
+from megatron_rm.model.layer_spec import uses_transformer_engine
 from megatron_rm.training import checkpoint
 from megatron_rm.training.metrics_log import MetricsLog
 from megatron_rm.training.step import run_pair_batches
@@ -55,8 +56,9 @@ def train(cfg: RMConfig) -> dict | None:
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        print(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type}"
-              f" ({runtime.backend()})", flush=True)
+        layers = "transformer_engine" if uses_transformer_engine(cfg.model) else "local"
+        print(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type} "
+              f"({runtime.backend()}), {layers} layers", flush=True)
     vocab = padded_vocab_size(len(tokenizer), cfg.model)
     model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer))
     if cfg.checkpoint.load:

@@ -1,0 +1,91 @@
+"""tools/train_rm.py end to end: the 8-rank TP2xPP2xDP2 run, reloading elsewhere, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from tests.conftest import DEMO, PYTHON, REPO, run_command, torchrun
+
+TOOL = str(REPO / "tools" / "train_rm.py")
+CONTRACT_FIELDS = {"step", "split", "loss", "accuracy", "margin", "chosen_reward", "rejected_reward",
+                   "tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def small_eval(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "eval.jsonl"
+    path.write_text("".join((DEMO / "data" / "eval.jsonl").read_text().splitlines(keepends=True)[:64]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def eight_rank_run(tmp_path_factory, small_eval):
+    run_dir = tmp_path_factory.mktemp("tp2pp2dp2")
+    torchrun(8, TOOL, "parallel.tp=2", "parallel.pp=2", "train.max_steps=4", "train.global_batch_size=16",
+             "train.micro_batch_size=2", "train.lr_warmup_steps=0", "train.log_interval=1",
+             "eval.interval=2", "checkpoint.save_interval=2", f"data.eval_path={small_eval}",
+             f"run.dir={run_dir}")
+    return run_dir
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_eight_ranks_train_evaluate_and_log_the_contract(eight_rank_run):
+    rows = _rows(eight_rank_run)
+    train = [r for r in rows if r["split"] == "train"]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert [r["step"] for r in evals] == [2, 4]
+    for row in rows:
+        assert CONTRACT_FIELDS <= set(row)
+        assert all(math.isfinite(row[k]) for k in CONTRACT_FIELDS - {"step", "split"})
+    assert all(r["pairs"] == 16 for r in train) and all(r["pairs"] == 64 for r in evals)
+    config = yaml.safe_load((eight_rank_run / "config.yaml").read_text())
+    assert config["parallel"] == {"tp": 2, "pp": 2, "sequence_parallel": False,
+                                  "use_distributed_optimizer": False}
+    assert config["train"]["max_steps"] == 4
+
+
+def test_checkpoints_at_the_interval_and_the_end(eight_rank_run):
+    folders = sorted(p.name for p in (eight_rank_run / "checkpoints").iterdir())
+    assert folders == ["step_2", "step_4"]
+
+
+def test_checkpoint_reloads_at_another_layout_with_the_same_eval(eight_rank_run, small_eval, tmp_path):
+    """The TP2xPP2 checkpoint evaluated on one rank (TP1, PP1) gives the same held-out metrics."""
+    result = run_command([PYTHON, TOOL, "train.max_steps=0", f"checkpoint.load={eight_rank_run}/checkpoints",
+                          f"data.eval_path={small_eval}", f"run.dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "step_4" in result.stdout  # the newest complete checkpoint was chosen
+    final = _rows(eight_rank_run)[-1]
+    reloaded = _rows(tmp_path)[-1]
+    assert reloaded["split"] == "eval" and reloaded["pairs"] == final["pairs"]
+    for key in ("loss", "chosen_reward", "rejected_reward"):
+        assert reloaded[key] == pytest.approx(final[key], rel=1e-5), key
+    # The margin is a small difference of rewards: compare it on the rewards' scale.
+    assert reloaded["margin"] == pytest.approx(final["margin"], abs=1e-5 * abs(final["chosen_reward"]))
+    assert reloaded["accuracy"] == final["accuracy"]
+    assert not (tmp_path / "checkpoints").exists()  # evaluate-only runs save nothing
+
+
+@pytest.mark.parametrize("case", ["malformed_json", "empty_file", "missing_checkpoint", "misspelt_key"])
+def test_bad_input_stops_with_a_clear_message(case, tmp_path):
+    data = tmp_path / "train.jsonl"
+    good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+    args, expected = {
+        "malformed_json": ([f"data.train_path={data}"], f"{data}:2: invalid JSON"),
+        "empty_file": ([f"data.train_path={data}"], f"{data}: no preference pairs"),
+        "missing_checkpoint": ([f"checkpoint.load={tmp_path}/nowhere"], f"{tmp_path}/nowhere: no such file"),
+        "misspelt_key": (["train.max_stepz=3"], "max_stepz"),
+    }[case]
+    data.write_text({"malformed_json": good + "\n{not json\n", "empty_file": ""}.get(case, good + "\n"))
+    result = run_command([PYTHON, TOOL, f"run.dir={tmp_path}/run", *args])
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
