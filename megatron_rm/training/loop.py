@@ -42,8 +42,8 @@ def train(cfg: RMConfig) -> dict | None:
     (`checkpoint.load`) and saves nothing.
     """
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    if cfg.checkpoint.load:
-        checkpoint.resolve(cfg.checkpoint.load)  # fail before any process group starts
+    # Resolved before any process group starts, so a bad path fails fast.
+    start_from = checkpoint.resolve(cfg.checkpoint.load) if cfg.checkpoint.load else None
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")), cuda=runtime.cuda_available(),
              te_available=runtime.te_available(), vocab_size=len(tokenizer))
     is_logger = int(os.environ.get("RANK", "0")) == 0
@@ -61,10 +61,10 @@ def train(cfg: RMConfig) -> dict | None:
               f"({runtime.backend()}), {layers} layers", flush=True)
     vocab = padded_vocab_size(len(tokenizer), cfg.model)
     model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer))
-    if cfg.checkpoint.load:
-        loaded_step = checkpoint.load(model, cfg.checkpoint.load, cfg.model, vocab)
+    if start_from:
+        loaded_step = checkpoint.load(model, start_from, cfg.model, vocab)
         if is_logger:
-            print(f"loaded weights from {checkpoint.resolve(cfg.checkpoint.load)} (step {loaded_step})")
+            print(f"loaded weights from {start_from} (step {loaded_step})", flush=True)
     ddp_model, optimizer, scheduler = build_optimizer(model, cfg)
     log = MetricsLog(run_dir, enabled=is_logger)
     pad = pad_id(tokenizer)

@@ -53,23 +53,26 @@ def _scoring_step(data_iterator, model):
     return _forward(model, batch), _returned_rewards
 
 
+def _schedule(step_func, model_chunks, batches: list[PairBatch], forward_only: bool) -> list:
+    """megatron-core's pipeline schedule over `batches`; its per-micro-batch outputs (last stage)."""
+    return get_forward_backward_func()(
+        forward_step_func=step_func,
+        data_iterator=iter(batches),
+        model=model_chunks,
+        num_microbatches=len(batches),
+        seq_length=max(b.input_ids.shape[1] for b in batches),
+        micro_batch_size=max(b.input_ids.shape[0] for b in batches),
+        forward_only=forward_only,
+    )
+
+
 def run_pair_batches(model_chunks, batches: list[PairBatch], *, forward_only: bool) -> torch.Tensor:
     """Forward (and backward unless `forward_only`) over this rank's micro-batches.
 
     Returns the metric sums (see `metrics.SUM_FIELDS`) over every data-parallel
     rank's micro-batches, on every rank.
     """
-    results = []
-    if batches:
-        results = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(batches),
-            model=model_chunks,
-            num_microbatches=len(batches),
-            seq_length=max(b.input_ids.shape[1] for b in batches),
-            micro_batch_size=2 * max(b.num_pairs for b in batches),
-            forward_only=forward_only,
-        )
+    results = _schedule(forward_step, model_chunks, batches, forward_only) if batches else []
     local = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=runtime.device())
     for result in results:
         local += result["pair_sums"]
@@ -85,15 +88,7 @@ def score(model_chunks, batches: Iterable[PairBatch]) -> torch.Tensor:
     broadcasts the (rows, num_labels) tensor, never hidden states.
     """
     batches = list(batches)
-    outputs = get_forward_backward_func()(
-        forward_step_func=_scoring_step,
-        data_iterator=iter(batches),
-        model=model_chunks,
-        num_microbatches=len(batches),
-        seq_length=max(b.input_ids.shape[1] for b in batches),
-        micro_batch_size=max(b.input_ids.shape[0] for b in batches),
-        forward_only=True,
-    )
+    outputs = _schedule(_scoring_step, model_chunks, batches, forward_only=True)
     rewards = torch.cat([o["rewards"] for o in outputs]) if outputs else None
     rows = sum(b.input_ids.shape[0] for b in batches)
     num_labels = _unwrap(model_chunks[0]).num_labels
