@@ -20,6 +20,12 @@ setup(
         "psutil>=5.9",
         "einops>=0.8,<1",
         "pyyaml>=6",
+        # Parquet files and Hugging Face `datasets` folders; chat templates render with jinja2.
+        "pyarrow>=15",
+        "datasets>=3.0,<6",
+        # transformers 4.x needs a pre-1.0 hub; without this pin `datasets` pulls 1.x and breaks it.
+        "huggingface-hub>=0.34,<1.0",
+        "jinja2>=3.1",
     ],
     extras_require={
         # Fused kernels and sequence parallelism on NVIDIA GPUs; used when importable.

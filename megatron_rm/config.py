@@ -73,9 +73,10 @@ class TrainConfig:
     max_steps: int = 100
     """Optimizer steps; 0 evaluates the starting weights (checkpoint.load) and saves nothing."""
     global_batch_size: int = 32
-    """Preference pairs per optimizer step, over all data-parallel ranks."""
+    """Groups (preference pairs, or K-wise rankings) per optimizer step, over all data-parallel ranks."""
     micro_batch_size: int = 8
-    """Pairs per micro-batch on one rank (2x this many sequences: chosen and rejected)."""
+    """Groups per micro-batch on one rank (a pair is two rows: chosen and rejected).
+    With data.batching=pack a micro-batch holds as many groups as data.pack_length allows."""
     seed: int = 1234
     lr: float = 1e-3
     lr_warmup_steps: int = 0
@@ -92,12 +93,45 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     train_path: str = "examples/demo/data/train.jsonl"
-    """JSON Lines with `prompt`, `chosen`, `rejected` strings."""
+    """JSON Lines, JSON (an array of rows), Parquet, a Hugging Face `datasets` folder
+    (`save_to_disk`), a folder of such files, or a token store from tools/preprocess_data.py."""
     eval_path: Optional[str] = "examples/demo/data/eval.jsonl"
+    eval_fraction: float = 0.0
+    """Hold out this fraction of train_path's prompts for evaluation (with eval_path=null);
+    all rows of one prompt land on the same side."""
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    responses_key: str = "responses"
+    """K-wise rows: a list of responses, ranked by `ranking_key` (indices, best first)."""
+    ranking_key: str = "ranking"
+    margin_key: str = "margin"
+    """Optional per pair: the chosen reward must exceed the rejected one by this much."""
+    labels_key: str = "labels"
+    """Optional per response: a list of attribute values (null where missing)."""
     max_length: int = 128
-    """Longest sequence (prompt + response + EOS) in tokens; longer pairs are dropped and counted."""
+    """Longest document (prompt + response + EOS) in tokens."""
+    truncation: str = "drop"
+    """What to do with longer documents: drop (the whole group), truncate_prompt (cut the
+    prompt from the left, keep the whole response and its EOS) or truncate_response
+    (cut the response's end, keep the EOS). Every drop is counted by reason."""
+    on_invalid: str = "error"
+    """error: stop at start-up naming the bad rows; skip: leave them out and count them."""
+    batching: str = "bucket"
+    """bucket: one document per row, groups of similar length share a micro-batch;
+    pack: a micro-batch is one row of several groups' documents (block-diagonal attention)."""
+    bucket_window: int = 1
+    """Global batches sorted by length together (bucket). 1: each step's groups are a
+    uniform sample and only their split into micro-batches follows length; larger windows
+    pad less (bench/padding_efficiency.py) but give steps of similar-length groups, which
+    correlates consecutive gradients; 0: no sorting at all."""
     pad_to_multiple_of: int = 8
-    """Micro-batches are padded to their own longest row, rounded up to this."""
+    """Rows are padded to their micro-batch's longest, rounded up to this (8 or 64 suit GPUs)."""
+    pack_length: Optional[int] = None
+    """Tokens per packed micro-batch (pack); null: 2 x train.micro_batch_size x max_length,
+    the most an unpacked micro-batch can hold. A group never spans two micro-batches."""
+    preprocess_workers: int = 1
+    """Worker processes tokenizing raw files at start-up (rank 0; the result is cached in run.dir/data)."""
 
 
 @dataclass
@@ -105,7 +139,7 @@ class EvalConfig:
     interval: int = 0
     """Evaluate every this many steps (0: only at the end)."""
     micro_batch_size: Optional[int] = None
-    """Pairs per evaluation micro-batch; defaults to train.micro_batch_size."""
+    """Groups per evaluation micro-batch; defaults to train.micro_batch_size."""
 
 
 @dataclass
@@ -140,6 +174,25 @@ def padded_vocab_size(vocab_size: int, model: ModelConfig) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+def _data_problems(d: DataConfig) -> list[str]:
+    problems = []
+    for name, value, allowed in (("truncation", d.truncation, ("drop", "truncate_prompt", "truncate_response")),
+                                 ("on_invalid", d.on_invalid, ("error", "skip")),
+                                 ("batching", d.batching, ("bucket", "pack"))):
+        if value not in allowed:
+            problems.append(f"data.{name}={value!r} must be one of {', '.join(allowed)}")
+    if not 0.0 <= d.eval_fraction < 1.0:
+        problems.append(f"data.eval_fraction={d.eval_fraction} must be in [0, 1)")
+    if d.eval_fraction > 0 and d.eval_path:
+        problems.append(f"data.eval_fraction={d.eval_fraction} and data.eval_path={d.eval_path} "
+                        "both set; use one (data.eval_path=null to split train_path by prompt)")
+    if d.bucket_window < 0:
+        problems.append(f"data.bucket_window={d.bucket_window} must be >= 0")
+    if d.pack_length is not None and d.pack_length < d.max_length:
+        problems.append(f"data.pack_length={d.pack_length} must be >= data.max_length={d.max_length}")
+    return problems
+
+
 def validate(
     cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int
 ) -> None:
@@ -155,7 +208,9 @@ def validate(
                         ("train.global_batch_size", t.global_batch_size),
                         ("train.micro_batch_size", t.micro_batch_size),
                         ("model.num_labels", m.num_labels),
-                        ("data.pad_to_multiple_of", cfg.data.pad_to_multiple_of)):
+                        ("data.pad_to_multiple_of", cfg.data.pad_to_multiple_of),
+                        ("data.max_length", cfg.data.max_length),
+                        ("data.preprocess_workers", cfg.data.preprocess_workers)):
         need(value >= 1, f"{name}={value} must be >= 1")
     need(t.max_steps >= 0, f"train.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
     for name, value in (("model.num_query_groups", m.num_query_groups), ("model.kv_channels", m.kv_channels),
@@ -196,10 +251,17 @@ def validate(
     need(t.lr_warmup_steps >= 0 and (t.lr_warmup_steps < t.max_steps or t.max_steps == 0),
          f"train.lr_warmup_steps={t.lr_warmup_steps} must be >= 0 and below "
          f"train.max_steps={t.max_steps}")
-    per_step = t.micro_batch_size * dp
-    need(t.global_batch_size % per_step == 0,
-         f"train.global_batch_size={t.global_batch_size} is not divisible by "
-         f"train.micro_batch_size={t.micro_batch_size} x data-parallel size {dp} = {per_step}")
+    if cfg.data.batching == "pack":
+        # A packed micro-batch holds as many groups as fit; only the ranks' shares must be equal.
+        need(t.global_batch_size % dp == 0,
+             f"train.global_batch_size={t.global_batch_size} is not divisible by the "
+             f"data-parallel size {dp}")
+    else:
+        per_step = t.micro_batch_size * dp
+        need(t.global_batch_size % per_step == 0,
+             f"train.global_batch_size={t.global_batch_size} is not divisible by "
+             f"train.micro_batch_size={t.micro_batch_size} x data-parallel size {dp} = {per_step}")
+    problems.extend(_data_problems(cfg.data))
     need(cfg.data.max_length <= m.max_sequence_length,
          f"data.max_length={cfg.data.max_length} exceeds "
          f"model.max_sequence_length={m.max_sequence_length}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-SUM_FIELDS = ("pairs", "tokens", "loss", "correct", "margin", "chosen_reward", "rejected_reward")
+SUM_FIELDS = ("pairs", "tokens", "padded_tokens", "loss", "correct", "margin", "chosen_reward", "rejected_reward")
 
 
 def pair_sums(
@@ -18,6 +18,7 @@ def pair_sums(
     rejected_rewards: torch.Tensor,
     per_pair_loss: torch.Tensor,
     tokens: int | torch.Tensor = 0,
+    padded_tokens: int | torch.Tensor = 0,
 ) -> torch.Tensor:
     """float64 vector of sums, ordered as SUM_FIELDS. A tie counts as wrong."""
     chosen = chosen_rewards.detach().double()
@@ -25,6 +26,7 @@ def pair_sums(
     return torch.stack([
         torch.tensor(float(chosen.numel()), dtype=torch.float64, device=chosen.device),
         torch.as_tensor(tokens, dtype=torch.float64, device=chosen.device),
+        torch.as_tensor(padded_tokens, dtype=torch.float64, device=chosen.device),
         per_pair_loss.detach().double().sum(),
         (chosen > rejected).double().sum(),
         (chosen - rejected).sum(),
@@ -42,6 +44,8 @@ def summarize(sums: torch.Tensor) -> dict[str, float]:
     return {
         "pairs": int(pairs),
         "tokens": int(values["tokens"]),
+        # Real tokens over the token slots the model processed: what batching wasted on padding.
+        "padding_efficiency": values["tokens"] / values["padded_tokens"] if values["padded_tokens"] else 1.0,
         "loss": values["loss"] / pairs,
         "accuracy": values["correct"] / pairs,
         "margin": values["margin"] / pairs,

@@ -273,3 +273,26 @@ def test_hydra_rejects_wrongly_typed_value():
         compose_train(["train.max_steps=abc"])
     assert "train.max_steps" in str(info.value)
     assert "abc" in str(info.value)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("truncation", "middle", "data.truncation='middle' must be one of drop, truncate_prompt, truncate_response"),
+    ("on_invalid", "warn", "data.on_invalid='warn' must be one of error, skip"),
+    ("batching", "sorted", "data.batching='sorted' must be one of bucket, pack"),
+    ("eval_fraction", 1.0, "data.eval_fraction=1.0 must be in [0, 1)"),
+    ("bucket_window", -1, "data.bucket_window=-1 must be >= 0"),
+    ("pack_length", 16, "data.pack_length=16 must be >= data.max_length=128"),
+])
+def test_data_settings_are_checked(field, value, needle):
+    cfg = make(data={"eval_path": None, field: value})
+    the_problem(problems(cfg), needle)
+
+
+def test_eval_fraction_and_eval_path_are_exclusive():
+    the_problem(problems(make(data={"eval_fraction": 0.1})), "data.eval_fraction=0.1", "use one")
+
+
+def test_packing_needs_only_equal_rank_shares():
+    cfg = make(train={"global_batch_size": 12, "micro_batch_size": 8}, data={"batching": "pack"})
+    check(cfg, world_size=4)
+    the_problem(problems(cfg, world_size=8), "not divisible by the data-parallel size 8")

@@ -103,3 +103,13 @@ def test_ties_give_log_two(dtype):
     loss = bradley_terry_loss(rewards, rewards.clone())
     expected = torch.full_like(loss, LOG2)
     torch.testing.assert_close(loss, expected, rtol=1e-7 if dtype == torch.float32 else 1e-15, atol=0.0)
+
+
+def test_margin_asks_the_chosen_reward_to_lead_by_that_much():
+    chosen, rejected = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([1.0, 0.5, 3.0])
+    margin = torch.tensor([1.0, 0.0, 2.5])
+    with_margin = bradley_terry_loss(chosen, rejected, margin)
+    torch.testing.assert_close(with_margin, bradley_terry_loss(chosen - margin, rejected))
+    # Leading by exactly the margin costs what a tie costs without one.
+    assert with_margin[0].item() == pytest.approx(math.log(2))
+    assert (with_margin > bradley_terry_loss(chosen, rejected))[[0, 2]].all()

@@ -113,3 +113,10 @@ def test_summarize_of_empty_micro_batch_raises():
     empty = torch.zeros(0)
     with pytest.raises(ValueError):
         summarize(pair_sums(empty, empty, empty))
+
+
+def test_padding_efficiency_is_a_ratio_of_sums():
+    one = pair_sums(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.3]), tokens=30, padded_tokens=40)
+    two = pair_sums(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.3]), tokens=10, padded_tokens=60)
+    # 40 real tokens in 100 slots, not the mean of 0.75 and 0.17.
+    assert summarize(one + two)["padding_efficiency"] == pytest.approx(0.4)

@@ -1,15 +1,8 @@
-from megatron_rm.data.batching import (
-    PairBatch,
-    PairSampler,
-    TokenizedPair,
-    collate,
-    eval_micro_batches,
-    tokenize_pairs,
-)
-from megatron_rm.data.preference import PreferencePair, read_pairs
-from megatron_rm.data.tokenize import encode, load_tokenizer, pad_id
+"""Preference data: read -> validate -> tokenize -> store -> pair-preserving micro-batches."""
 
-__all__ = [
-    "PairBatch", "PairSampler", "PreferencePair", "TokenizedPair", "collate", "encode",
-    "eval_micro_batches", "load_tokenizer", "pad_id", "read_pairs", "tokenize_pairs",
-]
+from megatron_rm.data.batching import Batch, collate
+from megatron_rm.data.records import Comparison
+from megatron_rm.data.store import GroupStore
+from megatron_rm.data.tokenize import GroupEncoder, encode, load_tokenizer, pad_id
+
+__all__ = ["Batch", "Comparison", "GroupEncoder", "GroupStore", "collate", "encode", "load_tokenizer", "pad_id"]

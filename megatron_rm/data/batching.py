@@ -1,112 +1,140 @@
-"""Pair-preserving batches: a pair's chosen and rejected rows share a micro-batch.
+"""Micro-batches that keep every group whole and waste little on padding.
 
-A micro-batch of m pairs is 2m rows: the m chosen sequences, then the m rejected
-ones in the same order (TRL's layout), right-padded to the micro-batch's own
-longest row. Every pair of a global batch lands on exactly one data-parallel rank.
+A group (a pair, or a K-wise ranking) is the unit of sampling: all its
+documents go into one micro-batch on one data-parallel rank. Documents are laid
+out group after group, best first, and the model returns one reward per
+document in that order; `comparisons` says which rewards to compare.
+
+Two layouts:
+- padded (`data.batching=bucket`): one document per row, right-padded to the
+  micro-batch's own longest row rounded up to `pad_to_multiple_of`. The sampler
+  puts groups of similar length together, so little is padding.
+- packed (`data.batching=pack`): a micro-batch is one row holding its groups'
+  documents back to back; `attention_mask` numbers them 1, 2, ... so attention
+  stays inside each document (see megatron_rm.model.inputs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
-from megatron_rm.data.preference import PreferencePair
-from megatron_rm.data.tokenize import encode
-from megatron_rm.errors import DataError
-
-
-@dataclass(frozen=True)
-class TokenizedPair:
-    chosen: tuple[int, ...]
-    rejected: tuple[int, ...]
+from megatron_rm.data.store import GroupStore
 
 
 @dataclass
-class PairBatch:
+class Batch:
     input_ids: torch.Tensor
-    """(2 * num_pairs, seq): chosen rows first, then rejected rows."""
+    """(rows, seq) token ids."""
     attention_mask: torch.Tensor
-    """(2 * num_pairs, seq): 1 on real tokens, 0 on padding."""
-    num_pairs: int
+    """(rows, seq): 0 on padding, k on the tokens of the row's k-th document."""
+    comparisons: torch.Tensor
+    """(pairs, 2) document indices (better, worse), documents counted in layout order."""
+    margins: torch.Tensor
+    """(pairs,) float32 margin each pair must clear; 0 where the data gives none."""
+    labels: torch.Tensor | None = None
+    """(documents, num_labels) float32 attribute values, NaN where missing."""
+
+    @property
+    def num_pairs(self) -> int:
+        return self.comparisons.shape[0]
+
+    @property
+    def num_documents(self) -> int:
+        """Documents are numbered 1..n within each row, so a row's largest number is its count."""
+        return int(self.attention_mask.max(dim=1).values.sum())
 
     @property
     def tokens(self) -> int:
-        """Real (non-padding) tokens in the batch."""
-        return int(self.attention_mask.sum())
+        """Real (non-padding) tokens."""
+        return int((self.attention_mask > 0).sum())
 
-    def to(self, device) -> "PairBatch":
-        return PairBatch(self.input_ids.to(device), self.attention_mask.to(device), self.num_pairs)
+    @property
+    def padded_tokens(self) -> int:
+        """Token slots the model processes, padding included."""
+        return self.attention_mask.numel()
 
-
-def tokenize_pairs(
-    pairs: list[PreferencePair], tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> tuple[list[TokenizedPair], int]:
-    """Tokenized pairs, and how many were dropped because a side exceeds `max_length`."""
-    kept, dropped = [], 0
-    for pair in pairs:
-        chosen = encode(tokenizer, pair.prompt, pair.chosen)
-        rejected = encode(tokenizer, pair.prompt, pair.rejected)
-        if max(len(chosen), len(rejected)) > max_length:
-            dropped += 1
-        else:
-            kept.append(TokenizedPair(tuple(chosen), tuple(rejected)))
-    return kept, dropped
+    def to(self, device) -> "Batch":
+        labels = None if self.labels is None else self.labels.to(device)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.comparisons.to(device), self.margins.to(device), labels)
 
 
-def collate(pairs: list[TokenizedPair], pad_id: int, pad_to_multiple_of: int = 1) -> PairBatch:
-    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    longest = max(len(row) for row in rows)
-    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+def collate(store: GroupStore, groups, pad_id: int, *, packed: bool, pad_to_multiple_of: int = 1) -> Batch:
+    """One micro-batch of `groups` (positions in `store`)."""
+    documents, comparisons, margins, labels = [], [], [], []
+    for group in groups:
+        docs = store.documents(group)
+        first = len(documents)
+        documents.extend(docs)
+        margin = store.margin(group)
+        # Every better/worse pair of a ranking is a comparison (InstructGPT's K-choose-2).
+        for better, worse in combinations(range(len(docs)), 2):
+            comparisons.append((first + better, first + worse))
+            margins.append(0.0 if margin is None else margin)
+        group_labels = store.group_labels(group)
+        if group_labels is not None:
+            labels.append(group_labels)
+    lengths = [len(d) for d in documents]
+    if packed:
+        rows, width = [documents], sum(lengths)
+    else:
+        rows, width = [[d] for d in documents], max(lengths)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.int64)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
-        attention_mask[i, : len(row)] = 1
-    return PairBatch(input_ids, attention_mask, len(pairs))
+    for r, row in enumerate(rows):
+        start = 0
+        for number, ids in enumerate(row, start=1):
+            input_ids[r, start: start + len(ids)] = torch.from_numpy(ids)
+            attention_mask[r, start: start + len(ids)] = number
+            start += len(ids)
+    return Batch(
+        input_ids,
+        attention_mask,
+        torch.tensor(comparisons, dtype=torch.int64).reshape(-1, 2),
+        torch.tensor(margins, dtype=torch.float32),
+        torch.from_numpy(np.concatenate(labels)) if labels else None,
+    )
 
 
-class PairSampler:
-    """Which pairs each step trains on; a function of (seed, step) only.
+def pack_groups(groups: np.ndarray, group_tokens: np.ndarray, capacity: int) -> list[list[int]]:
+    """First-fit-decreasing: `groups` into bins of at most `capacity` tokens.
 
-    Each epoch is a fresh permutation seeded by (seed, epoch), cut into global
-    batches; the `num_pairs % global_batch_size` pairs at an epoch's tail wait for
-    the next epoch's shuffle. Step k always sees the same pairs, whatever the
-    data-parallel size, so a run can resume from its step count alone.
+    Each bin becomes one packed micro-batch. A group larger than `capacity`
+    gets a bin of its own rather than being split.
     """
-
-    def __init__(self, num_pairs: int, global_batch_size: int, seed: int):
-        if num_pairs < global_batch_size:
-            raise DataError(
-                f"the training set has {num_pairs} pairs, fewer than "
-                f"train.global_batch_size={global_batch_size}"
-            )
-        self.num_pairs = num_pairs
-        self.global_batch_size = global_batch_size
-        self.seed = seed
-        self.steps_per_epoch = num_pairs // global_batch_size
-
-    def global_batch(self, step: int) -> list[int]:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        # (seed, epoch) -> an independent stream; `seed + epoch` would make seed s + 1
-        # replay seed s one epoch later.
-        epoch_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-        order = torch.randperm(self.num_pairs, generator=torch.Generator().manual_seed(epoch_seed))
-        start = index * self.global_batch_size
-        return order[start : start + self.global_batch_size].tolist()
-
-    def micro_batches(self, step: int, dp: int, dp_rank: int, micro_batch_size: int) -> list[list[int]]:
-        """This data-parallel rank's contiguous share of the step, cut into micro-batches."""
-        batch = self.global_batch(step)
-        share = len(batch) // dp
-        mine = batch[dp_rank * share : (dp_rank + 1) * share]
-        return [mine[i : i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
+    order = sorted(range(len(groups)), key=lambda i: (-int(group_tokens[i]), i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        size = int(group_tokens[i])
+        for b, free in enumerate(room):
+            if size <= free:
+                bins[b].append(int(groups[i]))
+                room[b] -= size
+                break
+        else:
+            bins.append([int(groups[i])])
+            room.append(capacity - size)
+    return bins
 
 
-def eval_micro_batches(num_pairs: int, dp: int, dp_rank: int, micro_batch_size: int) -> list[list[int]]:
-    """Every evaluation pair exactly once: rank r takes pairs r, r + dp, ...; the last
-    micro-batch of a rank may be short, and a rank may have none."""
-    mine = list(range(dp_rank, num_pairs, dp))
-    return [mine[i : i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
+def split_evenly(groups, size: int) -> list[list[int]]:
+    """Consecutive micro-batches of `size` groups (the last may be short)."""
+    groups = [int(g) for g in groups]
+    return [groups[i: i + size] for i in range(0, len(groups), size)]
+
+
+def eval_share(longest: np.ndarray, dp: int, dp_rank: int) -> np.ndarray:
+    """This rank's evaluation groups: every group exactly once over all ranks.
+
+    Groups are sorted by length before being dealt round-robin, so each rank's
+    consecutive groups are of similar length (little padding) and ranks get
+    near-equal work.
+    """
+    by_length = np.argsort(-longest, kind="stable")
+    return by_length[dp_rank::dp]

@@ -1,12 +1,25 @@
-"""The one way text becomes token ids, for training, evaluation and scoring."""
+"""The one way text becomes token ids, for training, evaluation and scoring.
+
+Plain rows are `prompt + response` with the tokenizer's own special tokens
+(BOS where it adds one). Conversational rows are rendered with the tokenizer's
+chat template, which writes its special tokens itself, so none are added on
+top. Either way the ids end in exactly one EOS: the reward is read at the last
+token, so every scored text must end the same way.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from megatron_rm.data.records import Comparison, Text
 from megatron_rm.errors import DataError
+
+TRUNCATION = ("drop", "truncate_prompt", "truncate_response")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -20,18 +33,144 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
-    """Ids of prompt + response with the tokenizer's special tokens and exactly one EOS at the end.
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Padding id; its value never matters (the attention mask marks padding), so
+    EOS stands in when the tokenizer has none, and pad == EOS is fine."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    The reward is read at the last token, so every scored text must end the
-    same way: trailing EOS tokens the text already carries are replaced by one.
-    """
-    ids = tokenizer(prompt + response, add_special_tokens=True)["input_ids"]
+
+def fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of everything that decides the ids: vocabulary, merges, normalisation,
+    special tokens and chat template. Two tokenizers with equal fingerprints encode alike."""
+    if tokenizer.is_fast:
+        state = tokenizer.backend_tokenizer.to_str()
+    else:
+        state = json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                        getattr(tokenizer, "chat_template", None), tokenizer.all_special_tokens])
+    return hashlib.sha256((state + extra).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: list[int]
+    prompt_tokens: int
+    """How many leading ids belong to the prompt (the only part `truncate_prompt` cuts)."""
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -> Encoded:
+    """Ids of one prompt/response text, ending in exactly one EOS."""
+    return encode_many(tokenizer, [(prompt, response)])[0]
+
+
+def encode_many(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[Text, Text]]) -> list[Encoded]:
+    """`encode` for many (prompt, response) texts in two tokenizer calls (a fast
+    tokenizer's batch call costs about as much as one text's Python overhead)."""
+    full, prompts = [], []
+    for prompt, response in texts:
+        if isinstance(prompt, str) and isinstance(response, str):
+            full.append((prompt + response, True))
+            prompts.append((prompt, True))
+        else:
+            if not getattr(tokenizer, "chat_template", None):
+                raise DataError("conversational rows need a tokenizer with a chat template "
+                                f"({tokenizer.name_or_path} has none)")
+            full.append((_render(tokenizer, [*prompt, *response]), False))
+            prompts.append((_render(tokenizer, list(prompt), generation_prompt=True) if prompt else "", False))
+    full_ids = _ids(tokenizer, full)
+    unique_prompts = list(dict.fromkeys(prompts))
+    prompt_ids = dict(zip(unique_prompts, _ids(tokenizer, unique_prompts)))
+    return [_ended(tokenizer, ids, prompt_ids[p] if p[0] else []) for ids, p in zip(full_ids, prompts)]
+
+
+def _ids(tokenizer, texts: list[tuple[str, bool]]) -> list[list[int]]:
+    """Ids of (text, add the tokenizer's special tokens?) items, one call per flag value."""
+    out: list = [None] * len(texts)
+    for special in (True, False):
+        positions = [i for i, (_, flag) in enumerate(texts) if flag is special]
+        if positions:
+            encoded = tokenizer([texts[i][0] for i in positions], add_special_tokens=special)["input_ids"]
+            for i, ids in zip(positions, encoded):
+                out[i] = ids
+    return out
+
+
+def _ended(tokenizer, ids: list[int], prompt_ids: list[int]) -> Encoded:
     while ids and ids[-1] == tokenizer.eos_token_id:
         ids.pop()
-    return ids + [tokenizer.eos_token_id]
+    ids.append(tokenizer.eos_token_id)
+    # BPE merges can straddle the prompt/response boundary, so the prompt's share
+    # is the common prefix of the two encodings, never more than the text's tokens.
+    shared = 0
+    for a, b in zip(ids[:-1], prompt_ids):
+        if a != b:
+            break
+        shared += 1
+    return Encoded(ids, shared)
 
 
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Padding id; the value never matters (padding is masked), EOS stands in if unset."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def fit(encoded: Encoded, max_length: int, truncation: str, bos_id: int | None) -> tuple[list[int] | None, str | None]:
+    """Apply the length policy: (ids, None) when kept, (ids, "truncated") when cut,
+    (None, reason) when the text cannot be kept."""
+    ids = encoded.ids
+    excess = len(ids) - max_length
+    if excess <= 0:
+        return ids, None
+    if truncation == "drop":
+        return None, "too_long"
+    if truncation == "truncate_prompt":
+        # Cut the prompt's oldest tokens; a leading BOS stays, as the model saw in pre-training.
+        keep_head = 1 if bos_id is not None and ids[0] == bos_id and encoded.prompt_tokens > 0 else 0
+        if encoded.prompt_tokens - keep_head < excess:
+            return None, "response_too_long"
+        return ids[:keep_head] + ids[keep_head + excess:], "truncated"
+    # truncate_response: keep the start, cut the response's tail, end with EOS again.
+    if encoded.prompt_tokens >= max_length - 1:
+        return None, "prompt_too_long"
+    return ids[: max_length - 1] + ids[-1:], "truncated"
+
+
+class GroupEncoder:
+    """Encodes whole comparisons under one length policy; shared by training and evaluation."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str):
+        if truncation not in TRUNCATION:
+            raise DataError(f"data.truncation={truncation!r} must be one of {', '.join(TRUNCATION)}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.truncation = truncation
+
+    def encode_text(self, prompt: Text, response: Text) -> list[int] | None:
+        """One text as scoring sees it: the same ids training used, or None if it cannot fit."""
+        ids, _ = self._fit(encode(self.tokenizer, prompt, response))
+        return ids
+
+    def encode_comparison(self, comparison: Comparison) -> tuple[list[list[int]] | None, str | None]:
+        return self.encode_comparisons([comparison])[0]
+
+    def encode_comparisons(self, comparisons: list[Comparison]) -> list[tuple[list[list[int]] | None, str | None]]:
+        """Per comparison: (documents best first, None), or (None, drop reason) for a
+        group that cannot be trained on."""
+        texts = [(c.prompt, response) for c in comparisons for response in c.responses]
+        encoded = iter(encode_many(self.tokenizer, texts))
+        return [self._group([next(encoded) for _ in c.responses]) for c in comparisons]
+
+    def _fit(self, encoded: Encoded) -> tuple[list[int] | None, str | None]:
+        return fit(encoded, self.max_length, self.truncation, self.tokenizer.bos_token_id)
+
+    def _group(self, encoded: list[Encoded]) -> tuple[list[list[int]] | None, str | None]:
+        documents, truncated = [], False
+        for one in encoded:
+            ids, status = self._fit(one)
+            if ids is None:
+                return None, status
+            truncated |= status == "truncated"
+            documents.append(ids)
+        if len({tuple(d) for d in documents}) < len(documents):
+            # Equal ids give a zero margin whatever the weights: the group teaches nothing.
+            return None, "identical_after_truncation" if truncated else "identical_tokens"
+        return documents, None

@@ -19,7 +19,7 @@ from megatron_rm import runtime
 
 
 class RewardHead(MegatronModule):
-    """Reads each row's last real token and projects it to `num_labels` rewards.
+    """Reads each document's last token and projects it to `num_labels` rewards.
 
     The weight (num_labels, hidden) is split along the hidden dimension: a TP rank
     holds (num_labels, hidden / tp), dots it with its slice of the hidden state,
@@ -53,34 +53,36 @@ class RewardHead(MegatronModule):
             else None
         )
 
-    def forward(self, hidden_states: torch.Tensor, last_token: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
         """hidden_states: (seq, batch, hidden), or (seq / tp, batch, hidden) under
-        sequence parallelism; last_token: (batch,) positions. Returns (batch, num_labels) fp32."""
+        sequence parallelism; rows, cols: (documents,) batch row and position of each
+        document's last token. Returns (documents, num_labels) fp32."""
         if self.config.sequence_parallel:
-            rows = self._gather_sequence_parallel_rows(hidden_states, last_token)
+            last_states = self._gather_sequence_parallel_states(hidden_states, rows, cols)
         else:
-            rows = hidden_states[last_token, _row_index(last_token)]
-        local = scatter_to_tensor_model_parallel_region(rows, group=self.tp_group)
+            last_states = hidden_states[cols, rows]
+        local = scatter_to_tensor_model_parallel_region(last_states, group=self.tp_group)
         partial = local.float() @ self.weight.float().t()
         rewards = reduce_from_tensor_model_parallel_region(partial, group=self.tp_group)
         if self.bias is not None:
             rewards = rewards + self.bias.float()
         return rewards
 
-    def _gather_sequence_parallel_rows(self, hidden_states, last_token):
-        """Fetch the (batch, hidden) last-token rows from sequence-split activations.
+    def _gather_sequence_parallel_states(self, hidden_states, rows, cols):
+        """Fetch the (documents, hidden) last-token states from sequence-split activations.
 
         Each TP rank holds a contiguous chunk of the sequence; the rank owning a
-        row's last token contributes it and the others contribute zeros, so one
-        (batch, hidden) all-reduce replaces gathering the whole (seq, batch, hidden)
+        document's last token contributes it and the others contribute zeros, so one
+        (documents, hidden) all-reduce replaces gathering the whole (seq, batch, hidden)
         tensor. Its backward is the identity: the gradient reaches the owner only.
         """
         chunk = hidden_states.shape[0]
-        owner = last_token // chunk
-        local_rows = hidden_states[last_token % chunk, _row_index(last_token)]
-        mine = (owner == self.tp_group.rank()).unsqueeze(-1)
-        local_rows = torch.where(mine, local_rows, torch.zeros_like(local_rows))
-        return reduce_from_tensor_model_parallel_region(local_rows, group=self.tp_group)
+        owned = (cols // chunk == self.tp_group.rank()).unsqueeze(-1)
+        local_states = hidden_states[cols % chunk, rows]
+        local_states = torch.where(owned, local_states, torch.zeros_like(local_states))
+        return reduce_from_tensor_model_parallel_region(local_states, group=self.tp_group)
 
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
         metadata = ensure_metadata_has_dp_cp_group(metadata)
@@ -92,7 +94,3 @@ class RewardHead(MegatronModule):
             tp_group=self.tp_group,
             dp_cp_group=metadata["dp_cp_group"],
         )
-
-
-def _row_index(last_token: torch.Tensor) -> torch.Tensor:
-    return torch.arange(last_token.numel(), device=last_token.device)

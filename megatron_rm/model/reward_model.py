@@ -9,6 +9,7 @@ from megatron.core.transformer.transformer_block import LayerNormImpl
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_rm.model import inputs
+from megatron_rm.model.layer_spec import takes_packed_sequences
 from megatron_rm.model.reward_head import RewardHead
 
 
@@ -22,10 +23,17 @@ class RewardModel(GPTModel):
     (`decoder.final_layernorm`) and from the same module choice as megatron's
     TransformerBlock, and then the reward head.
 
-    forward(input_ids, position_ids, attention_mask) takes a (batch, seq) padding
-    mask (1 = real token, left or right padding). On the last stage it returns
-    (batch, num_labels) fp32 rewards read at each row's last real token; on other
-    stages the (seq, batch, hidden) activations for the next stage.
+    forward(input_ids, position_ids, attention_mask) takes a (batch, seq) document
+    mask (see `inputs`: 0 = padding, k = the row's k-th document; an ordinary row
+    is 0/1, left- or right-padded; a packed row holds documents 1, 2, ... back to
+    back). Attention stays inside each document. On the last stage it returns
+    (documents, num_labels) fp32 rewards read at each document's last token,
+    row-major (one per row, (batch, num_labels), for ordinary rows); on other
+    stages the activations for the next stage.
+
+    With the TransformerEngine layer spec the batch runs as one packed `thd`
+    sequence, its rows laid end to end (activations (batch * seq, 1, hidden));
+    with the local spec as (seq, batch, hidden) under a dense block-diagonal mask.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class RewardModel(GPTModel):
             rotary_base=rotary_base,
         )
         self.has_reward_head = post_process
+        self.packs_sequences = takes_packed_sequences(transformer_layer_spec)
         self.num_labels = num_labels
         if post_process:
             self.decoder.final_layernorm = build_module(
@@ -73,12 +82,29 @@ class RewardModel(GPTModel):
         attention_mask: torch.Tensor,
         decoder_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        hidden_states = super().forward(
-            input_ids,
-            position_ids,
-            inputs.causal_padding_mask(attention_mask),
-            decoder_input=decoder_input,
-        )
+        if self.packs_sequences:
+            hidden_states = super().forward(
+                input_ids.reshape(1, -1),
+                position_ids.reshape(1, -1),
+                None,  # thd attention is cut by cu_seqlens alone
+                decoder_input=decoder_input,
+                packed_seq_params=inputs.packed_seq_params(attention_mask),
+            )
+        else:
+            hidden_states = super().forward(
+                input_ids,
+                position_ids,
+                inputs.causal_padding_mask(attention_mask),
+                decoder_input=decoder_input,
+            )
         if not self.has_reward_head:
             return hidden_states
-        return self.reward_head(hidden_states, inputs.last_token_index(attention_mask))
+        return self.reward_head(hidden_states, *self._document_ends(attention_mask))
+
+    def _document_ends(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) of each document's last token in the decoder's output layout."""
+        rows, cols = inputs.document_ends(attention_mask)
+        if self.packs_sequences:
+            # Rows were laid end to end: row r's position c is token r * seq + c of one row.
+            return torch.zeros_like(rows), rows * attention_mask.shape[-1] + cols
+        return rows, cols

@@ -1,7 +1,8 @@
 """Model checkpoints in megatron's dist_checkpointing format, loadable at any TP/PP.
 
 A checkpoint is a folder `step_<N>` holding the sharded tensors and
-`megatron_rm.json` (the step and the model's architecture). It is written under
+`megatron_rm.json` (the step, the model's architecture and the data sampler's
+position, from which the data order resumes). It is written under
 a temporary name and renamed once every rank has finished, so a folder named
 `step_<N>` is always complete.
 """
@@ -32,7 +33,7 @@ ARCHITECTURE = (
 
 
 def save(model, checkpoints_dir: str | Path, step: int, model_config: ModelConfig,
-         padded_vocab_size: int) -> Path:
+         padded_vocab_size: int, sampler_state: dict | None = None) -> Path:
     """Write `checkpoints_dir/step_<step>` from every rank; returns its path."""
     final = Path(checkpoints_dir) / f"step_{step}"
     staging = final.with_name(f".{final.name}.incomplete")
@@ -47,6 +48,7 @@ def save(model, checkpoints_dir: str | Path, step: int, model_config: ModelConfi
             "step": step,
             "padded_vocab_size": padded_vocab_size,
             "model": dataclasses.asdict(model_config),
+            "sampler": sampler_state,
         }
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -73,6 +75,11 @@ def resolve(path: str | Path) -> Path:
             "no complete step_<N> checkpoint"
         )
     return max(steps)[1]
+
+
+def sampler_state(path: str | Path) -> dict | None:
+    """The data sampler's state saved with a checkpoint (see GroupSampler.resume_step)."""
+    return json.loads((resolve(path) / METADATA).read_text()).get("sampler")
 
 
 def load(model, path: str | Path, model_config: ModelConfig, padded_vocab_size: int) -> int:

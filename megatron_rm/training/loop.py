@@ -16,21 +16,18 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_rm import parallel, runtime
 from megatron_rm.config import RMConfig, padded_vocab_size, validate
-from megatron_rm.data import (
-    PairSampler,
-    TokenizedPair,
-    collate,
-    eval_micro_batches,
-    load_tokenizer,
-    pad_id,
-    read_pairs,
-    tokenize_pairs,
-)
-from megatron_rm.errors import DataError
+from megatron_rm.data import load_tokenizer, pad_id
 from megatron_rm.metrics import summarize
 from megatron_rm.model import build_reward_model
 from megatron_rm.model.layer_spec import uses_transformer_engine
 from megatron_rm.training import checkpoint
+from megatron_rm.training.data_setup import (
+    eval_micro_batches,
+    load_splits,
+    sampler_for,
+    train_micro_batches,
+    write_report,
+)
 from megatron_rm.training.metrics_log import MetricsLog
 from megatron_rm.training.step import run_pair_batches
 
@@ -47,18 +44,18 @@ def train(cfg: RMConfig) -> dict | None:
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")), cuda=runtime.cuda_available(),
              te_available=runtime.te_available(), vocab_size=len(tokenizer))
     is_logger = int(os.environ.get("RANK", "0")) == 0
-    train_pairs = load_split("train", cfg.data.train_path, tokenizer, cfg, is_logger)
-    eval_pairs = load_split("eval", cfg.data.eval_path, tokenizer, cfg, is_logger) if cfg.data.eval_path else None
-    sampler = PairSampler(len(train_pairs), cfg.train.global_batch_size, cfg.train.seed)
-
     layout = parallel.initialize(cfg.parallel, cfg.train.seed)
     run_dir = Path(cfg.run.dir)
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    train_split, eval_split, report = load_splits(cfg, run_dir)
+    sampler = sampler_for(train_split, cfg)
+    if is_logger:
+        write_report(report, run_dir)
         layers = "transformer_engine" if uses_transformer_engine(cfg.model) else "local"
         print(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type} "
-              f"({runtime.backend()}), {layers} layers", flush=True)
+              f"({runtime.backend()}), {layers} layers, {cfg.data.batching} batching", flush=True)
     vocab = padded_vocab_size(len(tokenizer), cfg.model)
     model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer))
     if start_from:
@@ -71,17 +68,15 @@ def train(cfg: RMConfig) -> dict | None:
 
     def evaluate(step: int) -> dict:
         start = time.perf_counter()
-        mbs = cfg.eval.micro_batch_size or cfg.train.micro_batch_size
-        index_lists = eval_micro_batches(len(eval_pairs), layout.dp, layout.dp_rank, mbs)
-        summary = evaluate_pairs(ddp_model, micro_batches(eval_pairs, index_lists, pad, cfg))
+        summary = evaluate_pairs(ddp_model, eval_micro_batches(eval_split, layout, cfg, pad))
         log.write(step, "eval", summary, tokens_per_s=summary["tokens"] / (time.perf_counter() - start))
         return summary
 
     t = cfg.train
     interval_sums, interval_start = None, time.perf_counter()
     for step in range(1, t.max_steps + 1):
-        index_lists = sampler.micro_batches(step - 1, layout.dp, layout.dp_rank, t.micro_batch_size)
-        sums, grad_norm = train_step(ddp_model, optimizer, scheduler, micro_batches(train_pairs, index_lists, pad, cfg))
+        batches = train_micro_batches(train_split, sampler, step - 1, layout, cfg, pad)
+        sums, grad_norm = train_step(ddp_model, optimizer, scheduler, batches)
         interval_sums = sums if interval_sums is None else interval_sums + sums
         if step % t.log_interval == 0 or step == t.max_steps:
             interval = summarize(interval_sums)
@@ -89,30 +84,17 @@ def train(cfg: RMConfig) -> dict | None:
                       tokens_per_s=interval["tokens"] / (time.perf_counter() - interval_start),
                       lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm)
             interval_sums, interval_start = None, time.perf_counter()
-        if step < t.max_steps and eval_pairs and cfg.eval.interval and step % cfg.eval.interval == 0:
+        if step < t.max_steps and eval_split and cfg.eval.interval and step % cfg.eval.interval == 0:
             evaluate(step)
         if step < t.max_steps and cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0:
-            checkpoint.save(model, run_dir / "checkpoints", step, cfg.model, vocab)
-    summary = evaluate(t.max_steps) if eval_pairs else None
+            checkpoint.save(model, run_dir / "checkpoints", step, cfg.model, vocab, sampler.state_dict(step))
+    summary = evaluate(t.max_steps) if eval_split else None
     if t.max_steps > 0:
-        saved = checkpoint.save(model, run_dir / "checkpoints", t.max_steps, cfg.model, vocab)
+        saved = checkpoint.save(model, run_dir / "checkpoints", t.max_steps, cfg.model, vocab,
+                                sampler.state_dict(t.max_steps))
         if is_logger:
             print(f"saved {saved}", flush=True)
     return summary
-
-
-def load_split(split: str, path, tokenizer, cfg: RMConfig, report: bool) -> list[TokenizedPair]:
-    pairs, dropped = tokenize_pairs(read_pairs(path), tokenizer, cfg.data.max_length)
-    if report:
-        print(f"{split}: {path}: {len(pairs) + dropped} pairs read, {dropped} dropped "
-              f"(longer than data.max_length={cfg.data.max_length}), {len(pairs)} used", flush=True)
-    if not pairs:
-        raise DataError(f"{path}: every pair is longer than data.max_length={cfg.data.max_length}")
-    return pairs
-
-
-def micro_batches(pairs: list[TokenizedPair], index_lists, pad: int, cfg: RMConfig):
-    return [collate([pairs[i] for i in indices], pad, cfg.data.pad_to_multiple_of) for indices in index_lists]
 
 
 def train_step(ddp_model, optimizer, scheduler, batches) -> tuple[torch.Tensor, float]:

@@ -20,6 +20,7 @@ class MetricsLog:
         line = (
             f"{split:5s} step {step:6d} | loss {row['loss']:.4f} | accuracy {row['accuracy']:.3f}"
             f" | margin {row['margin']:+.3f} | pairs {row['pairs']} | {row['tokens_per_s']:,.0f} tok/s"
+            f" | padding efficiency {row['padding_efficiency']:.2f}"
         )
         if "lr" in row:
             line += f" | lr {row['lr']:.2e}"

@@ -4,7 +4,8 @@
 (output, loss_func)` contract. The loss function returns (sum of per-pair
 losses, number of pairs, metric sums); with `calculate_per_token_loss` megatron
 then divides gradients by the pairs of the whole global batch, so the loss is the
-mean over pairs however they are split into micro-batches and ranks.
+mean over pairs however they are split into micro-batches and ranks (packed
+micro-batches hold different numbers of pairs, and that stays exact).
 """
 
 from __future__ import annotations
@@ -18,22 +19,26 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_rm import runtime
-from megatron_rm.data.batching import PairBatch
+from megatron_rm.data.batching import Batch
 from megatron_rm.losses import bradley_terry_loss
 from megatron_rm.metrics import SUM_FIELDS, pair_sums
 from megatron_rm.model.inputs import position_ids
 from megatron_rm.parallel import broadcast_from_last_stage
 
 
-def _forward(model, batch: PairBatch) -> torch.Tensor:
+def _forward(model, batch: Batch) -> torch.Tensor:
     return model(batch.input_ids, position_ids(batch.attention_mask), batch.attention_mask)
 
 
-def pair_loss(batch: PairBatch, rewards: torch.Tensor):
-    """Bradley-Terry loss of one micro-batch: (loss sum, pair count, {"pair_sums": ...})."""
-    chosen, rejected = rewards[: batch.num_pairs, 0], rewards[batch.num_pairs :, 0]
-    per_pair = bradley_terry_loss(chosen, rejected)
-    sums = pair_sums(chosen, rejected, per_pair, tokens=batch.tokens)
+def pair_loss(batch: Batch, rewards: torch.Tensor):
+    """Bradley-Terry loss of one micro-batch: (loss sum, pair count, {"pair_sums": ...}).
+
+    `rewards` holds one row per document; `batch.comparisons` names the better and
+    the worse document of every pair (a K-wise group contributes all its pairs).
+    """
+    chosen, rejected = rewards[batch.comparisons[:, 0], 0], rewards[batch.comparisons[:, 1], 0]
+    per_pair = bradley_terry_loss(chosen, rejected, batch.margins)
+    sums = pair_sums(chosen, rejected, per_pair, tokens=batch.tokens, padded_tokens=batch.padded_tokens)
     num_pairs = torch.tensor(batch.num_pairs, dtype=torch.int, device=rewards.device)
     return per_pair.sum(), num_pairs, {"pair_sums": sums}
 
@@ -53,7 +58,7 @@ def _scoring_step(data_iterator, model):
     return _forward(model, batch), _returned_rewards
 
 
-def _schedule(step_func, model_chunks, batches: list[PairBatch], forward_only: bool) -> list:
+def _schedule(step_func, model_chunks, batches: list[Batch], forward_only: bool) -> list:
     """megatron-core's pipeline schedule over `batches`; its per-micro-batch outputs (last stage)."""
     return get_forward_backward_func()(
         forward_step_func=step_func,
@@ -66,7 +71,7 @@ def _schedule(step_func, model_chunks, batches: list[PairBatch], forward_only: b
     )
 
 
-def run_pair_batches(model_chunks, batches: list[PairBatch], *, forward_only: bool) -> torch.Tensor:
+def run_pair_batches(model_chunks, batches: list[Batch], *, forward_only: bool) -> torch.Tensor:
     """Forward (and backward unless `forward_only`) over this rank's micro-batches.
 
     Returns the metric sums (see `metrics.SUM_FIELDS`) over every data-parallel
@@ -81,18 +86,18 @@ def run_pair_batches(model_chunks, batches: list[PairBatch], *, forward_only: bo
 
 
 @torch.no_grad()
-def score(model_chunks, batches: Iterable[PairBatch]) -> torch.Tensor:
-    """Rewards (rows, num_labels) for this rank's batches, identical on every pipeline stage.
+def score(model_chunks, batches: Iterable[Batch]) -> torch.Tensor:
+    """Rewards (documents, num_labels) for this rank's batches, identical on every pipeline stage.
 
-    Rows follow the batches' row order. Only the last stage computes them; it
-    broadcasts the (rows, num_labels) tensor, never hidden states.
+    Documents follow the batches' layout order. Only the last stage computes them;
+    it broadcasts the (documents, num_labels) tensor, never hidden states.
     """
     batches = list(batches)
     outputs = _schedule(_scoring_step, model_chunks, batches, forward_only=True)
     rewards = torch.cat([o["rewards"] for o in outputs]) if outputs else None
-    rows = sum(b.input_ids.shape[0] for b in batches)
+    documents = sum(b.num_documents for b in batches)
     num_labels = _unwrap(model_chunks[0]).num_labels
-    return broadcast_from_last_stage(rewards, (rows, num_labels), torch.float32)
+    return broadcast_from_last_stage(rewards, (documents, num_labels), torch.float32)
 
 
 def _unwrap(module):

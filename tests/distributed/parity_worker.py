@@ -5,25 +5,28 @@
 
 With --create (one rank, TP1) it first initialises the model and saves the
 shared checkpoint. Every rank writes out/rank<R>.json: its place in the grid,
-the rewards it holds after the pipeline broadcast (right- and left-padded
-batches), the per-step training loss, and at TP>1 a sequence-parallel head check.
+the rewards it holds after the pipeline broadcast (right-padded, left-padded and
+packed batches), the per-step training loss with padded and with packed
+micro-batches, and at TP>1 a sequence-parallel head check.
 """
 
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from megatron_rm import parallel
 from megatron_rm.config import DataConfig, ParallelConfig, RMConfig, TrainConfig, padded_vocab_size
-from megatron_rm.data import PairSampler, collate, load_tokenizer, pad_id, read_pairs, tokenize_pairs
-from megatron_rm.data.batching import PairBatch
+from megatron_rm.data import Batch, GroupStore, collate, load_tokenizer, pad_id
+from megatron_rm.data.prepare import Settings, build_store
 from megatron_rm.metrics import summarize
 from megatron_rm.model import RewardHead, build_reward_model
 from megatron_rm.training import checkpoint
-from megatron_rm.training.loop import build_optimizer, micro_batches, train_step
+from megatron_rm.training.data_setup import Split, sampler_for, train_micro_batches
+from megatron_rm.training.loop import build_optimizer, train_step
 from megatron_rm.training.step import score
 from tests.conftest import DEMO, tiny_model_config
 
@@ -32,7 +35,7 @@ TRAIN_PAIRS = 64
 STEPS = 5
 
 
-def left_padded(batch: PairBatch) -> PairBatch:
+def left_padded(batch: Batch) -> Batch:
     """The same rows with their padding moved to the left."""
     ids, mask = batch.input_ids.clone(), batch.attention_mask.clone()
     width = ids.shape[1]
@@ -40,7 +43,7 @@ def left_padded(batch: PairBatch) -> PairBatch:
         padding = width - int(mask[row].sum())
         ids[row], mask[row] = ids[row].roll(padding), mask[row].roll(padding)
     assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()
-    return PairBatch(ids, mask, batch.num_pairs)
+    return Batch(ids, mask, batch.comparisons, batch.margins)
 
 
 def sequence_parallel_check(model, layout) -> dict:
@@ -54,16 +57,40 @@ def sequence_parallel_check(model, layout) -> dict:
     states = torch.randn(seq, batch, hidden, generator=generator)
     last = torch.tensor([7, 0, 3, 4, 6])
     full = states.clone().requires_grad_(True)
-    reference = head(full, last)
+    rows = torch.arange(batch)
+    reference = head(full, rows, last)
     reference.sum().backward()
     chunk = states.chunk(layout.tp)[layout.tp_rank].clone().requires_grad_(True)
-    split = sp_head(chunk, last)
+    split = sp_head(chunk, rows, last)
     split.sum().backward()
     return {
         "output_diff": (split - reference).abs().max().item(),
         "input_grad_diff": (chunk.grad - full.grad.chunk(layout.tp)[layout.tp_rank]).abs().max().item(),
         "weight_grad_diff": (sp_head.weight.grad - head.weight.grad).abs().max().item(),
     }
+
+
+def demo_store(folder: Path, cfg: RMConfig) -> GroupStore:
+    """The first TRAIN_PAIRS demo pairs as a token store of this rank's own."""
+    lines = (DEMO / "data" / "train.jsonl").read_text().splitlines()[:TRAIN_PAIRS]
+    source = folder.with_suffix(".jsonl")
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("\n".join(lines) + "\n")
+    build_store([source], folder, Settings.from_config(cfg))
+    return GroupStore(folder)
+
+
+def train_five_steps(model, store: GroupStore, layout, cfg: RMConfig, pad: int) -> tuple[list, list]:
+    ddp_model, optimizer, scheduler = build_optimizer(model, cfg)
+    split = Split.of("train", store)
+    sampler = sampler_for(split, cfg)
+    losses, grad_norms = [], []
+    for step in range(STEPS):
+        batches = train_micro_batches(split, sampler, step, layout, cfg, pad)
+        sums, grad_norm = train_step(ddp_model, optimizer, scheduler, batches)
+        losses.append(summarize(sums)["loss"])
+        grad_norms.append(grad_norm)
+    return losses, grad_norms
 
 
 def main() -> None:
@@ -79,10 +106,10 @@ def main() -> None:
         model=tiny_model_config(),
         parallel=ParallelConfig(tp=args.tp, pp=args.pp),
         train=TrainConfig(max_steps=STEPS, global_batch_size=8, micro_batch_size=2, lr=5e-3, seed=11),
-        data=DataConfig(max_length=64),
+        data=DataConfig(max_length=64, bucket_window=0),
     )
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    pairs, _ = tokenize_pairs(read_pairs(DEMO / "data" / "train.jsonl")[:TRAIN_PAIRS], tokenizer, 64)
+    store = demo_store(args.out.with_name(f"{args.out.name}_store{os.environ['RANK']}"), cfg)
     layout = parallel.initialize(cfg.parallel, cfg.train.seed)
     vocab = padded_vocab_size(len(tokenizer), cfg.model)
     model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer))
@@ -91,26 +118,26 @@ def main() -> None:
     checkpoint.load(model, args.checkpoint, cfg.model, vocab)
 
     pad = pad_id(tokenizer)
-    batches = [collate(pairs[i : i + 3], pad, 8) for i in range(0, SCORED_PAIRS, 3)]
+    scored = [list(range(i, i + 3)) for i in range(0, SCORED_PAIRS, 3)]
+    batches = [collate(store, groups, pad, packed=False, pad_to_multiple_of=8) for groups in scored]
+    packed = [collate(store, groups, pad, packed=True, pad_to_multiple_of=8) for groups in scored]
     model.eval()
     result = {
         "layout": dataclasses.asdict(layout),
         "rewards_right": score([model], batches).tolist(),
         "rewards_left": score([model], [left_padded(b) for b in batches]).tolist(),
+        "rewards_packed": score([model], packed).tolist(),
     }
     if layout.tp > 1 and layout.is_last_stage:
         result["sequence_parallel"] = sequence_parallel_check(model, layout)
     model.train()
 
-    ddp_model, optimizer, scheduler = build_optimizer(model, cfg)
-    sampler = PairSampler(len(pairs), cfg.train.global_batch_size, cfg.train.seed)
-    losses, grad_norms = [], []
-    for step in range(STEPS):
-        index_lists = sampler.micro_batches(step, layout.dp, layout.dp_rank, cfg.train.micro_batch_size)
-        sums, grad_norm = train_step(ddp_model, optimizer, scheduler, micro_batches(pairs, index_lists, pad, cfg))
-        losses.append(summarize(sums)["loss"])
-        grad_norms.append(grad_norm)
-    result.update(losses=losses, grad_norms=grad_norms)
+    result["losses"], result["grad_norms"] = train_five_steps(model, store, layout, cfg, pad)
+    # The same steps again from the checkpoint, with packed micro-batches: same groups, same loss.
+    packed_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batching="pack", pack_length=96))
+    fresh = build_reward_model(cfg.model, cfg.parallel, len(tokenizer))
+    checkpoint.load(fresh, args.checkpoint, cfg.model, vocab)
+    result["losses_packed"], result["grad_norms_packed"] = train_five_steps(fresh, store, layout, packed_cfg, pad)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"rank{layout.rank}.json").write_text(json.dumps(result))

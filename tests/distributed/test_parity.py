@@ -35,6 +35,12 @@ def _tensor(values):
     return torch.tensor(values, dtype=torch.float64)
 
 
+def test_packed_training_follows_padded_training_on_one_rank(runs):
+    reference = runs["tp1"][0]
+    torch.testing.assert_close(_tensor(reference["losses_packed"]), _tensor(reference["losses"]),
+                               rtol=1e-5, atol=0)
+
+
 def test_every_rank_reports(runs):
     assert {name: len(ranks) for name, ranks in runs.items()} == {
         "tp1": 1, "tp2": 2, "pp2": 2, "tp2pp2": 4, "dp2": 2}
@@ -45,7 +51,7 @@ def test_rewards_match_single_rank_reference(runs, layout):
     reference = _tensor(runs["tp1"][0]["rewards_right"])
     assert reference.shape == (12, 1) and reference.std() > 0
     for rank in runs[layout]:
-        for padding in ("rewards_right", "rewards_left"):
+        for padding in ("rewards_right", "rewards_left", "rewards_packed"):
             torch.testing.assert_close(_tensor(rank[padding]), reference, rtol=1e-5, atol=0,
                                        msg=f"{layout} rank {rank['layout']['rank']} {padding}")
 
@@ -63,9 +69,10 @@ def test_five_training_steps_follow_the_reference(runs, layout):
     reference = _tensor(runs["tp1"][0]["losses"])
     assert len(reference) == 5 and reference.unique().numel() == 5  # the weights do move
     for rank in runs[layout]:
-        torch.testing.assert_close(_tensor(rank["losses"]), reference, rtol=1e-4, atol=0)
-        torch.testing.assert_close(_tensor(rank["grad_norms"]), _tensor(runs["tp1"][0]["grad_norms"]),
-                                   rtol=1e-4, atol=0)
+        for kind in ("", "_packed"):
+            torch.testing.assert_close(_tensor(rank["losses" + kind]), reference, rtol=1e-4, atol=0)
+            torch.testing.assert_close(_tensor(rank["grad_norms" + kind]),
+                                       _tensor(runs["tp1"][0]["grad_norms"]), rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["tp2", "tp2pp2"])

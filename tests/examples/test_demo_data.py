@@ -179,7 +179,7 @@ def test_digits_one_to_eight_are_single_tokens(tokenizer):
 
 
 def test_every_encoded_pair_fits_max_length(tokenizer, train_rows, eval_rows):
-    longest = max(len(encode(tokenizer, r["prompt"], r[side]))
+    longest = max(len(encode(tokenizer, r["prompt"], r[side]).ids)
                   for r in train_rows + eval_rows for side in ("chosen", "rejected"))
     assert longest <= MAX_LENGTH, longest
 

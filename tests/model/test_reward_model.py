@@ -6,9 +6,9 @@ import torch
 
 from megatron_rm.config import ParallelConfig, padded_vocab_size
 from megatron_rm.data import load_tokenizer
-from megatron_rm.data.batching import PairBatch
+from megatron_rm.data.batching import Batch
 from megatron_rm.model import build_reward_model
-from megatron_rm.model.inputs import causal_padding_mask, last_token_index, position_ids
+from megatron_rm.model.inputs import causal_padding_mask, document_ends, position_ids
 from megatron_rm.training.step import score
 from tests.conftest import tiny_model_config
 
@@ -21,26 +21,28 @@ def _model(num_labels=1, head_bias=False):
     return build_reward_model(cfg, ParallelConfig(), vocab).eval(), cfg, vocab
 
 
-def _batch(rows: list[list[int]], side: str, pad: int = 0) -> PairBatch:
+def _batch(rows: list[list[int]], side: str, pad: int = 0) -> Batch:
     width = max(map(len, rows)) + 3  # extra padding even on the longest row
     ids = torch.full((len(rows), width), pad)
     mask = torch.zeros(len(rows), width, dtype=torch.int64)
     for i, row in enumerate(rows):
         span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
         ids[i, span], mask[i, span] = torch.tensor(row), 1
-    # PairBatch needs an even split; scoring reads rows in order whatever num_pairs says.
-    return PairBatch(ids, mask, num_pairs=len(rows) // 2)
+    # Scoring reads every row; no comparisons are needed.
+    return Batch(ids, mask, torch.zeros(0, 2, dtype=torch.int64), torch.zeros(0))
 
 
-def test_last_token_index_right_and_left_padding():
+def test_document_ends_right_and_left_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    assert last_token_index(mask).tolist() == [2, 4, 4, 0]
+    rows, cols = document_ends(mask)
+    assert rows.tolist() == [0, 1, 2, 3] and cols.tolist() == [2, 4, 4, 0]
     assert position_ids(mask)[1].tolist() == [0, 0, 0, 1, 2]
 
 
 def test_causal_padding_mask_blocks_future_and_padding():
     mask = causal_padding_mask(torch.tensor([[0, 1, 1]]))[0, 0]
-    expected = torch.tensor([[True, True, True], [True, False, True], [True, False, False]])
+    # A padding query sees only itself, so no softmax row is fully masked.
+    expected = torch.tensor([[False, True, True], [True, False, True], [True, False, False]])
     assert torch.equal(mask, expected)
 
 

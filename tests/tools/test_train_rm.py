@@ -80,7 +80,7 @@ def test_bad_input_stops_with_a_clear_message(case, tmp_path):
     good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
     args, expected = {
         "malformed_json": ([f"data.train_path={data}"], f"{data}:2: invalid JSON"),
-        "empty_file": ([f"data.train_path={data}"], f"{data}: no preference pairs"),
+        "empty_file": ([f"data.train_path={data}"], f"{data}: no rows (the data is empty)"),
         "missing_checkpoint": ([f"checkpoint.load={tmp_path}/nowhere"], f"{tmp_path}/nowhere: no such file"),
         "misspelt_key": (["train.max_stepz=3"], "max_stepz"),
     }[case]
@@ -89,3 +89,49 @@ def test_bad_input_stops_with_a_clear_message(case, tmp_path):
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _mixed_rows() -> list[str]:
+    """Pairs (some with a margin), K-wise rankings, invalid lines and over-long pairs."""
+    lines = []
+    for i in range(48):
+        count = i % 6 + 2
+        items = " ".join(f"{k}. fig" for k in range(1, count + 1))
+        row = {"prompt": f"User: Name {count} fruits.\nAssistant:", "chosen": " " + items,
+               "rejected": " " + items.rsplit(" ", 2)[0]}
+        if i % 3 == 0:
+            row["margin"] = 0.5
+        lines.append(json.dumps(row))
+    for i in range(12):
+        lines.append(json.dumps({"prompt": f"User: Name {i % 4 + 3} colors.\nAssistant:",
+                                 "responses": [" 1. red", " 1. red 2. blue 3. teal", " 1. red 2. blue"],
+                                 "ranking": [1, 2, 0]}))
+    lines += ["{oops", json.dumps({"prompt": "p", "chosen": "a"}), json.dumps({"prompt": "p", "chosen": 1, "rejected": "b"})]
+    lines += [json.dumps({"prompt": "User: go\nAssistant:", "chosen": " 1. fig" * 40, "rejected": " 1. fig"})] * 2
+    return lines
+
+
+def test_mixed_data_packed_with_a_prompt_split(tmp_path):
+    """K-wise groups, margins, skipped and dropped rows, packing and a held-out split in one run."""
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(_mixed_rows()) + "\n")
+    run_dir = tmp_path / "run"
+    result = run_command([PYTHON, TOOL, f"data.train_path={data}", "data.eval_path=null", "data.eval_fraction=0.25",
+                          "data.on_invalid=skip", "data.batching=pack", "train.max_steps=3",
+                          "train.global_batch_size=8", "train.lr_warmup_steps=0", "train.log_interval=1",
+                          f"run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["train"]["rows"] == 65 and report["train"]["groups"] == 60
+    assert report["train"]["invalid"] == {"invalid_json": 1, "missing_field": 1, "wrong_type": 1}
+    assert report["train"]["dropped"] == {"too_long": 2}
+    split = report["split"]
+    assert split["train_groups"] + split["eval_groups"] == 60 and split["eval_groups"] > 0
+    assert "invalid 3 (invalid_json: 1, missing_field: 1, wrong_type: 1)" in result.stdout
+    rows = _rows(run_dir)
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(train) == 3 and all(0.9 < r["padding_efficiency"] <= 1.0 for r in train)
+    # Each step has 8 groups; a K-wise group of three contributes three pairs.
+    assert all(8 <= r["pairs"] <= 24 for r in train)
+    sampler = json.loads((run_dir / "checkpoints" / "step_3" / "megatron_rm.json").read_text())["sampler"]
+    assert sampler["consumed_samples"] == 24 and sampler["num_groups"] == split["train_groups"]

@@ -1,0 +1,210 @@
+"""Read -> validate -> tokenize -> store: turning data files into a token store.
+
+Used by `tools/preprocess_data.py` for large data sets (several worker
+processes) and by training for raw files (a store under `run.dir/data/`).
+Rows stream through in chunks, so memory stays flat whatever the file size;
+with several workers the output order is still the input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from megatron_rm.data.records import Comparison
+from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, parse_row
+from megatron_rm.data.sources import RawRow, iter_raw_rows
+from megatron_rm.data.store import GroupStore, StoreWriter, is_store, read_meta
+from megatron_rm.data.tokenize import GroupEncoder, fingerprint, load_tokenizer
+from megatron_rm.errors import DataError
+
+CHUNK_ROWS = 512
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides a store's contents besides the data files."""
+
+    tokenizer: str
+    """Tokenizer folder."""
+    max_length: int
+    truncation: str
+    keys: RowKeys = field(default_factory=RowKeys)
+    on_invalid: str = "error"
+    """error: refuse the data when any row is invalid; skip: leave such rows out and count them."""
+
+    @classmethod
+    def from_config(cls, cfg) -> "Settings":
+        """From an RMConfig: its tokenizer and data settings."""
+        d = cfg.data
+        keys = RowKeys(prompt=d.prompt_key, chosen=d.chosen_key, rejected=d.rejected_key,
+                       responses=d.responses_key, ranking=d.ranking_key, margin=d.margin_key,
+                       labels=d.labels_key)
+        return cls(tokenizer=cfg.model.tokenizer, max_length=d.max_length, truncation=d.truncation,
+                   keys=keys, on_invalid=d.on_invalid)
+
+    def recorded(self, tokenizer_fingerprint: str) -> dict:
+        """The part of meta.json a store must share with a run to be used by it."""
+        return {"tokenizer": tokenizer_fingerprint, "max_length": self.max_length,
+                "truncation": self.truncation, "keys": dataclasses.asdict(self.keys)}
+
+
+def prompt_key(comparison: Comparison) -> int:
+    """A stable 64-bit hash of the prompt: equal prompts, equal keys, in any process."""
+    text = comparison.prompt if isinstance(comparison.prompt, str) else json.dumps(
+        list(comparison.prompt), sort_keys=True)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+# --- worker side: one chunk of raw rows -> encoded groups, problems or drop reasons ---------------
+
+_worker: dict = {}
+
+
+def _start_worker(settings: Settings) -> None:
+    tokenizer = load_tokenizer(settings.tokenizer)
+    _worker["encoder"] = GroupEncoder(tokenizer, settings.max_length, settings.truncation)
+    _worker["keys"] = settings.keys
+
+
+def _encode_chunk(rows: list[RawRow]) -> list:
+    parsed = [parse_row(raw, _worker["keys"]) for raw in rows]
+    valid = [p for p in parsed if not isinstance(p, RowProblem)]
+    encoded = iter(_worker["encoder"].encode_comparisons(valid))
+    out = []
+    for row in parsed:
+        if isinstance(row, RowProblem):
+            out.append(row)
+            continue
+        documents, reason = next(encoded)
+        if documents is None:
+            out.append(reason)
+        else:
+            # uint32 arrays pickle in a fraction of the bytes of int lists.
+            ids = [np.asarray(d, dtype=np.uint32) for d in documents]
+            out.append((ids, row.margin, row.labels, prompt_key(row)))
+    return out
+
+
+def _chunks(rows: Iterator[RawRow]) -> Iterator[list[RawRow]]:
+    while chunk := list(islice(rows, CHUNK_ROWS)):
+        yield chunk
+
+
+def _encoded_chunks(rows: Iterator[RawRow], settings: Settings, workers: int) -> Iterator[list]:
+    if workers <= 1:
+        _start_worker(settings)
+        yield from map(_encode_chunk, _chunks(rows))
+        return
+    # fork starts workers in milliseconds where spawn re-imports torch in each; a bounded
+    # window of chunks is in flight, where Pool.imap would read the whole input ahead.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers, _start_worker, (settings,)) as pool:
+        chunks = _chunks(rows)
+        while window := list(islice(chunks, 4 * workers)):
+            yield from pool.map(_encode_chunk, window)
+
+
+# --- main side ------------------------------------------------------------------------------------
+
+def build_store(paths: Iterable[str | Path], out: str | Path, settings: Settings, *, workers: int = 1,
+                extra_meta: dict | None = None) -> dict:
+    """Tokenize every row of `paths` into a store at `out`; returns its meta.json.
+
+    Invalid rows stop the build (data.on_invalid=error, the default) after the
+    whole input is read, so the message counts them all; with `skip` they are
+    left out and counted by reason. Groups that do not fit the length policy are
+    dropped and counted by reason. Either way nothing leaves without a count.
+    """
+    paths = [str(p) for p in paths]
+    tokenizer = load_tokenizer(settings.tokenizer)
+    writer = StoreWriter(out, len(tokenizer))
+    problems, dropped, rows = ProblemLog(), Counter(), 0
+    try:
+        for chunk in _encoded_chunks(_all_rows(paths), settings, workers):
+            for result in chunk:
+                rows += 1
+                if isinstance(result, RowProblem):
+                    problems.add(result)
+                elif isinstance(result, str):
+                    dropped[result] += 1
+                else:
+                    writer.add(*result)
+        if problems.total and settings.on_invalid == "error":
+            raise DataError(problems.error_message(", ".join(paths)))
+        kept = rows - problems.total - sum(dropped.values())
+        if rows == 0:
+            raise DataError(f"{', '.join(paths)}: no rows (the data is empty)")
+        if kept == 0:
+            raise DataError(f"{', '.join(paths)}: no usable rows ({rows} read, "
+                            f"{problems.total} invalid, dropped: {dict(dropped) or 'none'})")
+    except BaseException:
+        writer.abort()
+        raise
+    meta = {"sources": _source_stamps(paths), "rows": rows,
+            "invalid": dict(problems.counts), "dropped": dict(dropped),
+            **settings.recorded(fingerprint(tokenizer)), **(extra_meta or {})}
+    writer.finish(meta)
+    return read_meta(out)
+
+
+def _all_rows(paths: list[str]) -> Iterator[RawRow]:
+    for path in paths:
+        yield from iter_raw_rows(path)
+
+
+def _source_stamps(paths: list[str]) -> list[dict]:
+    """Enough to tell that a data file changed since its store was built."""
+    stamps = []
+    for path in paths:
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+        for file in files:
+            stat = file.stat()
+            stamps.append({"path": str(file.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return stamps
+
+
+def check_compatible(folder: str | Path, settings: Settings, tokenizer_fingerprint: str) -> None:
+    """Refuse a store made with another tokenizer or length policy than this run's."""
+    meta = read_meta(folder)
+    wanted = settings.recorded(tokenizer_fingerprint)
+    differences = [f"{name}: store {meta.get(name)!r}, this run {value!r}"
+                   for name, value in wanted.items() if meta.get(name) != value]
+    if differences:
+        raise DataError(f"{folder}: this token store was made with other settings; "
+                        "re-run tools/preprocess_data.py with this run's tokenizer and data settings:\n  "
+                        + "\n  ".join(differences))
+    skipped = sum(meta.get("invalid", {}).values())
+    if skipped and settings.on_invalid == "error":
+        raise DataError(f"{folder}: the store left out {skipped} invalid row(s) "
+                        f"({meta['invalid']}); set data.on_invalid=skip to train on it anyway")
+
+
+def open_split(path: str | Path, cache: str | Path, settings: Settings) -> tuple[GroupStore, dict]:
+    """A store for `path`: `path` itself if it is one (checked against `settings`),
+    else one built at `cache`, reused while the data files and settings are unchanged."""
+    tokenizer_fingerprint = fingerprint(load_tokenizer(settings.tokenizer))
+    if is_store(path):
+        check_compatible(path, settings, tokenizer_fingerprint)
+        return GroupStore(path), read_meta(path)
+    if not Path(path).exists():
+        raise DataError(f"{path}: no such data file or folder")
+    meta = read_meta(cache)
+    reusable = (
+        meta is not None
+        and meta.get("sources") == _source_stamps([str(path)])
+        and all(meta.get(name) == value for name, value in settings.recorded(tokenizer_fingerprint).items())
+        and (settings.on_invalid == "skip" or not meta.get("invalid"))
+    )
+    if not reusable:
+        meta = build_store([path], cache, settings)
+    return GroupStore(cache), meta

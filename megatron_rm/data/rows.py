@@ -1,0 +1,272 @@
+"""Checking one raw row and turning it into a `Comparison`, or saying exactly what is wrong with it.
+
+Three row shapes are accepted: a pair (`chosen`/`rejected`), a ranked group
+(`responses` + `ranking`), each with plain-text or chat-message responses. Field
+names are the user's (`RowKeys`), and so are the names in every problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from megatron_rm.data.records import Comparison
+from megatron_rm.data.sources import RawRow
+
+REASONS = ("invalid_json", "not_an_object", "missing_field", "wrong_type", "empty_response",
+           "identical_responses", "bad_messages", "bad_margin", "bad_ranking", "bad_labels")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class RowKeys:
+    """The row's field names (data.prompt_key, ...)."""
+
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    responses: str = "responses"
+    ranking: str = "ranking"
+    margin: str = "margin"
+    labels: str = "labels"
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    location: str
+    """Where the row is: `file:line` or `file:row N`."""
+    field: str | None
+    """The offending field as the user spelled it, e.g. `chosen[2].role`; None for the row as a whole."""
+    reason: str
+    """One of REASONS, for counting."""
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.location}: field '{self.field}'" if self.field is not None else self.location
+        return f"{where}: {self.message}"
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str, field: str | None, message: str):
+        self.reason, self.field, self.message = reason, field, message
+
+
+def parse_row(raw: RawRow, keys: RowKeys = RowKeys()) -> Comparison | RowProblem:
+    """The row as a Comparison, or the first problem found in it."""
+    try:
+        return _comparison(_decode(raw.payload), keys, raw.location)
+    except _Invalid as invalid:
+        return RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
+
+
+def _decode(payload) -> dict:
+    if isinstance(payload, bytes):
+        try:
+            line = payload.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _Invalid("invalid_json", None, f"not valid UTF-8 (byte {error.start + 1} of the line)") from None
+        try:
+            payload = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise _Invalid("invalid_json", None, f"invalid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(payload, dict):
+        raise _Invalid("not_an_object", None, f"expected a JSON object, got {_type_name(payload)}")
+    return payload
+
+
+def _comparison(row: dict, keys: RowKeys, location: str) -> Comparison:
+    # A key holding null counts as absent: merged Parquet / datasets schemas fill missing keys with None.
+    if row.get(keys.chosen) is not None or row.get(keys.responses) is None:
+        names = [keys.chosen, keys.rejected]
+        texts = [_required(row, name) for name in names]
+        order = [0, 1]
+        margin = _margin(row.get(keys.margin), keys.margin)
+    else:
+        texts = row[keys.responses]
+        if not isinstance(texts, list) or len(texts) < 2:
+            got = f"{len(texts)} response(s)" if isinstance(texts, list) else _type_name(texts)
+            raise _Invalid("wrong_type", keys.responses, f"expected a list of at least 2 responses, got {got}")
+        names = [f"{keys.responses}[{index}]" for index in range(len(texts))]
+        order = _ranking(row.get(keys.ranking), len(texts), keys.ranking)
+        if row.get(keys.margin) is not None:
+            raise _Invalid("bad_margin", keys.margin, "a margin applies to pairs only, not to ranked responses")
+        margin = None
+    prompt, responses = _texts(row.get(keys.prompt), keys.prompt, texts, names)
+    labels = _labels(row.get(keys.labels), len(texts), keys.labels)
+    return Comparison(
+        prompt=prompt,
+        responses=tuple(responses[index] for index in order),
+        source=location,
+        margin=margin,
+        labels=None if labels is None else tuple(labels[index] for index in order),
+    )
+
+
+def _required(row: dict, name: str):
+    if name not in row:
+        raise _Invalid("missing_field", name, "missing")
+    if row[name] is None:
+        raise _Invalid("missing_field", name, "is null; a value is required")
+    return row[name]
+
+
+def _texts(prompt, prompt_name: str, texts: list, names: list[str]) -> tuple:
+    """The prompt and responses, all strings or all message tuples, checked for emptiness and repeats."""
+    for text, name in zip(texts, names):
+        if not isinstance(text, (str, list)):
+            raise _Invalid("wrong_type", name, f"expected a string or a list of messages, got {_type_name(text)}")
+        if type(text) is not type(texts[0]):
+            raise _Invalid("wrong_type", name, f"expected {_type_name(texts[0])} like '{names[0]}', "
+                                               f"got {_type_name(text)}")
+        if isinstance(text, str) and not text.strip():
+            raise _Invalid("empty_response", name, "empty response")
+    if isinstance(texts[0], str):
+        if prompt is None:
+            prompt = ""
+        if not isinstance(prompt, str):
+            raise _Invalid("wrong_type", prompt_name, f"expected a string like the responses, got {_type_name(prompt)}")
+        responses = texts
+    else:
+        responses = [_messages(text, name) for text, name in zip(texts, names)]
+        for response, name in zip(responses, names):
+            if not response:
+                raise _Invalid("empty_response", name, "no messages")
+            if not response[-1]["content"].strip():
+                raise _Invalid("empty_response", f"{name}[{len(response) - 1}].content",
+                               "the final message is empty")
+        if isinstance(prompt, str) and prompt.strip():
+            prompt = ({"role": "user", "content": prompt},)
+        elif isinstance(prompt, list):
+            prompt = _messages(prompt, prompt_name)
+        elif prompt is None or isinstance(prompt, str):
+            prompt, responses = _shared_prefix(responses, names)
+        else:
+            raise _Invalid("wrong_type", prompt_name,
+                           f"expected a string or a list of messages, got {_type_name(prompt)}")
+    for later in range(len(responses)):
+        for earlier in range(later):
+            if responses[later] == responses[earlier]:
+                raise _Invalid("identical_responses", names[later], f"the same as '{names[earlier]}'")
+    return prompt, responses
+
+
+def _messages(value: list, name: str) -> tuple:
+    messages = []
+    for index, message in enumerate(value):
+        field = f"{name}[{index}]"
+        if not isinstance(message, dict):
+            raise _Invalid("bad_messages", field,
+                           f"expected a message object with 'role' and 'content', got {_type_name(message)}")
+        if message.get("role") not in ROLES:
+            problem = "missing" if message.get("role") is None else f"unknown role {message['role']!r}"
+            raise _Invalid("bad_messages", f"{field}.role", f"{problem} (expected one of {', '.join(ROLES)})")
+        if not isinstance(message.get("content"), str):
+            got = "missing" if "content" not in message else _type_name(message["content"])
+            raise _Invalid("bad_messages", f"{field}.content", f"expected a string, got {got}")
+        # Extra keys (name, tool_calls, ...) are dropped: the chat template gets role and content only.
+        messages.append({"role": message["role"], "content": message["content"]})
+    return tuple(messages)
+
+
+def _shared_prefix(responses: list[tuple], names: list[str]) -> tuple[tuple, list[tuple]]:
+    """Moves the leading messages every response shares into the prompt, as TRL's `extract_prompt` does."""
+    shared = 0
+    while all(shared < len(response) and response[shared] == responses[0][shared] for response in responses):
+        shared += 1
+    rest = [response[shared:] for response in responses]
+    for later, response in enumerate(rest):
+        if response:
+            continue
+        for other in range(len(rest)):
+            if other != later and rest[other] == response:
+                raise _Invalid("identical_responses", names[max(later, other)],
+                               f"the same as '{names[min(later, other)]}'")
+        raise _Invalid("empty_response", names[later],
+                       "every message is shared with another response (so is part of the prompt); none is left")
+    return responses[0][:shared], rest
+
+
+def _margin(value, name: str) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise _Invalid("bad_margin", name, f"expected a number, got {_type_name(value)}")
+    if not math.isfinite(value):
+        raise _Invalid("bad_margin", name, f"expected a finite number, got {value}")
+    return float(value)
+
+
+def _ranking(value, count: int, name: str) -> list[int]:
+    expected = f"a list ordering the {count} responses best first, e.g. {list(range(count))}"
+    if value is None:
+        raise _Invalid("bad_ranking", name, f"missing; expected {expected}")
+    if not isinstance(value, list) or not all(type(index) is int for index in value):
+        raise _Invalid("bad_ranking", name, f"expected {expected} (whole numbers), got {value!r}")
+    if sorted(value) != list(range(count)):
+        raise _Invalid("bad_ranking", name, f"expected {expected} (each index once), got {value!r}")
+    return value
+
+
+def _labels(value, count: int, name: str) -> list[tuple[float, ...]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != count:
+        got = len(value) if isinstance(value, list) else _type_name(value)
+        raise _Invalid("bad_labels", name, f"expected a list with one entry per response ({count}), got {got}")
+    labels = []
+    for index, entry in enumerate(value):
+        field = f"{name}[{index}]"
+        if not isinstance(entry, list) or not entry:
+            got = "an empty list" if entry == [] else _type_name(entry)
+            raise _Invalid("bad_labels", field, f"expected a non-empty list of numbers (null where missing), got {got}")
+        if len(entry) != len(value[0]):
+            raise _Invalid("bad_labels", field, f"has {len(entry)} values but {name}[0] has {len(value[0])}")
+        for position, number in enumerate(entry):
+            if number is not None and not (_is_number(number) and math.isfinite(number)):
+                raise _Invalid("bad_labels", f"{field}[{position}]",
+                               f"expected a finite number or null, got {number!r}")
+        labels.append(tuple(math.nan if number is None else float(number) for number in entry))
+    return labels
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_name(value) -> str:
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+             list: "a list", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+class ProblemLog:
+    """Counts every invalid row by reason and keeps the first few for the message."""
+
+    def __init__(self, shown: int = 5):
+        self.shown = shown
+        self.first: list[RowProblem] = []
+        self.counts: dict[str, int] = {}
+        self.total = 0
+
+    def add(self, problem: RowProblem) -> None:
+        self.total += 1
+        self.counts[problem.reason] = self.counts.get(problem.reason, 0) + 1
+        if len(self.first) < self.shown:
+            self.first.append(problem)
+
+    def merge(self, other: ProblemLog) -> None:
+        """Adds a later part of the data's problems (merge in data order to show the earliest)."""
+        self.total += other.total
+        for reason, count in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + count
+        self.first.extend(other.first[: self.shown - len(self.first)])
+
+    def error_message(self, path) -> str:
+        lines = [str(problem) for problem in self.first]
+        if self.total > len(self.first):
+            lines.append(f"... and {self.total - len(self.first)} more")
+        by_reason = sorted(self.counts.items(), key=lambda item: (-item[1], REASONS.index(item[0])))
+        lines.append("by reason: " + ", ".join(f"{reason} {count}" for reason, count in by_reason))
+        shown = "\n  ".join(lines)
+        return f"{path}: {self.total} invalid row(s):\n  {shown}\nset data.on_invalid=skip to skip them"

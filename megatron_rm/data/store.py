@@ -1,0 +1,144 @@
+"""Tokenized comparisons on disk: flat memory-mapped arrays plus an index.
+
+A store is a folder:
+
+    tokens.bin        every document's ids back to back (uint16 when the vocabulary fits, else uint32)
+    documents.npy     int64 (documents + 1): where each document starts in tokens.bin
+    groups.npy        int64 (groups + 1): where each group's documents start (best first)
+    margins.npy       float32 (groups): NaN where a pair has no margin
+    prompt_keys.npy   uint64 (groups): a hash of the prompt, for splitting by prompt
+    labels.npy        float32 (documents, num_labels), NaN where missing; only if any row has labels
+    meta.json         counts, the tokenizer fingerprint and the settings that produced the ids
+
+Readers memory-map the arrays, so a process holds only the pages it touches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from megatron_rm.errors import DataError
+
+META = "meta.json"
+FORMAT_VERSION = 1
+
+
+class StoreWriter:
+    """Appends encoded groups; `finish` publishes the folder atomically (rename)."""
+
+    def __init__(self, folder: str | Path, vocab_size: int):
+        self.folder = Path(folder)
+        self.staging = self.folder.with_name(f".{self.folder.name}.incomplete")
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
+        self.dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+        self.tokens = (self.staging / "tokens.bin").open("wb")
+        self.document_starts = [0]
+        self.group_starts = [0]
+        self.margins: list[float] = []
+        self.prompt_keys: list[int] = []
+        self.labels: list[np.ndarray] = []
+        self.num_labels = 0
+
+    def add(self, documents: list[list[int]], margin: float | None, labels, prompt_key: int) -> None:
+        for ids in documents:
+            self.tokens.write(np.asarray(ids).astype(self.dtype, copy=False).tobytes())
+            self.document_starts.append(self.document_starts[-1] + len(ids))
+        self.group_starts.append(len(self.document_starts) - 1)
+        self.margins.append(np.nan if margin is None else margin)
+        self.prompt_keys.append(prompt_key)
+        if labels is not None:
+            self.num_labels = self.num_labels or len(labels[0])
+            if len(labels[0]) != self.num_labels:
+                raise DataError(f"rows disagree on the number of labels ({len(labels[0])} vs {self.num_labels})")
+        # Kept per group (None for unlabelled) until `finish` knows the width.
+        self.labels.append(None if labels is None else np.asarray(labels, dtype=np.float32))
+
+    def finish(self, meta: dict) -> Path:
+        self.tokens.close()
+        np.save(self.staging / "documents.npy", np.asarray(self.document_starts, dtype=np.int64))
+        np.save(self.staging / "groups.npy", np.asarray(self.group_starts, dtype=np.int64))
+        np.save(self.staging / "margins.npy", np.asarray(self.margins, dtype=np.float32))
+        np.save(self.staging / "prompt_keys.npy", np.asarray(self.prompt_keys, dtype=np.uint64))
+        if self.num_labels:
+            blocks = [
+                block if block is not None else np.full((size, self.num_labels), np.nan, np.float32)
+                for block, size in zip(self.labels, np.diff(self.group_starts))
+            ]
+            np.save(self.staging / "labels.npy", np.concatenate(blocks))
+        counts = {"groups": len(self.margins), "documents": len(self.document_starts) - 1,
+                  "tokens": self.document_starts[-1]}
+        full = {"format": FORMAT_VERSION, "dtype": np.dtype(self.dtype).name,
+                "num_labels": self.num_labels, **counts, **meta}
+        (self.staging / META).write_text(json.dumps(full, indent=2))
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.replace(self.staging, self.folder)
+        return self.folder
+
+    def abort(self) -> None:
+        self.tokens.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def read_meta(folder: str | Path) -> dict | None:
+    path = Path(folder) / META
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_store(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / META).is_file()
+
+
+class GroupStore:
+    """A read-only view of a store's groups (optionally a subset, by index)."""
+
+    def __init__(self, folder: str | Path, index: np.ndarray | None = None):
+        self.folder = Path(folder)
+        self.meta = read_meta(self.folder)
+        if self.meta is None or self.meta.get("format") != FORMAT_VERSION:
+            raise DataError(f"{self.folder}: not a megatron-rm token store (no {META} of format {FORMAT_VERSION})")
+        self.tokens = np.memmap(self.folder / "tokens.bin", dtype=self.meta["dtype"], mode="r")
+        self.document_starts = np.load(self.folder / "documents.npy", mmap_mode="r")
+        self.group_starts = np.load(self.folder / "groups.npy", mmap_mode="r")
+        self.margins = np.load(self.folder / "margins.npy", mmap_mode="r")
+        self.prompt_keys = np.load(self.folder / "prompt_keys.npy", mmap_mode="r")
+        labels = self.folder / "labels.npy"
+        self.labels = np.load(labels, mmap_mode="r") if labels.is_file() else None
+        self.index = np.arange(self.meta["groups"], dtype=np.int64) if index is None else index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def subset(self, index: np.ndarray) -> "GroupStore":
+        """The groups at positions `index` of this view."""
+        return GroupStore(self.folder, self.index[index])
+
+    def documents(self, group: int) -> list[np.ndarray]:
+        """Group `group`'s documents, best first, as int64 id arrays."""
+        stored = self.index[group]
+        first, last = self.group_starts[stored], self.group_starts[stored + 1]
+        return [np.asarray(self.tokens[self.document_starts[d]: self.document_starts[d + 1]], dtype=np.int64)
+                for d in range(first, last)]
+
+    def margin(self, group: int) -> float | None:
+        value = float(self.margins[self.index[group]])
+        return None if np.isnan(value) else value
+
+    def group_labels(self, group: int) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        stored = self.index[group]
+        return np.asarray(self.labels[self.group_starts[stored]: self.group_starts[stored + 1]])
+
+    def document_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(longest document, total tokens) of each group in this view, for batching."""
+        lengths = np.diff(self.document_starts)
+        starts = np.asarray(self.group_starts[:-1])
+        longest = np.maximum.reduceat(lengths, starts)[self.index]
+        total = np.add.reduceat(lengths, starts)[self.index]
+        return longest, total

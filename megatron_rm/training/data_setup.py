@@ -1,0 +1,132 @@
+"""The run's data: token stores for train and eval, and each step's micro-batches.
+
+Raw data files are tokenized once, by global rank 0, into `run.dir/data/<split>/`
+(reused while the files and settings are unchanged); every rank then
+memory-maps the same store. `run.dir` must therefore be shared by all nodes, as
+it already is for checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from megatron_rm.config import RMConfig
+from megatron_rm.data.batching import Batch, collate, eval_share, pack_groups, split_evenly
+from megatron_rm.data.prepare import Settings, open_split
+from megatron_rm.data.sampler import GroupSampler
+from megatron_rm.data.split import split_by_prompt
+from megatron_rm.data.store import GroupStore
+from megatron_rm.errors import DataError, UsageError
+from megatron_rm.parallel import Layout
+
+
+@dataclass
+class Split:
+    name: str
+    store: GroupStore
+    longest: np.ndarray
+    """Longest document of each group, for bucketing."""
+    total: np.ndarray
+    """Tokens of each group, for packing."""
+
+    @classmethod
+    def of(cls, name: str, store: GroupStore) -> "Split":
+        return cls(name, store, *store.document_lengths())
+
+
+def load_splits(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict]:
+    """(train, eval or None, report). Collective: call on every rank after process groups exist."""
+    opened, problem = None, None
+    if dist.get_rank() == 0:
+        try:
+            opened = _open_all(cfg, run_dir)
+        except UsageError as error:
+            problem = str(error)
+    # Rank 0 builds; the others wait for it, then fail alike or open what it built.
+    shared = [problem]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        raise DataError(shared[0])
+    return opened or _open_all(cfg, run_dir)
+
+
+def _open_all(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict]:
+    d, s = cfg.data, Settings.from_config(cfg)
+    train_store, train_meta = open_split(d.train_path, run_dir / "data" / "train", s)
+    report = {"train": _summary(d.train_path, train_meta)}
+    eval_store = None
+    if d.eval_path:
+        eval_store, eval_meta = open_split(d.eval_path, run_dir / "data" / "eval", s)
+        report["eval"] = _summary(d.eval_path, eval_meta)
+    elif d.eval_fraction > 0:
+        # A fixed split seed: runs with different train.seed values share one eval set.
+        train_index, eval_index = split_by_prompt(train_store.prompt_keys[train_store.index],
+                                                  d.eval_fraction, seed=0)
+        if len(eval_index) == 0 or len(train_index) == 0:
+            raise DataError(f"data.eval_fraction={d.eval_fraction} leaves {len(train_index)} train and "
+                            f"{len(eval_index)} eval groups of {d.train_path}")
+        train_store, eval_store = train_store.subset(train_index), train_store.subset(eval_index)
+        report["split"] = {"eval_fraction": d.eval_fraction, "by": "prompt",
+                           "train_groups": len(train_index), "eval_groups": len(eval_index)}
+    return Split.of("train", train_store), (Split.of("eval", eval_store) if eval_store else None), report
+
+
+def _summary(path, meta: dict) -> dict:
+    return {"path": str(path), "rows": meta["rows"], "invalid": meta["invalid"], "dropped": meta["dropped"],
+            "groups": meta["groups"], "documents": meta["documents"], "tokens": meta["tokens"]}
+
+
+def write_report(report: dict, run_dir: Path) -> None:
+    """Print what was read, skipped and dropped, and keep it as run.dir/data_report.json."""
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    for name in ("train", "eval"):
+        if name in report:
+            r = report[name]
+            print(f"{name}: {r['path']}: {r['rows']} rows, invalid {_counts(r['invalid'])}, dropped "
+                  f"{_counts(r['dropped'])}; {r['groups']} groups, {r['documents']} documents, "
+                  f"{r['tokens']} tokens", flush=True)
+    if "split" in report:
+        split = report["split"]
+        print(f"held out {split['eval_groups']} of {split['eval_groups'] + split['train_groups']} groups "
+              f"by prompt (data.eval_fraction={split['eval_fraction']})", flush=True)
+
+
+def _counts(counts: dict) -> str:
+    return f"{sum(counts.values())}" + (f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if counts else "")
+
+
+def pack_length(cfg: RMConfig) -> int:
+    return cfg.data.pack_length or 2 * cfg.train.micro_batch_size * cfg.data.max_length
+
+
+def _micro_batches(split: Split, groups: np.ndarray, micro_batch_size: int, cfg: RMConfig, pad: int) -> list[Batch]:
+    packed = cfg.data.batching == "pack"
+    if packed:
+        plan = pack_groups(groups, split.total[groups], pack_length(cfg))
+    else:
+        plan = split_evenly(groups, micro_batch_size)
+    return [collate(split.store, g, pad, packed=packed, pad_to_multiple_of=cfg.data.pad_to_multiple_of)
+            for g in plan]
+
+
+def train_micro_batches(split: Split, sampler: GroupSampler, step: int, layout: Layout, cfg: RMConfig,
+                        pad: int) -> list[Batch]:
+    """This rank's micro-batches of 0-based `step`."""
+    share = sampler.rank_share(step, layout.dp, layout.dp_rank)
+    return _micro_batches(split, share, cfg.train.micro_batch_size, cfg, pad)
+
+
+def eval_micro_batches(split: Split, layout: Layout, cfg: RMConfig, pad: int) -> list[Batch]:
+    """This rank's part of the evaluation set; all ranks together cover it once."""
+    share = eval_share(split.longest, layout.dp, layout.dp_rank)
+    return _micro_batches(split, share, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg, pad)
+
+
+def sampler_for(split: Split, cfg: RMConfig) -> GroupSampler:
+    window = cfg.data.bucket_window if cfg.data.batching == "bucket" else 0
+    return GroupSampler(split.longest, cfg.train.global_batch_size, cfg.train.seed, window)
