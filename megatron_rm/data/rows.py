@@ -255,13 +255,6 @@ class ProblemLog:
         if len(self.first) < self.shown:
             self.first.append(problem)
 
-    def merge(self, other: ProblemLog) -> None:
-        """Adds a later part of the data's problems (merge in data order to show the earliest)."""
-        self.total += other.total
-        for reason, count in other.counts.items():
-            self.counts[reason] = self.counts.get(reason, 0) + count
-        self.first.extend(other.first[: self.shown - len(self.first)])
-
     def error_message(self, path) -> str:
         lines = [str(problem) for problem in self.first]
         if self.total > len(self.first):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -38,19 +38,11 @@ def iter_raw_rows(path: str | Path) -> Iterator[RawRow]:
     row is read; the rows themselves are read only as the iterator advances.
     """
     readers = _readers(Path(path))
-    return (row for read, _ in readers for row in read())
+    return (row for read in readers for row in read())
 
 
-def count_hint(path: str | Path) -> int | None:
-    """The number of rows when it is known without reading them (Parquet, saved datasets), else None."""
-    readers = _readers(Path(path))
-    if any(count is None for _, count in readers):
-        return None
-    return sum(count() for _, count in readers)
-
-
-# How to read one file or saved dataset, and how to count its rows where that is cheap.
-Reader = tuple[Callable[[], Iterator[RawRow]], Optional[Callable[[], int]]]
+# Each reader yields one file's (or saved dataset's) rows when called.
+Reader = Callable[[], Iterator[RawRow]]
 
 
 def _readers(path: Path) -> list[Reader]:
@@ -64,7 +56,7 @@ def _readers(path: Path) -> list[Reader]:
         raise DataError(f"{path}: a saved dataset with several splits ({', '.join(splits)}); "
                         f"point at one split's folder, e.g. {example}")
     if (path / "state.json").is_file():
-        return [(lambda: _saved_dataset_rows(path), lambda: len(_load_saved_dataset(path)))]
+        return [lambda: _saved_dataset_rows(path)]
     files = sorted(child for child in path.iterdir()
                    if child.is_file() and child.suffix.lower() in FILE_FORMATS)
     if not files:
@@ -75,11 +67,11 @@ def _readers(path: Path) -> list[Reader]:
 def _file_reader(path: Path) -> Reader:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return lambda: _jsonl_rows(path), None
+        return lambda: _jsonl_rows(path)
     if suffix == ".json":
-        return lambda: _json_array_rows(path), None
+        return lambda: _json_array_rows(path)
     if suffix == ".parquet":
-        return lambda: _parquet_rows(path), lambda: pq.ParquetFile(path).metadata.num_rows
+        return lambda: _parquet_rows(path)
     raise DataError(f"{path}: unsupported data format '{path.suffix}'; expected {SUPPORTED}")
 
 
@@ -115,15 +107,11 @@ def _parquet_rows(path: Path) -> Iterator[RawRow]:
             index += 1
 
 
-def _load_saved_dataset(path: Path):
+def _saved_dataset_rows(path: Path) -> Iterator[RawRow]:
     import datasets  # slow to import, and only saved datasets need it
 
-    return datasets.load_from_disk(str(path))
-
-
-def _saved_dataset_rows(path: Path) -> Iterator[RawRow]:
     # Arrow batches give plain Python values at a fraction of the per-row formatting cost.
-    batches = _load_saved_dataset(path).with_format("arrow").iter(batch_size=PARQUET_BATCH_ROWS)
+    batches = datasets.load_from_disk(str(path)).with_format("arrow").iter(batch_size=PARQUET_BATCH_ROWS)
     index = 0
     for batch in batches:
         for row in batch.to_pylist():

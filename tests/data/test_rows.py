@@ -198,15 +198,3 @@ def test_problem_log_without_more_says_no_more():
     log = ProblemLog(shown=2)
     log.add(problem(1))
     assert "more" not in log.error_message("train.jsonl")
-
-
-def test_problem_log_merge_keeps_the_earliest_problems_and_sums_counts():
-    first, later = ProblemLog(), ProblemLog()
-    for index in range(1, 4):
-        first.add(problem(index))
-    for index in range(4, 8):
-        later.add(problem(index, "bad_margin"))
-    first.merge(later)
-    assert (first.total, first.counts) == (7, {"wrong_type": 3, "bad_margin": 4})
-    assert [shown.location for shown in first.first] == [f"train.jsonl:{index}" for index in range(1, 6)]
-    assert "... and 2 more" in first.error_message("train.jsonl")

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from megatron_rm.data.sources import RawRow, count_hint, iter_raw_rows
+from megatron_rm.data.sources import RawRow, iter_raw_rows
 from megatron_rm.errors import DataError
 
 # Same keys and value types in every row, so Arrow-backed formats give back exactly these dicts.
@@ -162,16 +162,3 @@ def test_folder_without_data_files(tmp_path):
     with pytest.raises(DataError, match="no .jsonl, .json or .parquet files") as info:
         iter_raw_rows(tmp_path)
     assert str(tmp_path) in str(info.value)
-
-
-def test_count_hint_is_known_only_without_reading_rows(tmp_path):
-    parquet = write_parquet(tmp_path / "rows.parquet", ROWS)
-    saved = write_saved(tmp_path / "saved", ROWS)
-    jsonl = write_jsonl(tmp_path / "rows.jsonl", ROWS)
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    write_parquet(shards / "a.parquet", ROWS)
-    write_parquet(shards / "b.parquet", ROWS[:1])
-    assert (count_hint(parquet), count_hint(saved), count_hint(jsonl), count_hint(shards)) == (3, 3, None, 4)
-    write_jsonl(shards / "c.jsonl", ROWS)
-    assert count_hint(shards) is None
