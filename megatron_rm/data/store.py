@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,12 @@ class StoreWriter:
         self.staging.mkdir(parents=True)
         self.dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
         self.tokens = (self.staging / "tokens.bin").open("wb")
-        self.document_starts = [0]
-        self.group_starts = [0]
-        self.margins: list[float] = []
-        self.prompt_keys: list[int] = []
+        # Typed arrays, 8 bytes an entry where a list of Python ints takes ~36: the index of
+        # a million pairs stays a few tens of MB until `finish` writes it.
+        self.document_starts = array("q", [0])
+        self.group_starts = array("q", [0])
+        self.margins = array("f")
+        self.prompt_keys = array("Q")
         self.labels: list[np.ndarray] = []
         self.num_labels = 0
 
@@ -61,10 +64,10 @@ class StoreWriter:
 
     def finish(self, meta: dict) -> Path:
         self.tokens.close()
-        np.save(self.staging / "documents.npy", np.asarray(self.document_starts, dtype=np.int64))
-        np.save(self.staging / "groups.npy", np.asarray(self.group_starts, dtype=np.int64))
-        np.save(self.staging / "margins.npy", np.asarray(self.margins, dtype=np.float32))
-        np.save(self.staging / "prompt_keys.npy", np.asarray(self.prompt_keys, dtype=np.uint64))
+        np.save(self.staging / "documents.npy", np.frombuffer(self.document_starts, dtype=np.int64))
+        np.save(self.staging / "groups.npy", np.frombuffer(self.group_starts, dtype=np.int64))
+        np.save(self.staging / "margins.npy", np.frombuffer(self.margins, dtype=np.float32))
+        np.save(self.staging / "prompt_keys.npy", np.frombuffer(self.prompt_keys, dtype=np.uint64))
         if self.num_labels:
             blocks = [
                 block if block is not None else np.full((size, self.num_labels), np.nan, np.float32)
