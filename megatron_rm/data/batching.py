@@ -16,6 +16,7 @@ Two layouts:
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -102,24 +103,26 @@ def collate(store: GroupStore, groups, pad_id: int, *, packed: bool, pad_to_mult
 
 
 def pack_groups(groups: np.ndarray, group_tokens: np.ndarray, capacity: int) -> list[list[int]]:
-    """First-fit-decreasing: `groups` into bins of at most `capacity` tokens.
+    """Best-fit decreasing: `groups` into bins of at most `capacity` tokens.
 
-    Each bin becomes one packed micro-batch. A group larger than `capacity`
-    gets a bin of its own rather than being split.
+    Each bin becomes one packed micro-batch. Largest groups first, each into the
+    fullest bin it still fits (found by bisection, so a whole evaluation set packs
+    in n log n). A group larger than `capacity` gets a bin of its own rather than
+    being split.
     """
     order = sorted(range(len(groups)), key=lambda i: (-int(group_tokens[i]), i))
     bins: list[list[int]] = []
-    room: list[int] = []
+    rooms: list[tuple[int, int]] = []  # (free tokens, bin), ascending
     for i in order:
         size = int(group_tokens[i])
-        for b, free in enumerate(room):
-            if size <= free:
-                bins[b].append(int(groups[i]))
-                room[b] -= size
-                break
+        fit = bisect.bisect_left(rooms, (size, -1))
+        if fit < len(rooms):
+            free, b = rooms.pop(fit)
         else:
-            bins.append([int(groups[i])])
-            room.append(capacity - size)
+            free, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(int(groups[i]))
+        bisect.insort(rooms, (free - size, b))
     return bins
 
 

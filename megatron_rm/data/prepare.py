@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
@@ -108,6 +110,9 @@ def _encoded_chunks(rows: Iterator[RawRow], settings: Settings, workers: int) ->
     # fork starts workers in milliseconds where spawn re-imports torch in each; a bounded
     # window of chunks is in flight, where Pool.imap would read the whole input ahead.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # Each worker encodes on one thread: the processes are the parallelism, and a fast
+    # tokenizer's own thread pool in every one of them would oversubscribe the cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     with multiprocessing.get_context(method).Pool(workers, _start_worker, (settings,)) as pool:
         chunks = _chunks(rows)
         while window := list(islice(chunks, 4 * workers)):
@@ -117,20 +122,27 @@ def _encoded_chunks(rows: Iterator[RawRow], settings: Settings, workers: int) ->
 # --- main side ------------------------------------------------------------------------------------
 
 def build_store(paths: Iterable[str | Path], out: str | Path, settings: Settings, *, workers: int = 1,
-                extra_meta: dict | None = None) -> dict:
+                progress_every: int = 100_000) -> dict:
     """Tokenize every row of `paths` into a store at `out`; returns its meta.json.
 
     Invalid rows stop the build (data.on_invalid=error, the default) after the
     whole input is read, so the message counts them all; with `skip` they are
     left out and counted by reason. Groups that do not fit the length policy are
     dropped and counted by reason. Either way nothing leaves without a count.
+    A progress line is printed every `progress_every` rows (0: never).
     """
     paths = [str(p) for p in paths]
     tokenizer = load_tokenizer(settings.tokenizer)
     writer = StoreWriter(out, len(tokenizer))
     problems, dropped, rows = ProblemLog(), Counter(), 0
+    start, next_report = time.perf_counter(), progress_every
     try:
         for chunk in _encoded_chunks(_all_rows(paths), settings, workers):
+            if progress_every and rows >= next_report:
+                tokens = writer.document_starts[-1]
+                print(f"{out}: {rows:,} rows, {tokens:,} tokens, "
+                      f"{tokens / (time.perf_counter() - start):,.0f} tokens/s", flush=True)
+                next_report += progress_every
             for result in chunk:
                 rows += 1
                 if isinstance(result, RowProblem):
@@ -152,7 +164,7 @@ def build_store(paths: Iterable[str | Path], out: str | Path, settings: Settings
         raise
     meta = {"sources": _source_stamps(paths), "rows": rows,
             "invalid": dict(problems.counts), "dropped": dict(dropped),
-            **settings.recorded(fingerprint(tokenizer)), **(extra_meta or {})}
+            **settings.recorded(fingerprint(tokenizer))}
     writer.finish(meta)
     return read_meta(out)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch.distributed as dist
@@ -23,6 +24,9 @@ from megatron_rm.data.split import split_by_prompt
 from megatron_rm.data.store import GroupStore
 from megatron_rm.errors import DataError, UsageError
 from megatron_rm.parallel import Layout
+
+EVAL_CHUNK_GROUPS = 1024
+"""Evaluation groups per rank whose micro-batches exist at once."""
 
 
 @dataclass
@@ -121,10 +125,19 @@ def train_micro_batches(split: Split, sampler: GroupSampler, step: int, layout: 
     return _micro_batches(split, share, cfg.train.micro_batch_size, cfg, pad)
 
 
-def eval_micro_batches(split: Split, layout: Layout, cfg: RMConfig, pad: int) -> list[Batch]:
-    """This rank's part of the evaluation set; all ranks together cover it once."""
+def eval_micro_batches(split: Split, layout: Layout, cfg: RMConfig, pad: int) -> Iterator[list[Batch]]:
+    """This rank's part of the evaluation set, in chunks of micro-batches; all ranks
+    together cover it once.
+
+    Chunks bound the memory of a large evaluation set: a chunk's tensors are built
+    only when it is reached. Every rank yields the same number of chunks (possibly
+    empty), since each chunk ends in a data-parallel reduction.
+    """
     share = eval_share(split.longest, layout.dp, layout.dp_rank)
-    return _micro_batches(split, share, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg, pad)
+    chunks = max(1, -(-len(split.store) // (layout.dp * EVAL_CHUNK_GROUPS)))
+    mbs = cfg.eval.micro_batch_size or cfg.train.micro_batch_size
+    for groups in np.array_split(share, chunks):
+        yield _micro_batches(split, groups, mbs, cfg, pad)
 
 
 def sampler_for(split: Split, cfg: RMConfig) -> GroupSampler:

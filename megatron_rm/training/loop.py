@@ -107,11 +107,11 @@ def train_step(ddp_model, optimizer, scheduler, batches) -> tuple[torch.Tensor, 
     return sums, grad_norm
 
 
-def evaluate_pairs(ddp_model, batches) -> dict:
-    """Metrics over every data-parallel rank's evaluation micro-batches."""
+def evaluate_pairs(ddp_model, chunks) -> dict:
+    """Metrics over every data-parallel rank's evaluation micro-batches (given in chunks)."""
     ddp_model.eval()
     with torch.no_grad():
-        sums = run_pair_batches([ddp_model], batches, forward_only=True)
+        sums = sum(run_pair_batches([ddp_model], batches, forward_only=True) for batches in chunks)
     ddp_model.train()
     return summarize(sums)
 

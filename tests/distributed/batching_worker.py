@@ -82,7 +82,7 @@ def collect(cfg: RMConfig, layout: Layout) -> dict:
     # The same file split by prompt; reuses the store rank 0 built above.
     held_out = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_fraction=EVAL_FRACTION))
     _, eval_split, report = load_splits(held_out, run_dir)
-    evals = [record(b) for b in eval_micro_batches(eval_split, layout, held_out, pad)]
+    evals = [record(b) for chunk in eval_micro_batches(eval_split, layout, held_out, pad) for b in chunk]
     return {
         "layout": dataclasses.asdict(layout),
         "num_groups": len(train_split.store),
