@@ -115,7 +115,7 @@ def report(args, shared_prompt: bool, full: bool) -> None:
     print("| batching | efficiency | worst step | micro-batches / rank-step | slots / rank-step | target |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
-        split = Split.of("train", write_store(f"{folder}/store", lengths))
+        split = Split.of(write_store(f"{folder}/store", lengths))
         for label, batching, window, multiple in variants(max_length, full):
             cfg = configure(args, max_length, batching, window, multiple)
             assert batching != "pack" or pack_length(cfg) == 2 * args.micro_batch_size * max_length

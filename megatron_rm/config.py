@@ -174,9 +174,12 @@ def padded_vocab_size(vocab_size: int, model: ModelConfig) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+TRUNCATION_MODES = ("drop", "truncate_prompt", "truncate_response")
+
+
 def _data_problems(d: DataConfig) -> list[str]:
     problems = []
-    for name, value, allowed in (("truncation", d.truncation, ("drop", "truncate_prompt", "truncate_response")),
+    for name, value, allowed in (("truncation", d.truncation, TRUNCATION_MODES),
                                  ("on_invalid", d.on_invalid, ("error", "skip")),
                                  ("batching", d.batching, ("bucket", "pack"))):
         if value not in allowed:

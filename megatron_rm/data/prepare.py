@@ -185,38 +185,39 @@ def _source_stamps(paths: list[str]) -> list[dict]:
     return stamps
 
 
-def check_compatible(folder: str | Path, settings: Settings, tokenizer_fingerprint: str) -> None:
-    """Refuse a store made with another tokenizer or length policy than this run's."""
-    meta = read_meta(folder)
-    wanted = settings.recorded(tokenizer_fingerprint)
-    differences = [f"{name}: store {meta.get(name)!r}, this run {value!r}"
-                   for name, value in wanted.items() if meta.get(name) != value]
-    if differences:
-        raise DataError(f"{folder}: this token store was made with other settings; "
-                        "re-run tools/preprocess_data.py with this run's tokenizer and data settings:\n  "
-                        + "\n  ".join(differences))
+def _incompatibilities(meta: dict, settings: Settings, tokenizer_fingerprint: str) -> list[str]:
+    """Why the store described by `meta` cannot serve a run with `settings`; empty when it can."""
+    reasons = [f"{name}: store {meta.get(name)!r}, this run {value!r}"
+               for name, value in settings.recorded(tokenizer_fingerprint).items() if meta.get(name) != value]
+    if reasons:
+        reasons.append("re-run tools/preprocess_data.py with this run's tokenizer and data settings")
     skipped = sum(meta.get("invalid", {}).values())
     if skipped and settings.on_invalid == "error":
-        raise DataError(f"{folder}: the store left out {skipped} invalid row(s) "
-                        f"({meta['invalid']}); set data.on_invalid=skip to train on it anyway")
+        reasons.append(f"the store left out {skipped} invalid row(s) ({meta['invalid']}); "
+                       "set data.on_invalid=skip to train on it anyway")
+    return reasons
 
 
-def open_split(path: str | Path, cache: str | Path, settings: Settings) -> tuple[GroupStore, dict]:
+def check_compatible(folder: str | Path, settings: Settings, tokenizer_fingerprint: str) -> None:
+    """Refuse a store made with another tokenizer or length policy than this run's,
+    or one that skipped rows when this run wants every row valid."""
+    reasons = _incompatibilities(read_meta(folder), settings, tokenizer_fingerprint)
+    if reasons:
+        raise DataError(f"{folder}: this token store cannot serve this run:\n  " + "\n  ".join(reasons))
+
+
+def open_split(path: str | Path, cache: str | Path, settings: Settings, tokenizer_fingerprint: str,
+               *, workers: int = 1) -> tuple[GroupStore, dict]:
     """A store for `path`: `path` itself if it is one (checked against `settings`),
-    else one built at `cache`, reused while the data files and settings are unchanged."""
-    tokenizer_fingerprint = fingerprint(load_tokenizer(settings.tokenizer))
+    else one built at `cache` (by `workers` processes), reused while the data files
+    and settings are unchanged."""
     if is_store(path):
         check_compatible(path, settings, tokenizer_fingerprint)
         return GroupStore(path), read_meta(path)
     if not Path(path).exists():
         raise DataError(f"{path}: no such data file or folder")
     meta = read_meta(cache)
-    reusable = (
-        meta is not None
-        and meta.get("sources") == _source_stamps([str(path)])
-        and all(meta.get(name) == value for name, value in settings.recorded(tokenizer_fingerprint).items())
-        and (settings.on_invalid == "skip" or not meta.get("invalid"))
-    )
-    if not reusable:
-        meta = build_store([path], cache, settings)
+    if (meta is None or meta.get("sources") != _source_stamps([str(path)])
+            or _incompatibilities(meta, settings, tokenizer_fingerprint)):
+        meta = build_store([path], cache, settings, workers=workers)
     return GroupStore(cache), meta

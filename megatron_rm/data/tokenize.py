@@ -16,10 +16,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from megatron_rm.config import TRUNCATION_MODES
 from megatron_rm.data.records import Comparison, Text
 from megatron_rm.errors import DataError
-
-TRUNCATION = ("drop", "truncate_prompt", "truncate_response")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -138,8 +137,8 @@ class GroupEncoder:
     """Encodes whole comparisons under one length policy; shared by training and evaluation."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str):
-        if truncation not in TRUNCATION:
-            raise DataError(f"data.truncation={truncation!r} must be one of {', '.join(TRUNCATION)}")
+        if truncation not in TRUNCATION_MODES:
+            raise DataError(f"data.truncation={truncation!r} must be one of {', '.join(TRUNCATION_MODES)}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncation = truncation

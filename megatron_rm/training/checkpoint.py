@@ -77,11 +77,6 @@ def resolve(path: str | Path) -> Path:
     return max(steps)[1]
 
 
-def sampler_state(path: str | Path) -> dict | None:
-    """The data sampler's state saved with a checkpoint (see GroupSampler.resume_step)."""
-    return json.loads((resolve(path) / METADATA).read_text()).get("sampler")
-
-
 def load(model, path: str | Path, model_config: ModelConfig, padded_vocab_size: int) -> int:
     """Load weights into this rank's model (any TP/PP); returns the checkpoint's step."""
     directory = resolve(path)

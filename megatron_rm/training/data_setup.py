@@ -22,6 +22,7 @@ from megatron_rm.data.prepare import Settings, open_split
 from megatron_rm.data.sampler import GroupSampler
 from megatron_rm.data.split import split_by_prompt
 from megatron_rm.data.store import GroupStore
+from megatron_rm.data.tokenize import fingerprint, load_tokenizer
 from megatron_rm.errors import DataError, UsageError
 from megatron_rm.parallel import Layout
 
@@ -31,7 +32,6 @@ EVAL_CHUNK_GROUPS = 1024
 
 @dataclass
 class Split:
-    name: str
     store: GroupStore
     longest: np.ndarray
     """Longest document of each group, for bucketing."""
@@ -39,8 +39,8 @@ class Split:
     """Tokens of each group, for packing."""
 
     @classmethod
-    def of(cls, name: str, store: GroupStore) -> "Split":
-        return cls(name, store, *store.document_lengths())
+    def of(cls, store: GroupStore) -> "Split":
+        return cls(store, *store.document_lengths())
 
 
 def load_splits(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict]:
@@ -60,12 +60,18 @@ def load_splits(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict
 
 
 def _open_all(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict]:
-    d, s = cfg.data, Settings.from_config(cfg)
-    train_store, train_meta = open_split(d.train_path, run_dir / "data" / "train", s)
+    d, settings = cfg.data, Settings.from_config(cfg)
+    tokenizer_fingerprint = fingerprint(load_tokenizer(cfg.model.tokenizer))
+
+    def open_one(path, split: str):
+        return open_split(path, run_dir / "data" / split, settings, tokenizer_fingerprint,
+                          workers=d.preprocess_workers)
+
+    train_store, train_meta = open_one(d.train_path, "train")
     report = {"train": _summary(d.train_path, train_meta)}
     eval_store = None
     if d.eval_path:
-        eval_store, eval_meta = open_split(d.eval_path, run_dir / "data" / "eval", s)
+        eval_store, eval_meta = open_one(d.eval_path, "eval")
         report["eval"] = _summary(d.eval_path, eval_meta)
     elif d.eval_fraction > 0:
         # A fixed split seed: runs with different train.seed values share one eval set.
@@ -77,7 +83,7 @@ def _open_all(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict]:
         train_store, eval_store = train_store.subset(train_index), train_store.subset(eval_index)
         report["split"] = {"eval_fraction": d.eval_fraction, "by": "prompt",
                            "train_groups": len(train_index), "eval_groups": len(eval_index)}
-    return Split.of("train", train_store), (Split.of("eval", eval_store) if eval_store else None), report
+    return Split.of(train_store), (Split.of(eval_store) if eval_store else None), report
 
 
 def _summary(path, meta: dict) -> dict:

@@ -17,6 +17,7 @@ from tests.conftest import DEMO, PYTHON, REPO, run_command
 from tests.data.tokenizer_variants import save_variant
 
 TOKENIZER = str(DEMO / "tokenizer")
+FINGERPRINT = fingerprint(load_tokenizer(TOKENIZER))
 ARRAYS = ("tokens.bin", "documents.npy", "groups.npy", "margins.npy", "prompt_keys.npy")
 
 
@@ -102,7 +103,7 @@ def test_skip_counts_invalid_rows_by_reason(tmp_path):
                                "identical_responses": 1, "bad_messages": 1, "bad_margin": 1}
     # A store that left rows out is refused by a run that wants every row valid.
     with pytest.raises(DataError, match="left out 7 invalid row"):
-        check_compatible(tmp_path / "store", settings(), fingerprint(load_tokenizer(TOKENIZER)))
+        check_compatible(tmp_path / "store", settings(), FINGERPRINT)
 
 
 def test_drops_are_counted_by_reason(tmp_path):
@@ -142,26 +143,26 @@ def test_store_refuses_another_tokenizer_or_length_policy(tmp_path):
     source = write_jsonl(tmp_path / "d.jsonl", rows())
     build_store([source], tmp_path / "store", settings())
     other = load_tokenizer(save_variant(tmp_path / "bos", bos=True))
-    check_compatible(tmp_path / "store", settings(), fingerprint(load_tokenizer(TOKENIZER)))
+    check_compatible(tmp_path / "store", settings(), FINGERPRINT)
     with pytest.raises(DataError, match="tokenizer: store"):
         check_compatible(tmp_path / "store", settings(), fingerprint(other))
     with pytest.raises(DataError, match="max_length: store 64, this run 32"):
-        open_split(tmp_path / "store", tmp_path / "cache", settings(max_length=32))
+        open_split(tmp_path / "store", tmp_path / "cache", settings(max_length=32), FINGERPRINT)
 
 
 def test_cached_store_is_reused_until_the_data_changes(tmp_path):
     source = write_jsonl(tmp_path / "d.jsonl", rows(10))
     cache = tmp_path / "cache"
-    store, meta = open_split(source, cache, settings())
+    store, meta = open_split(source, cache, settings(), FINGERPRINT)
     assert len(store) == 10
     built = (cache / "meta.json").stat().st_mtime_ns
-    open_split(source, cache, settings())
+    open_split(source, cache, settings(), FINGERPRINT)
     assert (cache / "meta.json").stat().st_mtime_ns == built
     write_jsonl(source, rows(12))
     os.utime(source, ns=(built + 10**9, built + 10**9))
-    store, _ = open_split(source, cache, settings())
+    store, _ = open_split(source, cache, settings(), FINGERPRINT)
     assert len(store) == 12
-    assert len(open_split(source, cache, settings(max_length=48))[0]) == 12  # settings change: rebuilt
+    assert len(open_split(source, cache, settings(max_length=48), FINGERPRINT)[0]) == 12  # settings change: rebuilt
 
 
 def test_preprocess_tool_round_trip(tmp_path):
@@ -175,7 +176,7 @@ def test_preprocess_tool_round_trip(tmp_path):
     build_store([source], tmp_path / "direct", settings())
     assert same_store(out, tmp_path / "direct")
     # Training opens the store itself: nothing is re-tokenized into the cache folder.
-    store, _ = open_split(out, tmp_path / "cache", settings())
+    store, _ = open_split(out, tmp_path / "cache", settings(), FINGERPRINT)
     assert store.folder == out and not (tmp_path / "cache").exists()
     again = run_command(args)
     assert again.returncode == 2 and "not empty" in again.stderr

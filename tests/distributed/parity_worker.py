@@ -82,7 +82,7 @@ def demo_store(folder: Path, cfg: RMConfig) -> GroupStore:
 
 def train_five_steps(model, store: GroupStore, layout, cfg: RMConfig, pad: int) -> tuple[list, list]:
     ddp_model, optimizer, scheduler = build_optimizer(model, cfg)
-    split = Split.of("train", store)
+    split = Split.of(store)
     sampler = sampler_for(split, cfg)
     losses, grad_norms = [], []
     for step in range(STEPS):

@@ -20,7 +20,7 @@ def test_eval_chunks_cover_every_group_once_in_equal_numbers(tmp_path, monkeypat
         # The first token names the group, so every document is traceable.
         writer.add([[g, *[7] * a], [g, *[8] * b]], None, None, prompt_key=g)
     writer.finish({})
-    split = Split.of("eval", GroupStore(tmp_path / "store"))
+    split = Split.of(GroupStore(tmp_path / "store"))
     cfg = RMConfig()
     cfg.data.batching, cfg.train.micro_batch_size = batching, 2
     dp = 3
