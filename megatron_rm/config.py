@@ -15,11 +15,33 @@ from megatron_rm.errors import ConfigError
 
 
 @dataclass
+class RopeScalingConfig:
+    """RoPE frequency scaling, named as in Hugging Face's `rope_scaling`."""
+
+    rope_type: str = "llama3"
+    """llama3 (Llama 3.1: long wavelengths divided by `factor`, a smooth blend between)
+    or linear (every frequency divided by `factor`)."""
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+ROPE_SCALING_TYPES = ("llama3", "linear")
+FAMILIES = ("llama", "mistral", "qwen2")
+
+
+@dataclass
 class ModelConfig:
     """A Llama-style decoder with a reward head."""
 
     tokenizer: str = "examples/demo/tokenizer"
-    """Hugging Face tokenizer folder; the vocabulary size comes from it."""
+    """Hugging Face tokenizer folder."""
+    vocab_size: Optional[int] = None
+    """Embedding rows before padding; None: the tokenizer's size. Converted models keep
+    their Hugging Face `vocab_size`, which may exceed the tokenizer's."""
+    family: str = "llama"
+    """Hugging Face architecture this model exports to: llama, mistral or qwen2."""
     num_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
@@ -36,7 +58,11 @@ class ModelConfig:
     """swiglu (gated SiLU, as Llama) or gelu."""
     position_embedding_type: str = "rope"
     """rope or learned_absolute."""
-    rotary_base: int = 10000
+    rotary_base: float = 10000.0
+    rope_scaling: Optional[RopeScalingConfig] = None
+    sliding_window: Optional[int] = None
+    """Mistral's attention window. Attention here always spans the whole document, which
+    equals windowed attention while documents fit the window, so data.max_length must."""
     add_bias_linear: bool = False
     add_qkv_bias: bool = False
     """Bias on the q/k/v projection only (Qwen2)."""
@@ -168,10 +194,11 @@ class RMConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-def padded_vocab_size(vocab_size: int, model: ModelConfig) -> int:
-    """Embedding rows: the tokenizer's size rounded up to `make_vocab_size_divisible_by`."""
+def padded_vocab_size(tokenizer_size: int, model: ModelConfig) -> int:
+    """Embedding rows: `model.vocab_size` (else the tokenizer's size) rounded up to
+    `make_vocab_size_divisible_by`."""
     multiple = model.make_vocab_size_divisible_by
-    return -(-vocab_size // multiple) * multiple
+    return -(-(model.vocab_size or tokenizer_size) // multiple) * multiple
 
 
 TRUNCATION_MODES = ("drop", "truncate_prompt", "truncate_response")
@@ -278,6 +305,19 @@ def validate(
     need(m.position_embedding_type in ("rope", "learned_absolute"),
          f"model.position_embedding_type={m.position_embedding_type!r} must be rope or "
          "learned_absolute")
+    need(m.family in FAMILIES, f"model.family={m.family!r} must be one of {', '.join(FAMILIES)}")
+    if m.vocab_size is not None:
+        need(m.vocab_size >= vocab_size,
+             f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's {vocab_size} tokens "
+             f"({m.tokenizer})")
+    if m.rope_scaling is not None:
+        need(m.rope_scaling.rope_type in ROPE_SCALING_TYPES,
+             f"model.rope_scaling.rope_type={m.rope_scaling.rope_type!r} must be one of "
+             f"{', '.join(ROPE_SCALING_TYPES)}")
+    if m.sliding_window is not None:
+        need(cfg.data.max_length <= m.sliding_window,
+             f"data.max_length={cfg.data.max_length} exceeds model.sliding_window={m.sliding_window}:"
+             " attention here is not windowed, so documents must fit the window")
     need(m.transformer_impl in ("auto", "local", "transformer_engine"),
          f"model.transformer_impl={m.transformer_impl!r} must be auto, local or transformer_engine")
     if m.transformer_impl == "transformer_engine":

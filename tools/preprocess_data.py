@@ -34,7 +34,7 @@ def main() -> None:
             raise UsageError(f"{args.output} exists and is not empty; pass --overwrite to replace it")
         register_schema()
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = to_config(compose(config_name="train_rm", overrides=args.overrides))
+            cfg = to_config(compose(config_name="train_rm", overrides=args.overrides), args.overrides)
         start = time.perf_counter()
         meta = build_store(args.input, args.output, Settings.from_config(cfg), workers=args.workers)
     except UsageError as error:

@@ -2,6 +2,10 @@
 
     torchrun --nproc-per-node 2 tools/train_rm.py parallel.tp=2 run.dir=runs/demo
     torchrun --nproc-per-node 8 tools/train_rm.py parallel.tp=2 parallel.pp=2
+    torchrun --nproc-per-node 2 tools/train_rm.py checkpoint.load=ckpt/llama-rm parallel.tp=2
+
+With checkpoint.load the model (architecture and tokenizer) is the checkpoint's,
+e.g. one made by tools/convert_hf_to_megatron.py.
 
 Configuration: conf/train_rm.yaml (defaults) + Hydra overrides `key=value`.
 Writes run.dir/metrics.jsonl, run.dir/config.yaml and run.dir/checkpoints/step_<N>.
@@ -10,6 +14,7 @@ Writes run.dir/metrics.jsonl, run.dir/config.yaml and run.dir/checkpoints/step_<
 import os
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 
 from megatron_rm import parallel
 from megatron_rm.cli import CONF_DIR, exit_on_usage_error, register_schema, to_config
@@ -21,7 +26,8 @@ register_schema()
 @hydra.main(config_path=CONF_DIR, config_name="train_rm", version_base="1.3")
 def main(cfg) -> None:
     try:
-        exit_on_usage_error(lambda: train(to_config(cfg)), rank=int(os.environ.get("RANK", "0")))
+        overrides = HydraConfig.get().overrides.task
+        exit_on_usage_error(lambda: train(to_config(cfg, overrides)), rank=int(os.environ.get("RANK", "0")))
     finally:
         parallel.shutdown()
 

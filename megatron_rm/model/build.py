@@ -72,5 +72,6 @@ def build_reward_model(model: ModelConfig, parallel: ParallelConfig, vocab_size:
         post_process=parallel_state.is_pipeline_last_stage(),
         position_embedding_type=model.position_embedding_type,
         rotary_base=model.rotary_base,
+        rope_scaling=model.rope_scaling,
     )
     return reward_model.to(runtime.device())

@@ -41,7 +41,9 @@ class RewardHead(MegatronModule):
         hidden = config.hidden_size
         # Draw the full weight on the CPU from the shared RNG, then keep this rank's
         # slice: the head is the same at every TP size for the same seed.
-        full = torch.empty(num_labels, hidden, dtype=torch.float32)
+        # (On the CPU explicitly, so that a model built under torch.device("meta") for
+        # checkpoint conversion still gets its small head.)
+        full = torch.empty(num_labels, hidden, dtype=torch.float32, device="cpu")
         torch.nn.init.normal_(full, mean=0.0, std=init_std)
         shard = full.chunk(tp_size, dim=1)[tp_rank].clone()
         device = runtime.device()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_block import LayerNormImpl
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_rm.config import RopeScalingConfig
 from megatron_rm.model import inputs
 from megatron_rm.model.layer_spec import takes_packed_sequences
 from megatron_rm.model.reward_head import RewardHead
@@ -49,7 +51,8 @@ class RewardModel(GPTModel):
         pre_process: bool = True,
         post_process: bool = True,
         position_embedding_type: str = "rope",
-        rotary_base: int = 10000,
+        rotary_base: float = 10000.0,
+        rope_scaling: RopeScalingConfig | None = None,
     ):
         super().__init__(
             config,
@@ -61,6 +64,8 @@ class RewardModel(GPTModel):
             position_embedding_type=position_embedding_type,
             rotary_base=rotary_base,
         )
+        if rope_scaling is not None and position_embedding_type == "rope":
+            self.rotary_pos_emb.inv_freq = scaled_inv_freq(self.rotary_pos_emb, rope_scaling)
         self.has_reward_head = post_process
         self.packs_sequences = takes_packed_sequences(transformer_layer_spec)
         self.num_labels = num_labels
@@ -108,3 +113,20 @@ class RewardModel(GPTModel):
             # Rows were laid end to end: row r's position c is token r * seq + c of one row.
             return torch.zeros_like(rows), rows * attention_mask.shape[-1] + cols
         return rows, cols
+
+
+def scaled_inv_freq(rope: RotaryEmbedding, scaling: RopeScalingConfig) -> torch.Tensor:
+    """`rope`'s inverse frequencies under Hugging Face's `rope_scaling` (llama3 or linear).
+
+    GPTModel's own llama3 option fixes the low/high frequency factors and the original
+    context at Llama 3.1's values; models that set others need them passed through.
+    """
+    if scaling.rope_type == "linear":
+        return rope.inv_freq / scaling.factor
+    return rope._apply_scaling(
+        rope.inv_freq,
+        factor=scaling.factor,
+        low_freq_factor=scaling.low_freq_factor,
+        high_freq_factor=scaling.high_freq_factor,
+        original_max_position_embeddings=scaling.original_max_position_embeddings,
+    )

@@ -1,8 +1,9 @@
 """Model checkpoints in megatron's dist_checkpointing format, loadable at any TP/PP.
 
-A checkpoint is a folder `step_<N>` holding the sharded tensors and
+A checkpoint is a folder `step_<N>` holding the sharded tensors,
 `megatron_rm.json` (the step, the model's architecture and the data sampler's
-position, from which the data order resumes). It is written under
+position, from which the data order resumes; see `checkpoint_files`) and the
+tokenizer. It is written under
 a temporary name and renamed once every rank has finished, so a folder named
 `step_<N>` is always complete.
 """
@@ -10,19 +11,23 @@ a temporary name and renamed once every rank has finished, so a folder named
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import shutil
 from pathlib import Path
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from megatron_rm.checkpoint_files import (  # noqa: F401  (METADATA, resolve: part of this API)
+    METADATA,
+    TOKENIZER_DIR,
+    read_metadata,
+    resolve,
+    write_metadata,
+)
 from megatron_rm.config import ModelConfig
+from megatron_rm.data import load_tokenizer
 from megatron_rm.errors import CheckpointError
 
-METADATA = "megatron_rm.json"
-STEP_DIR = re.compile(r"step_(\d+)$")
 # Fields that decide parameter names and shapes; a checkpoint loads only into a
 # model that agrees on all of them.
 ARCHITECTURE = (
@@ -44,43 +49,21 @@ def save(model, checkpoints_dir: str | Path, step: int, model_config: ModelConfi
     dist_checkpointing.save(model.sharded_state_dict(), str(staging))
     dist.barrier()
     if dist.get_rank() == 0:
-        metadata = {
-            "step": step,
-            "padded_vocab_size": padded_vocab_size,
-            "model": dataclasses.asdict(model_config),
-            "sampler": sampler_state,
-        }
-        (staging / METADATA).write_text(json.dumps(metadata, indent=2))
+        # The tokenizer travels inside, so the checkpoint converts and scores on its own.
+        load_tokenizer(model_config.tokenizer).save_pretrained(staging / TOKENIZER_DIR)
+        recorded = dataclasses.replace(model_config, tokenizer=TOKENIZER_DIR)
+        write_metadata(staging, step=step, model=recorded, padded_vocab_size=padded_vocab_size,
+                       sampler=sampler_state)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     dist.barrier()
     return final
 
 
-def resolve(path: str | Path) -> Path:
-    """A checkpoint folder, or the newest complete `step_<N>` under a run's checkpoints folder."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint.load={path}: no such file or folder")
-    if (path / METADATA).is_file():
-        return path
-    steps = [
-        (int(match.group(1)), child)
-        for child in path.iterdir()
-        if (match := STEP_DIR.match(child.name)) and (child / METADATA).is_file()
-    ]
-    if not steps:
-        raise CheckpointError(
-            f"checkpoint.load={path}: not a megatron-rm checkpoint (no {METADATA}) and holds "
-            "no complete step_<N> checkpoint"
-        )
-    return max(steps)[1]
-
-
 def load(model, path: str | Path, model_config: ModelConfig, padded_vocab_size: int) -> int:
     """Load weights into this rank's model (any TP/PP); returns the checkpoint's step."""
     directory = resolve(path)
-    metadata = json.loads((directory / METADATA).read_text())
+    metadata = read_metadata(directory)
     saved = metadata["model"]
     mismatches = [
         f"model.{name}: checkpoint {saved.get(name)!r}, this run {getattr(model_config, name)!r}"

@@ -6,11 +6,18 @@ import json
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
+import transformers
 import yaml
 
+from megatron_rm.data import GroupStore
 from tests.conftest import DEMO, PYTHON, REPO, run_command, torchrun
+from tests.convert.hf_models import save_model
 
 TOOL = str(REPO / "tools" / "train_rm.py")
+TO_MEGATRON = str(REPO / "tools" / "convert_hf_to_megatron.py")
+TO_HF = str(REPO / "tools" / "convert_megatron_to_hf.py")
 CONTRACT_FIELDS = {"step", "split", "loss", "accuracy", "margin", "chosen_reward", "rejected_reward",
                    "tokens_per_s"}
 
@@ -72,6 +79,52 @@ def test_checkpoint_reloads_at_another_layout_with_the_same_eval(eight_rank_run,
     assert reloaded["margin"] == pytest.approx(final["margin"], abs=1e-5 * abs(final["chosen_reward"]))
     assert reloaded["accuracy"] == final["accuracy"]
     assert not (tmp_path / "checkpoints").exists()  # evaluate-only runs save nothing
+
+
+def _hf_pair_metrics(model, store: GroupStore, pad: int) -> tuple[float, float]:
+    """Bradley-Terry loss and accuracy of a transformers reward model over a store's pairs."""
+    chosen, rejected = [], []
+    for group in range(len(store)):
+        documents = [torch.from_numpy(d) for d in store.documents(group)]
+        ids = torch.nn.utils.rnn.pad_sequence(documents, batch_first=True, padding_value=pad)
+        with torch.no_grad():
+            rewards = model(input_ids=ids, attention_mask=(ids != pad).long()).logits[:, 0].double()
+        chosen.append(rewards[0])
+        rejected.append(rewards[1])
+    margin = torch.stack(chosen) - torch.stack(rejected)
+    return (-F.logsigmoid(margin)).mean().item(), (margin > 0).double().mean().item()
+
+
+def test_exported_checkpoint_reproduces_the_runs_eval_in_transformers(eight_rank_run, tmp_path):
+    """The TP2xPP2 training checkpoint, exported, scores the held-out pairs as training did."""
+    result = run_command([PYTHON, TO_HF, "--megatron-dir", str(eight_rank_run / "checkpoints"),
+                          "--out-dir", str(tmp_path / "hf")])
+    assert result.returncode == 0, result.stderr[-4000:]
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
+    assert info["missing_keys"] == info["unexpected_keys"] == []
+    loss, accuracy = _hf_pair_metrics(model.eval(), GroupStore(eight_rank_run / "data" / "eval"),
+                                      model.config.pad_token_id)
+    final = _rows(eight_rank_run)[-1]
+    assert loss == pytest.approx(final["loss"], rel=1e-5) and accuracy == final["accuracy"]
+
+
+def test_trains_from_a_converted_checkpoint_with_no_model_override(small_eval, tmp_path):
+    """A bf16 Qwen2 causal LM, converted, trains at TP2xPP2 with only checkpoint.load given."""
+    save_model("qwen2", tmp_path / "hf", "causal_lm", dtype=torch.bfloat16)
+    result = run_command([PYTHON, TO_MEGATRON, "--hf-dir", str(tmp_path / "hf"), "--out-dir", str(tmp_path / "ckpt")])
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = tmp_path / "run"
+    torchrun(4, TOOL, f"checkpoint.load={tmp_path / 'ckpt'}", "parallel.tp=2", "parallel.pp=2",
+             "train.max_steps=2", "train.global_batch_size=8", "train.micro_batch_size=2",
+             "train.lr_warmup_steps=0", "train.log_interval=1", f"data.eval_path={small_eval}",
+             f"run.dir={run_dir}")
+    model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+    assert (model["family"], model["add_qkv_bias"], model["ffn_hidden_size"]) == ("qwen2", True, 96)
+    assert [r["step"] for r in _rows(run_dir) if r["split"] == "train"] == [1, 2]
+    saved = json.loads((run_dir / "checkpoints" / "step_2" / "megatron_rm.json").read_text())
+    assert saved["model"]["tokenizer"] == "tokenizer"
+    assert (run_dir / "checkpoints" / "step_2" / "tokenizer" / "tokenizer.json").is_file()
 
 
 @pytest.mark.parametrize("case", ["malformed_json", "empty_file", "missing_checkpoint", "misspelt_key"])

@@ -1,0 +1,146 @@
+"""Hugging Face `config.json` <-> our ModelConfig, refusing what the model cannot reproduce.
+
+A converted model must compute what `transformers` computes, so every field
+that would change the result and that we do not implement stops the import
+with the field and its value named, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from megatron_rm.config import ROPE_SCALING_TYPES, ModelConfig, RopeScalingConfig
+from megatron_rm.convert.families import FAMILIES, Family, family
+from megatron_rm.errors import CheckpointError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool,
+                 head_init_std: float | None) -> tuple[Family, ModelConfig]:
+    """Our architecture for the Hugging Face config `hf` (read from `source`)."""
+    fam = family(hf.get("model_type"), str(source))
+
+    def refuse(field: str, why: str) -> None:
+        raise CheckpointError(f"{source}: {field}={hf.get(field)!r} is not supported: {why}")
+
+    if hf.get("hidden_act", "silu") != "silu":
+        refuse("hidden_act", "the MLP is SwiGLU (silu)")
+    for field in ("attention_bias", "mlp_bias"):
+        if hf.get(field):
+            refuse(field, "only Qwen2's q/k/v biases are implemented")
+    if hf.get("use_sliding_window"):
+        refuse("use_sliding_window", "per-layer sliding windows are not implemented")
+    if hf.get("partial_rotary_factor", 1.0) != 1.0:
+        refuse("partial_rotary_factor", "rotary embeddings span the whole head")
+    rope_scaling = _rope_scaling(hf.get("rope_scaling"), source)
+    heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim")
+    model = ModelConfig(
+        tokenizer="tokenizer",
+        vocab_size=hf["vocab_size"],
+        family=fam.model_type,
+        num_layers=hf["num_hidden_layers"],
+        hidden_size=hf["hidden_size"],
+        num_attention_heads=heads,
+        num_query_groups=hf.get("num_key_value_heads") or heads,
+        kv_channels=head_dim if head_dim and head_dim != hf["hidden_size"] // heads else None,
+        ffn_hidden_size=hf["intermediate_size"],
+        max_sequence_length=hf["max_position_embeddings"],
+        normalization="RMSNorm",
+        norm_epsilon=hf.get("rms_norm_eps", 1e-6),
+        activation="swiglu",
+        position_embedding_type="rope",
+        rotary_base=float(hf.get("rope_theta", 10000.0)),
+        rope_scaling=rope_scaling,
+        sliding_window=hf.get("sliding_window") if fam.model_type == "mistral" else None,
+        add_bias_linear=False,
+        add_qkv_bias=fam.model_type == "qwen2",
+        init_method_std=hf.get("initializer_range", 0.02),
+        num_labels=num_labels,
+        head_bias=head_bias,
+        head_init_std=head_init_std if head_init_std is not None else hf.get("initializer_range", 0.02),
+    )
+    return fam, model
+
+
+def _rope_scaling(scaling: dict | None, source: Path) -> RopeScalingConfig | None:
+    if not scaling:
+        return None
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type == "default":
+        return None
+    if rope_type not in ROPE_SCALING_TYPES:
+        raise CheckpointError(f"{source}: rope_scaling.rope_type={rope_type!r} is not supported "
+                              f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
+    defaults = RopeScalingConfig()
+    return RopeScalingConfig(
+        rope_type=rope_type,
+        factor=float(scaling["factor"]),
+        low_freq_factor=float(scaling.get("low_freq_factor", defaults.low_freq_factor)),
+        high_freq_factor=float(scaling.get("high_freq_factor", defaults.high_freq_factor)),
+        original_max_position_embeddings=int(scaling.get("original_max_position_embeddings",
+                                                         defaults.original_max_position_embeddings)),
+    )
+
+
+def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_token_id: int,
+              bos_token_id: int | None, eos_token_id: int | None,
+              reward_normalization: dict | None) -> transformers.PretrainedConfig:
+    """The `*ForSequenceClassification` config of `model` (any checkpoint we wrote)."""
+    fam = FAMILIES.get(model.family)
+    problems = [f"model.{name}={getattr(model, name)!r} (export needs {want!r})"
+                for name, want in (("normalization", "RMSNorm"), ("activation", "swiglu"),
+                                   ("position_embedding_type", "rope"), ("add_bias_linear", False))
+                if getattr(model, name) != want]
+    if fam is None:
+        problems.append(f"model.family={model.family!r} (one of {', '.join(FAMILIES)})")
+    elif model.add_qkv_bias != (fam.model_type == "qwen2"):
+        problems.append(f"model.add_qkv_bias={model.add_qkv_bias} does not fit model.family="
+                        f"{model.family!r} (q/k/v biases are Qwen2's)")
+    if problems:
+        raise CheckpointError("this model has no Hugging Face counterpart:\n  " + "\n  ".join(problems))
+    heads = model.num_attention_heads
+    fields = dict(
+        architectures=[f"{fam.architecture}ForSequenceClassification"],
+        vocab_size=vocab_size,
+        hidden_size=model.hidden_size,
+        intermediate_size=model.ffn_hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=model.num_query_groups or heads,
+        head_dim=model.kv_channels or model.hidden_size // heads,
+        hidden_act="silu",
+        max_position_embeddings=model.max_sequence_length,
+        rms_norm_eps=model.norm_epsilon,
+        rope_theta=model.rotary_base,
+        rope_scaling=_hf_rope_scaling(model.rope_scaling),
+        initializer_range=model.init_method_std,
+        tie_word_embeddings=False,
+        num_labels=model.num_labels,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        torch_dtype=TORCH_DTYPE_NAMES[dtype],
+    )
+    if fam.model_type == "mistral":
+        fields["sliding_window"] = model.sliding_window
+    if fam.model_type == "qwen2":
+        fields["use_sliding_window"] = False
+    if reward_normalization:
+        fields["reward_normalization"] = reward_normalization
+    return transformers.AutoConfig.for_model(fam.model_type, **fields)
+
+
+def _hf_rope_scaling(scaling: RopeScalingConfig | None) -> dict | None:
+    if scaling is None:
+        return None
+    if scaling.rope_type == "linear":
+        return {"rope_type": "linear", "factor": scaling.factor}
+    return {"rope_type": "llama3", "factor": scaling.factor, "low_freq_factor": scaling.low_freq_factor,
+            "high_freq_factor": scaling.high_freq_factor,
+            "original_max_position_embeddings": scaling.original_max_position_embeddings}

@@ -1,0 +1,112 @@
+"""Our checkpoints as whole tensors: write them from, and read them into, one process.
+
+A conversion never builds real layers. The model is built on the meta device
+at TP1/PP1 (no memory, no initialisation) only for its `sharded_state_dict`:
+that fixes every checkpoint key, global shape and tensor-parallel split
+(including megatron's swiglu split of `linear_fc1`), so a converted checkpoint
+is exactly what training would have saved and loads at any TP/PP through
+megatron's resharding. The whole tensors are then swapped in for the meta ones.
+
+Megatron's tensor factories (the swiglu split, which saves `linear_fc1` as its
+gate and up halves) are built here, before saving or loading, and each half
+gets a tensor of its own: handed views, the checkpoint writer would clone them,
+and the loader would concatenate halves while still holding them, either way a
+second copy of every MLP's largest weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensorFactory
+
+from megatron_rm import parallel
+from megatron_rm.config import ModelConfig, ParallelConfig
+from megatron_rm.model.build import transformer_config
+from megatron_rm.model.layer_spec import transformer_layer_spec
+from megatron_rm.model.reward_model import RewardModel
+
+HEAD_DTYPE = torch.float32
+"""The reward head is kept in fp32 whatever the trunk's dtype (see RewardHead)."""
+
+
+def _template(model: ModelConfig, padded_vocab: int, dtype: torch.dtype) -> tuple[dict, dict]:
+    """The sharded state dict of `model` at TP1/PP1, its tensors on the meta device and its
+    factories built, and each parameter's whole shape."""
+    if not parallel_state.model_parallel_is_initialized():
+        parallel.initialize(ParallelConfig(), seed=0)
+    if parallel_state.get_tensor_model_parallel_world_size() != 1 or \
+            parallel_state.get_pipeline_model_parallel_world_size() != 1:
+        raise RuntimeError("conversion runs in one process at TP1/PP1")
+    local = dataclasses.replace(model, transformer_impl="local")
+    config = transformer_config(local, ParallelConfig())
+    config.params_dtype = dtype
+    config.use_cpu_initialization = True  # never touch a GPU, even where one exists
+    config.perform_initialization = False
+    with torch.device("meta"):
+        reward_model = RewardModel(
+            config, transformer_layer_spec(local), padded_vocab, model.max_sequence_length,
+            num_labels=model.num_labels, head_bias=model.head_bias,
+            position_embedding_type=model.position_embedding_type, rotary_base=model.rotary_base,
+        )
+    sharded = reward_model.sharded_state_dict()
+    shapes = {name: tuple(entry.data.shape) for name, entry in sharded.items()
+              if not isinstance(entry, ShardedObject)}
+    built = {name: entry.build() if isinstance(entry, ShardedTensorFactory) else entry
+             for name, entry in sharded.items()}
+    return built, shapes
+
+
+def _parts(entry) -> list:
+    """The ShardedTensors of one parameter: itself, or the pieces its factory built."""
+    return entry if isinstance(entry, list) else [entry]
+
+
+def save(tensors: dict[str, torch.Tensor], out: Path, model: ModelConfig, padded_vocab: int,
+         dtype: torch.dtype) -> None:
+    """Write `tensors` (parameter name -> whole tensor) as a dist_checkpointing checkpoint.
+
+    `tensors` is emptied as it goes: a factory's pieces replace their parameter.
+    """
+    sharded, shapes = _template(model, padded_vocab, dtype)
+    if set(shapes) != set(tensors):
+        raise AssertionError(f"tensors do not match the model: missing {sorted(set(shapes) - set(tensors))}, "
+                             f"unexpected {sorted(set(tensors) - set(shapes))}")
+    for name, shape in shapes.items():
+        tensor, entry = tensors.pop(name).contiguous(), sharded[name]
+        if tuple(tensor.shape) != shape:
+            raise AssertionError(f"{name}: model shape {list(shape)}, tensor {list(tensor.shape)}")
+        if isinstance(entry, list):
+            for piece in entry:  # the piece's meta view says where in the whole tensor it lies
+                meta = piece.data
+                piece.data = tensor.as_strided(meta.shape, meta.stride(), meta.storage_offset()).clone()
+        else:
+            entry.data = tensor
+        del tensor
+    dist_checkpointing.save(sharded, str(out))
+
+
+def load(directory: Path, model: ModelConfig, padded_vocab: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every parameter of the checkpoint in `directory` (saved at any TP/PP), whole."""
+    sharded, _ = _template(model, padded_vocab, dtype)
+    for entry in sharded.values():
+        if not isinstance(entry, ShardedObject):
+            for piece in _parts(entry):
+                piece.data = torch.empty(piece.data.shape, dtype=piece.data.dtype)
+    state = dist_checkpointing.load(sharded, str(directory))
+    sharded.clear()  # the loaded tensors are the pieces' own; keep one reference to each
+    whole = {}
+    for name in list(state):
+        value = state.pop(name)
+        if isinstance(value, list):  # a factory's pieces: joined one parameter at a time
+            value = torch.cat(value)
+        if isinstance(value, torch.Tensor):
+            whole[name] = value
+    return whole
+
+
+def parameter_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    return HEAD_DTYPE if name.startswith("reward_head.") else dtype

@@ -1,0 +1,81 @@
+"""Export one of our checkpoints (any TP/PP) as a Hugging Face `*ForSequenceClassification` folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from megatron_rm.checkpoint_files import atomic_folder, model_config, read_metadata, resolve
+from megatron_rm.convert import megatron_io
+from megatron_rm.convert.families import FAMILIES, Shapes, to_hf
+from megatron_rm.convert.hf_config import DTYPES, hf_config
+from megatron_rm.convert.safetensors_io import write_sharded
+from megatron_rm.data import load_tokenizer
+from megatron_rm.errors import CheckpointError
+
+PAD_TOKEN = "<|pad|>"
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+
+
+def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Write `out_dir` for `AutoModelForSequenceClassification.from_pretrained`; returns it.
+
+    `megatron_dir` is a converted checkpoint, a training checkpoint, or a run's
+    `checkpoints/` folder (its newest complete one). `dtype` (fp32 or bf16)
+    defaults to the checkpoint's stored dtype.
+    """
+    directory = resolve(megatron_dir)
+    metadata = read_metadata(directory)
+    model = model_config(directory, metadata)
+    stored = getattr(torch, metadata.get("dtype", "float32"))
+    target = DTYPES[dtype] if dtype else stored
+    tokenizer = load_tokenizer(model.tokenizer)
+    vocab_size = model.vocab_size or len(tokenizer)
+    pad_token_id = _reward_pad_token(tokenizer)
+    if pad_token_id >= vocab_size:  # the new pad token needs an embedding row
+        vocab_size = pad_token_id + 1
+    config = hf_config(model, vocab_size=vocab_size, dtype=target, pad_token_id=pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       reward_normalization=metadata.get("reward_normalization"))
+    padded = metadata["padded_vocab_size"]
+    if vocab_size > padded:
+        raise CheckpointError(f"{directory}: {vocab_size} tokens need embedding rows beyond the "
+                              f"checkpoint's {padded}")
+    try:
+        parameters = megatron_io.load(directory, model, padded, stored)
+    except Exception as error:  # megatron raises many kinds; say which checkpoint failed
+        raise CheckpointError(f"{directory}: could not load: {error}") from error
+
+    heads, groups = model.num_attention_heads, model.num_query_groups or model.num_attention_heads
+    shapes = Shapes(groups, heads // groups, model.kv_channels or model.hidden_size // heads)
+    hf_tensors = {}
+    for rule in FAMILIES[model.family].rules_for(model.num_layers, model.head_bias):
+        parts = to_hf(rule.kind, parameters.pop(rule.megatron), shapes, rows=vocab_size)
+        hf_tensors.update(zip(rule.hf, parts))
+    plan = [(name, target, tuple(tensor.shape)) for name, tensor in hf_tensors.items()]
+
+    def make(name: str) -> torch.Tensor:
+        return hf_tensors.pop(name).to(target)  # popped: each tensor is freed once written
+
+    with atomic_folder(out_dir) as staging:
+        write_sharded(staging, plan, make, max_shard_bytes)
+        config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return Path(out_dir)
+
+
+def _reward_pad_token(tokenizer) -> int:
+    """A pad id distinct from EOS, adding one to `tokenizer` if needed.
+
+    transformers reads a sequence-classification reward at the last token that is
+    not `pad_token_id`. Our documents end in EOS and the reward is read there, so a
+    pad id equal to EOS (or none at all) would make transformers score the token
+    before it, silently.
+    """
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        print(f"note: the tokenizer's pad token was {'EOS' if tokenizer.eos_token_id is not None else 'unset'};"
+              f" added {PAD_TOKEN} (id {tokenizer.pad_token_id}) so that transformers reads rewards at EOS")
+    return tokenizer.pad_token_id

@@ -1,0 +1,63 @@
+"""Score converted checkpoints at every layout on one 4-rank job.
+
+    torchrun --standalone --nproc-per-node 4 tests/convert/parity_worker.py --checkpoints DIR --batches FILE --out DIR
+
+For each layout (TP1, TP2, PP2, TP2xPP2; the rest of the 4 ranks is data
+parallel) and each checkpoint folder under --checkpoints, the model is built
+from the checkpoint's own config, loaded (resharded by megatron), and scores the
+batches in --batches. The last rank writes out/<layout>.pt: per checkpoint, the
+rewards and the final-norm hidden state at each row's last token (the reward
+head's input).
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+
+from megatron_rm import parallel
+from megatron_rm.checkpoint_files import model_config, read_metadata
+from megatron_rm.config import ParallelConfig, padded_vocab_size
+from megatron_rm.data import Batch, load_tokenizer
+from megatron_rm.model import build_reward_model
+from megatron_rm.training import checkpoint
+from megatron_rm.training.step import score
+
+LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))
+
+
+def score_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batch]) -> dict:
+    cfg = model_config(directory, read_metadata(directory))
+    vocab = len(load_tokenizer(cfg.tokenizer))
+    model = build_reward_model(cfg, layout, vocab).eval()
+    checkpoint.load(model, directory, cfg, padded_vocab_size(vocab, cfg))
+    hidden = []
+    if parallel_state.is_pipeline_last_stage():
+        model.reward_head.register_forward_hook(
+            lambda module, args, output: hidden.append(args[0][args[2], args[1]].detach().clone()))
+    rewards = [score([model], [batch]) for batch in batches]
+    return {"rewards": rewards, "hidden": hidden}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoints", type=Path, required=True)
+    parser.add_argument("--batches", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    batches = [Batch(ids, mask, torch.zeros(0, 2, dtype=torch.int64), torch.zeros(0))
+               for ids, mask in torch.load(args.batches)]
+    for tp, pp in LAYOUTS:
+        layout = ParallelConfig(tp=tp, pp=pp)
+        parallel.initialize(layout, seed=0)
+        results = {d.name: score_checkpoint(d, layout, batches)
+                   for d in sorted(args.checkpoints.iterdir())}
+        if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
+            torch.save(results, args.out / f"tp{tp}_pp{pp}.pt")
+        parallel_state.destroy_model_parallel()
+    parallel.shutdown()
+
+
+if __name__ == "__main__":
+    main()

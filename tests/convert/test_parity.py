@@ -1,0 +1,107 @@
+"""Converted checkpoints compute what `transformers` computes, at TP1, TP2, PP2 and TP2xPP2.
+
+Every family is imported from a real `*ForSequenceClassification` folder (rewards
+compared) and from a `*ForCausalLM` folder (the new head aside, the last token's
+hidden state compared), then scored by one 4-rank torchrun job over all layouts.
+Batches are right- and left-padded, with rows of different lengths.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_rm.convert import import_hf
+from tests.conftest import REPO, torchrun
+from tests.convert.hf_models import FAMILIES, save_model, tokenizer
+
+TOLERANCE = 1e-4  # relative, fp32
+LAYOUTS = ("tp1_pp1", "tp2_pp1", "tp1_pp2", "tp2_pp2")
+
+
+def _batches(lengths=(23, 9, 17, 4, 30)) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Right- and left-padded batches of random tokens (never the pad id), each ending in EOS."""
+    tok = tokenizer()
+    generator = torch.Generator().manual_seed(3)
+    rows = [torch.randint(max(tok.all_special_ids) + 1, len(tok), (length,), generator=generator)
+            for length in lengths]
+    for tokens in rows:
+        tokens[-1] = tok.eos_token_id
+    width = max(lengths) + 2
+    batches = []
+    for side in ("right", "left"):
+        ids = torch.full((len(lengths), width), tok.pad_token_id)
+        mask = torch.zeros(len(lengths), width, dtype=torch.int64)
+        for row, (tokens, length) in enumerate(zip(rows, lengths)):
+            span = slice(0, length) if side == "right" else slice(width - length, width)
+            ids[row, span], mask[row, span] = tokens, 1
+        batches.append((ids, mask))
+    return batches
+
+
+def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours - reference).abs().max() / reference.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """(HF references, {layout: worker results}) for every family and source kind."""
+    root = tmp_path_factory.mktemp("convert_parity")
+    batches = _batches()
+    torch.save(batches, root / "batches.pt")
+    checkpoints = root / "checkpoints"
+    references = {}
+    # A bf16 checkpoint loads into the fp32 training model: compare with transformers on
+    # the same bf16-rounded weights in fp32.
+    hf_model = save_model("qwen2", root / "hf" / "qwen2-bf16", dtype=torch.bfloat16, seed=99)
+    import_hf(root / "hf" / "qwen2-bf16", checkpoints / "qwen2-bf16")
+    with torch.no_grad():
+        references["qwen2-bf16"] = [hf_model(input_ids=i, attention_mask=m).logits for i, m in batches]
+    for family in FAMILIES:
+        for kind in ("sequence_classification", "causal_lm"):
+            name = f"{family}-{kind}"
+            hf_model = save_model(family, root / "hf" / name, kind, seed=len(references))
+            import_hf(root / "hf" / name, checkpoints / name)
+            with torch.no_grad():
+                if kind == "sequence_classification":
+                    references[name] = [hf_model(input_ids=i, attention_mask=m).logits for i, m in batches]
+                else:
+                    last = [m.shape[1] - 1 - m.flip(1).argmax(1) for _, m in batches]
+                    references[name] = [hf_model.model(input_ids=i, attention_mask=m).last_hidden_state[
+                        torch.arange(len(i)), end] for (i, m), end in zip(batches, last)]
+    (root / "out").mkdir()
+    torchrun(4, REPO / "tests" / "convert" / "parity_worker.py", "--checkpoints", str(checkpoints),
+             "--batches", str(root / "batches.pt"), "--out", str(root / "out"))
+    return references, {layout: torch.load(root / "out" / f"{layout}.pt") for layout in LAYOUTS}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rewards_match_transformers(scored, family, layout):
+    references, results = scored
+    name = f"{family}-sequence_classification"
+    for ours, reference in zip(results[layout][name]["rewards"], references[name]):
+        assert ours.shape == reference.shape
+        assert _relative_error(ours, reference) < TOLERANCE, (ours, reference)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_lm_hidden_states_match_transformers(scored, family, layout):
+    references, results = scored
+    name = f"{family}-causal_lm"
+    for ours, reference in zip(results[layout][name]["hidden"], references[name]):
+        assert _relative_error(ours, reference) < TOLERANCE
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bf16_checkpoint_loads_into_the_fp32_model(scored, layout):
+    references, results = scored
+    for ours, reference in zip(results[layout]["qwen2-bf16"]["rewards"], references["qwen2-bf16"]):
+        assert _relative_error(ours, reference) < TOLERANCE
+
+
+def test_left_and_right_padding_score_alike(scored):
+    _, results = scored
+    right, left = results["tp2_pp2"]["llama-sequence_classification"]["rewards"]
+    assert _relative_error(left, right) < TOLERANCE

@@ -1,0 +1,102 @@
+"""HF -> Megatron -> HF: every tensor comes back bit-identical, and transformers loads the result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from megatron_rm.checkpoint_files import read_metadata
+from megatron_rm.convert import export_hf, import_hf
+from tests.convert.hf_models import FAMILIES, save_model
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def _load_classifier(folder):
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        folder, output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [], info
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sequence_classification_round_trip_is_bit_identical(family, single_rank, tmp_path):
+    save_model(family, tmp_path / "hf", num_labels=2)
+    import_hf(tmp_path / "hf", tmp_path / "megatron")
+    export_hf(tmp_path / "megatron", tmp_path / "back")
+    source, back = _tensors(tmp_path / "hf"), _tensors(tmp_path / "back")
+    assert source.keys() == back.keys()
+    for name, tensor in source.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    model = _load_classifier(tmp_path / "back")
+    assert model.config.num_labels == 2 and model.config.model_type == family
+    assert model.config.pad_token_id == 0  # the demo tokenizer's <pad>, not EOS
+
+
+def test_bf16_sharded_round_trip(single_rank, tmp_path):
+    save_model("llama", tmp_path / "hf", dtype=torch.bfloat16, max_shard_size="100KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    import_hf(tmp_path / "hf", tmp_path / "megatron")  # dtype follows the source: bf16
+    assert read_metadata(tmp_path / "megatron")["dtype"] == "bfloat16"
+    export_hf(tmp_path / "megatron", tmp_path / "back", max_shard_bytes=100_000)
+    index = json.loads((tmp_path / "back" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    source, back = _tensors(tmp_path / "hf"), _tensors(tmp_path / "back")
+    assert source.keys() == back.keys() == index["weight_map"].keys()
+    assert all(back[n].dtype == torch.bfloat16 and torch.equal(back[n], t) for n, t in source.items())
+    _load_classifier(tmp_path / "back")
+
+
+def test_causal_lm_gets_a_new_head_and_exports_as_a_classifier(single_rank, tmp_path):
+    save_model("mistral", tmp_path / "hf", "causal_lm")
+    import_hf(tmp_path / "hf", tmp_path / "megatron", num_labels=3, head_init_std=0.5, seed=7)
+    metadata = read_metadata(tmp_path / "megatron")
+    assert metadata["model"]["num_labels"] == 3 and metadata["source"]["head"] == "new"
+    export_hf(tmp_path / "megatron", tmp_path / "back")
+    source, back = _tensors(tmp_path / "hf"), _tensors(tmp_path / "back")
+    assert set(back) == set(source) - {"lm_head.weight"} | {"score.weight"}
+    assert all(torch.equal(back[n], source[n]) for n in back if n != "score.weight")
+    expected = torch.empty(3, 64).normal_(0.0, 0.5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(back["score.weight"], expected)
+    assert _load_classifier(tmp_path / "back").config.num_labels == 3
+
+
+def test_a_tokenizer_without_a_distinct_pad_token_gets_one(single_rank, tmp_path):
+    """With pad == EOS transformers would read the reward one token before EOS."""
+    save_model("qwen2", tmp_path / "hf")
+    config = tmp_path / "hf" / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings["pad_token"] = settings["eos_token"]
+    config.write_text(json.dumps(settings))
+    (tmp_path / "hf" / "special_tokens_map.json").unlink()
+    import_hf(tmp_path / "hf", tmp_path / "megatron")
+    export_hf(tmp_path / "megatron", tmp_path / "back")
+    model = _load_classifier(tmp_path / "back")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert tokenizer.pad_token == "<|pad|>" and model.config.pad_token_id == tokenizer.pad_token_id
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    # The qwen2 test model's vocabulary has no spare row: the embedding grew by one.
+    assert model.config.vocab_size == tokenizer.pad_token_id + 1
+    assert torch.equal(_tensors(tmp_path / "back")["model.embed_tokens.weight"][:-1],
+                       _tensors(tmp_path / "hf")["model.embed_tokens.weight"])
+
+
+def test_reward_statistics_travel_with_the_model(single_rank, tmp_path):
+    save_model("llama", tmp_path / "hf")
+    config_path = tmp_path / "hf" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["reward_normalization"] = {"mean": [0.25], "std": [1.5]}
+    config_path.write_text(json.dumps(config))
+    import_hf(tmp_path / "hf", tmp_path / "megatron")
+    export_hf(tmp_path / "megatron", tmp_path / "back")
+    exported = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert exported["reward_normalization"] == {"mean": [0.25], "std": [1.5]}

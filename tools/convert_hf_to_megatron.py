@@ -1,0 +1,44 @@
+"""Convert a Hugging Face Llama / Mistral / Qwen2 model into a megatron-rm reward-model checkpoint.
+
+    python tools/convert_hf_to_megatron.py --hf-dir llama-3.1-8b --out-dir ckpt/llama-rm --dtype bf16
+    torchrun --nproc-per-node 8 tools/train_rm.py checkpoint.load=ckpt/llama-rm parallel.tp=4 parallel.pp=2
+
+`*ForSequenceClassification` sources keep their `score` head; `*ForCausalLM` sources get a
+new reward head. The checkpoint loads at any TP/PP and carries its model config and tokenizer.
+"""
+
+import argparse
+import sys
+import time
+
+from megatron_rm import parallel
+from megatron_rm.errors import UsageError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hf-dir", required=True, help="folder with config.json, safetensors and tokenizer")
+    parser.add_argument("--out-dir", required=True, help="checkpoint folder to create (must not exist)")
+    parser.add_argument("--num-labels", type=int, help="reward outputs of a new head (default 1)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], help="stored dtype (default: the source's)")
+    parser.add_argument("--head-init-std", type=float, help="std of a new head (default: initializer_range)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a new head")
+    parser.add_argument("--tokenizer-dir", help="tokenizer folder, when --hf-dir has none")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    try:
+        from megatron_rm.convert import import_hf
+
+        import_hf(args.hf_dir, args.out_dir, num_labels=args.num_labels, dtype=args.dtype,
+                  head_init_std=args.head_init_std, seed=args.seed, tokenizer_dir=args.tokenizer_dir)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        parallel.shutdown()
+    print(f"wrote {args.out_dir} in {time.perf_counter() - start:.1f} s")
+
+
+# dist_checkpointing starts spawned helper processes that re-import this file.
+if __name__ == "__main__":
+    main()

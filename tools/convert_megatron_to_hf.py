@@ -1,0 +1,41 @@
+"""Export a megatron-rm checkpoint (any TP/PP) as a Hugging Face *ForSequenceClassification model.
+
+    python tools/convert_megatron_to_hf.py --megatron-dir runs/demo/checkpoints --out-dir hf/demo-rm
+
+`--megatron-dir` is a converted checkpoint, one `step_<N>` folder, or a run's `checkpoints/`
+folder (its newest complete checkpoint). The output loads with
+`AutoModelForSequenceClassification.from_pretrained` and reads rewards at the last real token.
+"""
+
+import argparse
+import sys
+import time
+
+from megatron_rm import parallel
+from megatron_rm.errors import UsageError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megatron-dir", required=True, help="checkpoint folder or a run's checkpoints/")
+    parser.add_argument("--out-dir", required=True, help="Hugging Face folder to create (must not exist)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], help="saved dtype (default: the checkpoint's)")
+    parser.add_argument("--max-shard-size-gb", type=float, default=5.0, help="safetensors shard limit")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    try:
+        from megatron_rm.convert import export_hf
+
+        export_hf(args.megatron_dir, args.out_dir, dtype=args.dtype,
+                  max_shard_bytes=int(args.max_shard_size_gb * 2**30))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        parallel.shutdown()
+    print(f"wrote {args.out_dir} in {time.perf_counter() - start:.1f} s")
+
+
+# dist_checkpointing starts spawned helper processes that re-import this file.
+if __name__ == "__main__":
+    main()
