@@ -8,11 +8,11 @@ new reward head. The checkpoint loads at any TP/PP and carries its model config 
 """
 
 import argparse
-import sys
 import time
 
 from megatron_rm import parallel
-from megatron_rm.errors import UsageError
+from megatron_rm.cli import exit_on_usage_error
+from megatron_rm.convert import import_hf
 
 
 def main() -> None:
@@ -27,13 +27,9 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     try:
-        from megatron_rm.convert import import_hf
-
-        import_hf(args.hf_dir, args.out_dir, num_labels=args.num_labels, dtype=args.dtype,
-                  head_init_std=args.head_init_std, seed=args.seed, tokenizer_dir=args.tokenizer_dir)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_usage_error(lambda: import_hf(
+            args.hf_dir, args.out_dir, num_labels=args.num_labels, dtype=args.dtype,
+            head_init_std=args.head_init_std, seed=args.seed, tokenizer_dir=args.tokenizer_dir), rank=0)
     finally:
         parallel.shutdown()
     print(f"wrote {args.out_dir} in {time.perf_counter() - start:.1f} s")

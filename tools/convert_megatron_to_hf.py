@@ -8,11 +8,11 @@ folder (its newest complete checkpoint). The output loads with
 """
 
 import argparse
-import sys
 import time
 
 from megatron_rm import parallel
-from megatron_rm.errors import UsageError
+from megatron_rm.cli import exit_on_usage_error
+from megatron_rm.convert import export_hf
 
 
 def main() -> None:
@@ -24,13 +24,9 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     try:
-        from megatron_rm.convert import export_hf
-
-        export_hf(args.megatron_dir, args.out_dir, dtype=args.dtype,
-                  max_shard_bytes=int(args.max_shard_size_gb * 2**30))
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_usage_error(lambda: export_hf(
+            args.megatron_dir, args.out_dir, dtype=args.dtype,
+            max_shard_bytes=int(args.max_shard_size_gb * 2**30)), rank=0)
     finally:
         parallel.shutdown()
     print(f"wrote {args.out_dir} in {time.perf_counter() - start:.1f} s")

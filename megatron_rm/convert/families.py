@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_rm.config import ModelConfig
 from megatron_rm.errors import CheckpointError
 
 
@@ -97,6 +98,12 @@ class Shapes:
     num_query_groups: int
     heads_per_group: int
     head_dim: int
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> "Shapes":
+        heads = model.num_attention_heads
+        groups = model.num_query_groups or heads
+        return cls(groups, heads // groups, model.kv_channels or model.hidden_size // heads)
 
 
 def to_megatron(kind: str, tensors: list[torch.Tensor], shapes: Shapes, rows: int | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from megatron_rm.config import ROPE_SCALING_TYPES, ModelConfig, RopeScalingConfig
-from megatron_rm.convert.families import FAMILIES, Family, family
+from megatron_rm.convert.families import FAMILIES, Family, Shapes, family
 from megatron_rm.errors import CheckpointError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -104,16 +104,16 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
                         f"{model.family!r} (q/k/v biases are Qwen2's)")
     if problems:
         raise CheckpointError("this model has no Hugging Face counterpart:\n  " + "\n  ".join(problems))
-    heads = model.num_attention_heads
+    shapes = Shapes.of(model)
     fields = dict(
         architectures=[f"{fam.architecture}ForSequenceClassification"],
         vocab_size=vocab_size,
         hidden_size=model.hidden_size,
         intermediate_size=model.ffn_hidden_size,
         num_hidden_layers=model.num_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=model.num_query_groups or heads,
-        head_dim=model.kv_channels or model.hidden_size // heads,
+        num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=shapes.num_query_groups,
+        head_dim=shapes.head_dim,
         hidden_act="silu",
         max_position_embeddings=model.max_sequence_length,
         rms_norm_eps=model.norm_epsilon,

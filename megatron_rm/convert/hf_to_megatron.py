@@ -76,9 +76,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, num_labels: int | None
     if target not in (torch.float32, torch.bfloat16):
         raise CheckpointError(f"{hf_dir}: weights are {source_dtype}; pass --dtype fp32 or --dtype bf16")
     padded = padded_vocab_size(len(tokenizer), model)
-    heads = model.num_attention_heads
-    groups = model.num_query_groups
-    shapes = Shapes(groups, heads // groups, model.kv_channels or model.hidden_size // heads)
+    shapes = Shapes.of(model)
 
     tensors = {}
     generator = torch.Generator().manual_seed(seed)

@@ -48,8 +48,7 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
     except Exception as error:  # megatron raises many kinds; say which checkpoint failed
         raise CheckpointError(f"{directory}: could not load: {error}") from error
 
-    heads, groups = model.num_attention_heads, model.num_query_groups or model.num_attention_heads
-    shapes = Shapes(groups, heads // groups, model.kv_channels or model.hidden_size // heads)
+    shapes = Shapes.of(model)
     hf_tensors = {}
     for rule in FAMILIES[model.family].rules_for(model.num_layers, model.head_bias):
         parts = to_hf(rule.kind, parameters.pop(rule.megatron), shapes, rows=vocab_size)

@@ -43,6 +43,19 @@ def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return ((ours - reference).abs().max() / reference.abs().max()).item()
 
 
+def _assert_matches(ours: list[torch.Tensor], references: list[torch.Tensor]) -> None:
+    """Per batch: the same shape, and within TOLERANCE of the reference."""
+    assert len(ours) == len(references)
+    for mine, reference in zip(ours, references):
+        assert mine.shape == reference.shape
+        assert _relative_error(mine, reference) < TOLERANCE, (mine, reference)
+
+
+@torch.no_grad()
+def _hf_rewards(hf_model, batches) -> list[torch.Tensor]:
+    return [hf_model(input_ids=ids, attention_mask=mask).logits for ids, mask in batches]
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """(HF references, {layout: worker results}) for every family and source kind."""
@@ -55,18 +68,17 @@ def scored(tmp_path_factory):
     # the same bf16-rounded weights in fp32.
     hf_model = save_model("qwen2", root / "hf" / "qwen2-bf16", dtype=torch.bfloat16, seed=99)
     import_hf(root / "hf" / "qwen2-bf16", checkpoints / "qwen2-bf16")
-    with torch.no_grad():
-        references["qwen2-bf16"] = [hf_model(input_ids=i, attention_mask=m).logits for i, m in batches]
+    references["qwen2-bf16"] = _hf_rewards(hf_model, batches)
     for family in FAMILIES:
         for kind in ("sequence_classification", "causal_lm"):
             name = f"{family}-{kind}"
             hf_model = save_model(family, root / "hf" / name, kind, seed=len(references))
             import_hf(root / "hf" / name, checkpoints / name)
-            with torch.no_grad():
-                if kind == "sequence_classification":
-                    references[name] = [hf_model(input_ids=i, attention_mask=m).logits for i, m in batches]
-                else:
-                    last = [m.shape[1] - 1 - m.flip(1).argmax(1) for _, m in batches]
+            if kind == "sequence_classification":
+                references[name] = _hf_rewards(hf_model, batches)
+            else:
+                last = [m.shape[1] - 1 - m.flip(1).argmax(1) for _, m in batches]
+                with torch.no_grad():
                     references[name] = [hf_model.model(input_ids=i, attention_mask=m).last_hidden_state[
                         torch.arange(len(i)), end] for (i, m), end in zip(batches, last)]
     (root / "out").mkdir()
@@ -80,9 +92,7 @@ def scored(tmp_path_factory):
 def test_rewards_match_transformers(scored, family, layout):
     references, results = scored
     name = f"{family}-sequence_classification"
-    for ours, reference in zip(results[layout][name]["rewards"], references[name]):
-        assert ours.shape == reference.shape
-        assert _relative_error(ours, reference) < TOLERANCE, (ours, reference)
+    _assert_matches(results[layout][name]["rewards"], references[name])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -90,15 +100,13 @@ def test_rewards_match_transformers(scored, family, layout):
 def test_causal_lm_hidden_states_match_transformers(scored, family, layout):
     references, results = scored
     name = f"{family}-causal_lm"
-    for ours, reference in zip(results[layout][name]["hidden"], references[name]):
-        assert _relative_error(ours, reference) < TOLERANCE
+    _assert_matches(results[layout][name]["hidden"], references[name])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_bf16_checkpoint_loads_into_the_fp32_model(scored, layout):
     references, results = scored
-    for ours, reference in zip(results[layout]["qwen2-bf16"]["rewards"], references["qwen2-bf16"]):
-        assert _relative_error(ours, reference) < TOLERANCE
+    _assert_matches(results[layout]["qwen2-bf16"]["rewards"], references["qwen2-bf16"])
 
 
 def test_left_and_right_padding_score_alike(scored):
