@@ -2,6 +2,9 @@
 PYTHON ?= python3
 # The CPU wheel here; on a GPU machine pick the CUDA build, e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index.
 TORCH_SPEC ?= torch==2.13.0
+# Extra `python -m venv` flags. In a container that already has torch (the Dockerfile):
+#   make test VENV_FLAGS="--system-site-packages --without-pip" TORCH_SPEC=torch
+VENV_FLAGS ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -15,7 +18,7 @@ install: $(STAMP)
 # Re-run only when the package's dependencies change; torch goes first so that
 # the dependency ranges below are met by the local wheel instead of a CUDA download.
 $(STAMP): setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"

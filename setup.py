@@ -26,11 +26,15 @@ setup(
         # transformers 4.x needs a pre-1.0 hub; without this pin `datasets` pulls 1.x and breaks it.
         "huggingface-hub>=0.34,<1.0",
         "jinja2>=3.1",
+        # run.dir/tensorboard event files (logging.tensorboard, on by default).
+        "tensorboard>=2.14",
     ],
     extras_require={
         # Fused kernels and sequence parallelism on NVIDIA GPUs; used when importable.
         # apex is not on PyPI: it ships in NGC PyTorch containers and is used when present.
         "te": ["transformer-engine[pytorch]>=2.9,<2.12"],
-        "test": ["pytest>=8"],
+        # Weights & Biases logging (logging.wandb=true); offline mode needs no network.
+        "wandb": ["wandb>=0.17"],
+        "test": ["pytest>=8", "wandb>=0.17"],
     },
 )

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from megatron_rm import checkpoint_files
 from megatron_rm.config import ModelConfig, RMConfig
 from megatron_rm.errors import UsageError
+from megatron_rm.training.resume import start_metadata, start_source
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -21,26 +22,29 @@ def register_schema() -> None:
 
 
 def to_config(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> RMConfig:
-    """The typed config; with `checkpoint.load`, the model is the checkpoint's.
+    """The typed config; starting from a checkpoint, the model is the checkpoint's.
 
-    A checkpoint carries its architecture and tokenizer, so `checkpoint.load=DIR`
-    needs no model override; `model.<key>=value` among the command line's
-    `overrides` still applies on top (dropout, say; an architecture change is
+    A checkpoint carries its architecture and tokenizer, so `checkpoint.load=DIR` or
+    `checkpoint.init=DIR` needs no model override; `model.<key>=value` among the command
+    line's `overrides` still applies on top (dropout, say; an architecture change is
     refused when the weights load).
     """
     config = OmegaConf.to_object(cfg)
-    if config.checkpoint.load:
-        config.model = checkpoint_model(config.checkpoint.load, overrides)
+    source = start_source(config)
+    if source is not None:
+        config.model = checkpoint_model(source, config.checkpoint.load == "auto", overrides)
     return config
 
 
-def checkpoint_model(path: str, overrides) -> ModelConfig:
+def checkpoint_model(source, auto: bool, overrides) -> ModelConfig:
     chosen = [o for o in overrides if o.split("=")[0].lstrip("+~") == "model"]
-    if chosen:
-        raise UsageError(f"{chosen[0]} with checkpoint.load={path}: the checkpoint carries its model; "
-                         "change single fields with model.<key>=value")
-    directory = checkpoint_files.resolve(path)
-    model = OmegaConf.structured(checkpoint_files.model_config(directory, checkpoint_files.read_metadata(directory)))
+    # A requeued job repeats its first command line, recipe included: with auto the
+    # recipe made the checkpoint, which now speaks for it.
+    if chosen and not auto:
+        raise UsageError(f"{chosen[0]} with a checkpoint to start from ({source.candidates[0]}): the checkpoint "
+                         "carries its model; change single fields with model.<key>=value")
+    directory, metadata = start_metadata(source)
+    model = OmegaConf.structured(checkpoint_files.model_config(directory, metadata))
     fields = [o.split(".", 1)[1] for o in overrides if o.startswith("model.")]
     return OmegaConf.to_object(OmegaConf.merge(model, OmegaConf.from_dotlist(fields)))
 

@@ -8,6 +8,8 @@ model exists, and names every offending value.
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -29,6 +31,7 @@ class RopeScalingConfig:
 
 ROPE_SCALING_TYPES = ("llama3", "linear")
 FAMILIES = ("llama", "mistral", "qwen2")
+TRANSFORMER_IMPLS = ("auto", "sdpa", "local", "transformer_engine")
 
 
 @dataclass
@@ -78,8 +81,9 @@ class ModelConfig:
     """The embedding is padded to a multiple of this, independent of TP, so a
     checkpoint loads at any tensor-parallel size that divides the padded size."""
     transformer_impl: str = "auto"
-    """auto (TransformerEngine when it imports and CUDA is present, else local),
-    local (megatron-core modules only) or transformer_engine."""
+    """auto (TransformerEngine when it imports and CUDA is present, else sdpa),
+    sdpa (megatron-core modules with torch's scaled_dot_product_attention as the core
+    attention), local (megatron-core's own modules only) or transformer_engine."""
 
 
 @dataclass
@@ -96,24 +100,78 @@ class ParallelConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 100
-    """Optimizer steps; 0 evaluates the starting weights (checkpoint.load) and saves nothing."""
+    max_steps: Optional[int] = None
+    """Optimizer steps; 0 evaluates the starting weights (checkpoint.load) and saves nothing.
+    Set this or `epochs`, not both; with neither the run is one epoch, the usual length for
+    reward models (a second pass over preference pairs mostly overfits)."""
+    epochs: Optional[int] = None
+    """Passes over the training groups (each `num_groups // global_batch_size` steps)."""
     global_batch_size: int = 32
     """Groups (preference pairs, or K-wise rankings) per optimizer step, over all data-parallel ranks."""
     micro_batch_size: int = 8
     """Groups per micro-batch on one rank (a pair is two rows: chosen and rejected).
     With data.batching=pack a micro-batch holds as many groups as data.pack_length allows."""
     seed: int = 1234
-    lr: float = 1e-3
+    optimizer: str = "adamw"
+    """adamw (decoupled weight decay) or adam (L2 penalty added to the gradient)."""
+    lr: float = 1e-5
+    """Peak learning rate, reached after the warm-up."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the decay."""
     lr_warmup_steps: int = 0
-    """Linear warm-up from 0 to `lr`; the rate then stays constant."""
+    """Linear warm-up from 0 to `lr` over this many steps."""
+    lr_decay_style: str = "cosine"
+    """After the warm-up: cosine or linear decay from `lr` to `min_lr` at the last step, or constant `lr`."""
     weight_decay: float = 0.0
+    """Applied to weight matrices only: never to norms, biases or other 1-D parameters."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    """Global gradient-norm clip over TP/PP/DP; 0 disables."""
+    """Global gradient-norm clip over TP/PP/DP; 0 disables (the norm is still logged)."""
+    precision: str = "fp32"
+    """fp32, or bf16 (GPU): bf16 weights and activations, fp32 master weights, gradients reduced
+    in fp32; the reward head always computes in fp32."""
+    recompute: str = "none"
+    """Activation recomputation: none, selective (attention's core, megatron's default
+    selective set) or full (every layer's input is kept, the layer recomputed in backward)."""
+    max_skipped: int = 10
+    """A step whose loss or gradient norm is not finite is skipped (no update) and counted;
+    more than this many in a row stops the run."""
     log_interval: int = 10
+
+
+LOSS_TYPES = ("bradley_terry", "margin", "plackett_luce", "divergence", "regression")
+
+
+@dataclass
+class LossConfig:
+    type: str = "bradley_terry"
+    """bradley_terry: -log sigmoid(r_c - r_r) over every (better, worse) pair (a K-wise group
+    gives K(K-1)/2 pairs); margin: the same with each pair's data margin subtracted;
+    plackett_luce: the likelihood of each group's whole ranking (equals bradley_terry for pairs);
+    divergence: DeepSpeed-Chat's per-token loss over where chosen and rejected differ
+    (pairs, data.batching=bucket); regression: mean squared error of each labelled attribute
+    (model.num_labels attributes, missing labels ignored)."""
+    centering_coef: float = 0.0
+    """Reward centering: adds coef * mean((r_c + r_r)^2), pulling rewards toward zero mean
+    (bradley_terry, margin)."""
+
+
+@dataclass
+class LoggingConfig:
+    progress: bool = True
+    """Rank 0 prints a progress line every train.log_interval steps (step, loss, accuracy, lr,
+    tokens/s, ETA)."""
+    tensorboard: bool = True
+    """TensorBoard event files in run.dir/tensorboard."""
+    wandb: bool = False
+    """Weights & Biases (pip install wandb); WANDB_MODE=offline writes run.dir/wandb without network."""
+    wandb_project: str = "megatron-rm"
+    wandb_name: Optional[str] = None
+    peak_flops: Optional[float] = None
+    """Peak FLOP/s of one device for MFU; null: looked up for known GPUs (bf16 or TF32 dense).
+    Without a peak (always on the CPU) only flops_per_s is logged."""
 
 
 @dataclass
@@ -177,10 +235,21 @@ class RunConfig:
 @dataclass
 class CheckpointConfig:
     load: Optional[str] = None
-    """Start from this checkpoint: one checkpoint's folder, or a run's
-    `checkpoints/` folder (its newest complete checkpoint). Any TP/PP layout."""
+    """Resume from a checkpoint, at any TP/PP layout: one checkpoint's folder; a run's
+    `checkpoints/` folder (the checkpoint its `latest` file names, falling back to older ones
+    when that one is damaged); or `auto`: this run's own run.dir/checkpoints when it has a
+    checkpoint (a requeued job resumes), else a fresh start from checkpoint.init or random
+    weights. A training checkpoint resumes the run (weights, optimizer, learning-rate
+    schedule, data position, RNG); a converted one only gives the starting weights."""
+    init: Optional[str] = None
+    """Starting weights for a new run (a converted model, or another run's checkpoint: its
+    weights only, from step 0), used when checkpoint.load finds nothing to resume."""
     save_interval: int = 0
     """Save every this many steps (0: only at the end). The last step is always saved."""
+    keep: int = 3
+    """Keep this many newest checkpoints of the run (0: all)."""
+    load_optimizer: bool = True
+    """false: resume weights, schedule and data position with a fresh optimizer state."""
 
 
 @dataclass
@@ -192,6 +261,8 @@ class RMConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def padded_vocab_size(tokenizer_size: int, model: ModelConfig) -> int:
@@ -223,6 +294,56 @@ def _data_problems(d: DataConfig) -> list[str]:
     return problems
 
 
+def _train_problems(t: TrainConfig, cuda: bool) -> list[str]:
+    problems = []
+    for name, value, allowed in (("optimizer", t.optimizer, ("adamw", "adam")),
+                                 ("lr_decay_style", t.lr_decay_style, ("cosine", "linear", "constant")),
+                                 ("precision", t.precision, ("fp32", "bf16")),
+                                 ("recompute", t.recompute, ("none", "selective", "full"))):
+        if value not in allowed:
+            problems.append(f"train.{name}={value!r} must be one of {', '.join(allowed)}")
+    if not t.lr > 0 or math.isinf(t.lr):
+        problems.append(f"train.lr={t.lr} must be a finite number > 0")
+    if not 0 <= t.min_lr <= t.lr:
+        problems.append(f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
+    for name, value in (("lr_warmup_steps", t.lr_warmup_steps), ("weight_decay", t.weight_decay),
+                        ("clip_grad", t.clip_grad)):
+        if not value >= 0:
+            problems.append(f"train.{name}={value} must be >= 0")
+    for name, value in (("adam_beta1", t.adam_beta1), ("adam_beta2", t.adam_beta2)):
+        if not 0 <= value < 1:
+            problems.append(f"train.{name}={value} must be in [0, 1)")
+    if not t.adam_eps > 0:
+        problems.append(f"train.adam_eps={t.adam_eps} must be > 0")
+    if t.precision == "bf16" and not cuda:
+        problems.append("train.precision=bf16 needs CUDA: on the CPU megatron-core's mixed-precision "
+                        "optimizer is not available; use train.precision=fp32")
+    return problems
+
+
+def _loss_problems(cfg: RMConfig) -> list[str]:
+    loss, m = cfg.loss, cfg.model
+    if loss.type not in LOSS_TYPES:
+        return [f"loss.type={loss.type!r} must be one of {', '.join(LOSS_TYPES)}"]
+    problems = []
+    if loss.type != "regression" and m.num_labels != 1:
+        problems.append(f"model.num_labels={m.num_labels}: loss.type={loss.type} trains a scalar reward "
+                        "(model.num_labels=1; loss.type=regression trains several attributes)")
+    if not loss.centering_coef >= 0:
+        problems.append(f"loss.centering_coef={loss.centering_coef} must be >= 0")
+    elif loss.centering_coef > 0 and loss.type not in ("bradley_terry", "margin"):
+        problems.append(f"loss.centering_coef={loss.centering_coef} applies to loss.type=bradley_terry "
+                        f"or margin, not {loss.type}")
+    if loss.type == "divergence":
+        if cfg.data.batching != "bucket":
+            problems.append("loss.type=divergence compares chosen and rejected token by token, one "
+                            f"document per row: it needs data.batching=bucket (got {cfg.data.batching})")
+        if cfg.parallel.sequence_parallel:
+            problems.append("loss.type=divergence reads every token's value: not with "
+                            "parallel.sequence_parallel=true")
+    return problems
+
+
 def validate(
     cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int
 ) -> None:
@@ -242,7 +363,22 @@ def validate(
                         ("data.max_length", cfg.data.max_length),
                         ("data.preprocess_workers", cfg.data.preprocess_workers)):
         need(value >= 1, f"{name}={value} must be >= 1")
-    need(t.max_steps >= 0, f"train.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
+    if t.max_steps is not None:
+        need(t.max_steps >= 0, f"train.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
+        need(t.epochs is None, f"train.max_steps={t.max_steps} and train.epochs={t.epochs} both set; "
+                               "use one (the other null)")
+    need(t.epochs is None or t.epochs >= 1, f"train.epochs={t.epochs} must be >= 1 or null")
+    problems.extend(_train_problems(t, cuda))
+    problems.extend(_loss_problems(cfg))
+    for name, value in (("train.log_interval", t.log_interval),):
+        need(value >= 1, f"{name}={value} must be >= 1")
+    for name, value in (("eval.interval", cfg.eval.interval), ("checkpoint.save_interval", cfg.checkpoint.save_interval),
+                        ("checkpoint.keep", cfg.checkpoint.keep), ("train.max_skipped", t.max_skipped)):
+        need(value >= 0, f"{name}={value} must be >= 0")
+    need(not cfg.logging.wandb or importlib.util.find_spec("wandb") is not None,
+         "logging.wandb=true needs the wandb package: pip install wandb")
+    need(cfg.logging.peak_flops is None or cfg.logging.peak_flops > 0,
+         f"logging.peak_flops={cfg.logging.peak_flops} must be > 0 or null")
     for name, value in (("model.num_query_groups", m.num_query_groups), ("model.kv_channels", m.kv_channels),
                         ("eval.micro_batch_size", cfg.eval.micro_batch_size)):
         need(value is None or value >= 1, f"{name}={value} must be >= 1 or null")
@@ -278,9 +414,9 @@ def validate(
          f"padded vocabulary {padded} (tokenizer {vocab_size}, multiple of "
          f"model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by}) "
          f"is not divisible by parallel.tp={p.tp}")
-    need(t.lr_warmup_steps >= 0 and (t.lr_warmup_steps < t.max_steps or t.max_steps == 0),
-         f"train.lr_warmup_steps={t.lr_warmup_steps} must be >= 0 and below "
-         f"train.max_steps={t.max_steps}")
+    if t.max_steps:
+        need(t.lr_warmup_steps < t.max_steps,
+             f"train.lr_warmup_steps={t.lr_warmup_steps} must be below train.max_steps={t.max_steps}")
     if cfg.data.batching == "pack":
         # A packed micro-batch holds as many groups as fit; only the ranks' shares must be equal.
         need(t.global_batch_size % dp == 0,
@@ -295,9 +431,6 @@ def validate(
     need(cfg.data.max_length <= m.max_sequence_length,
          f"data.max_length={cfg.data.max_length} exceeds "
          f"model.max_sequence_length={m.max_sequence_length}")
-    need(m.num_labels == 1,
-         f"model.num_labels={m.num_labels}: Bradley-Terry training needs a scalar reward "
-         "(model.num_labels=1)")
     need(m.normalization in ("RMSNorm", "LayerNorm"),
          f"model.normalization={m.normalization!r} must be RMSNorm or LayerNorm")
     need(m.activation in ("swiglu", "gelu"),
@@ -318,8 +451,8 @@ def validate(
         need(cfg.data.max_length <= m.sliding_window,
              f"data.max_length={cfg.data.max_length} exceeds model.sliding_window={m.sliding_window}:"
              " attention here is not windowed, so documents must fit the window")
-    need(m.transformer_impl in ("auto", "local", "transformer_engine"),
-         f"model.transformer_impl={m.transformer_impl!r} must be auto, local or transformer_engine")
+    need(m.transformer_impl in TRANSFORMER_IMPLS,
+         f"model.transformer_impl={m.transformer_impl!r} must be one of {', '.join(TRANSFORMER_IMPLS)}")
     if m.transformer_impl == "transformer_engine":
         need(cuda and te_available,
              "model.transformer_impl=transformer_engine needs CUDA and an importable "
@@ -330,7 +463,7 @@ def validate(
         need(cuda, "parallel.use_distributed_optimizer=true needs CUDA: megatron-core 0.16's "
                    "distributed optimizer rejects CPU tensors; use the default optimizer on CPU")
     if p.sequence_parallel:
-        need(cuda and te_available and m.transformer_impl != "local",
+        need(cuda and te_available and m.transformer_impl in ("auto", "transformer_engine"),
              "parallel.sequence_parallel=true needs CUDA and TransformerEngine (its norms handle "
              f"sequence-split activations; cuda={cuda}, transformer_engine={te_available}, "
              f"model.transformer_impl={m.transformer_impl})")

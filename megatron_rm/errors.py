@@ -20,3 +20,11 @@ class DataError(UsageError, ValueError):
 
 class CheckpointError(UsageError, ValueError):
     """A checkpoint that is missing, incomplete, not ours, or for another model."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose files are missing, cut short or unreadable; an older one may do."""
+
+
+class TrainingError(UsageError):
+    """A run that cannot go on (it diverged); the message says why and what to change."""

@@ -24,8 +24,10 @@ def child_env() -> dict:
     return env
 
 
-def run_command(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout)
+def run_command(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`args` in the repository with the test environment (plus `env`)."""
+    return subprocess.run(args, cwd=REPO, env={**child_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def torchrun(nproc: int, script: str | Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

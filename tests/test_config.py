@@ -232,6 +232,45 @@ def test_negative_warmup_is_refused():
     the_problem(lines, "train.lr_warmup_steps=-1")
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("lr", -1e-4, "train.lr=-0.0001 must be a finite number > 0"),
+    ("lr", 0.0, "train.lr=0.0 must be"),
+    ("min_lr", 1.0, "train.min_lr=1.0 must be in [0, train.lr="),
+    ("optimizer", "sgd", "train.optimizer='sgd' must be one of adamw, adam"),
+    ("lr_decay_style", "step", "train.lr_decay_style='step' must be one of cosine, linear, constant"),
+    ("recompute", "all", "train.recompute='all' must be one of none, selective, full"),
+    ("adam_beta2", 1.0, "train.adam_beta2=1.0 must be in [0, 1)"),
+    ("clip_grad", -1.0, "train.clip_grad=-1.0 must be >= 0"),
+    ("max_skipped", -1, "train.max_skipped=-1 must be >= 0"),
+    ("epochs", 0, "train.epochs=0 must be >= 1"),
+])
+def test_training_settings_are_checked(field, value, needle):
+    the_problem(problems(make(train={field: value})), needle)
+
+
+def test_max_steps_and_epochs_are_exclusive():
+    the_problem(problems(make(train=dict(max_steps=10, epochs=2))), "train.max_steps=10", "train.epochs=2")
+
+
+def test_bf16_needs_cuda():
+    the_problem(problems(make(train=dict(precision="bf16"))), "train.precision=bf16 needs CUDA")
+
+
+@pytest.mark.parametrize("groups, needle", [
+    (dict(loss=dict(type="hinge")), "loss.type='hinge' must be one of bradley_terry, margin, plackett_luce"),
+    (dict(loss=dict(type="plackett_luce", centering_coef=0.1)), "loss.centering_coef=0.1 applies to"),
+    (dict(loss=dict(centering_coef=-1.0)), "loss.centering_coef=-1.0 must be >= 0"),
+    (dict(loss=dict(type="divergence"), data=dict(batching="pack")), "loss.type=divergence"),
+    (dict(model=dict(num_labels=3)), "model.num_labels=3: loss.type=bradley_terry trains a scalar reward"),
+])
+def test_loss_settings_are_checked(groups, needle):
+    the_problem(problems(make(**groups)), needle)
+
+
+def test_regression_trains_several_labels():
+    check(make(loss=dict(type="regression"), model=dict(num_labels=3)))
+
+
 # --- Hydra schema -----------------------------------------------------------------------------
 
 def compose_train(overrides):

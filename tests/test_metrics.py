@@ -1,10 +1,13 @@
 """Tests for the summed pairwise metrics in megatron_rm.metrics."""
 
+import math
+
 import pytest
 import torch
 
 from megatron_rm.losses import bradley_terry_loss
-from megatron_rm.metrics import SUM_FIELDS, pair_sums, summarize
+from megatron_rm.metrics import (SUM_FIELDS, calibration_sums, expected_calibration_error, pair_sums,
+                                 reward_mean_std, reward_moment_sums, summarize)
 
 
 def field(sums: torch.Tensor, name: str) -> float:
@@ -120,3 +123,96 @@ def test_padding_efficiency_is_a_ratio_of_sums():
     two = pair_sums(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.3]), tokens=10, padded_tokens=60)
     # 40 real tokens in 100 slots, not the mean of 0.75 and 0.17.
     assert summarize(one + two)["padding_efficiency"] == pytest.approx(0.4)
+
+
+# --- calibration -----------------------------------------------------------------------
+
+
+def reference_calibration(chosen: list[float], rejected: list[float], bins: int = 10):
+    """Per-bin (count, confidence sum, correct sum) and the ECE, one pair at a time."""
+    table = [[0, 0.0, 0] for _ in range(bins)]
+    for c, r in zip(chosen, rejected):
+        p = 1.0 / (1.0 + math.exp(-(c - r)))
+        confidence = max(p, 1.0 - p)
+        b = min(int((confidence - 0.5) / (0.5 / bins)), bins - 1)
+        table[b][0] += 1
+        table[b][1] += confidence
+        table[b][2] += 1 if c > r else 0
+    total = sum(n for n, _, _ in table)
+    ece = sum(n / total * abs(right / n - conf / n) for n, conf, right in table if n)
+    return table, ece
+
+
+def test_calibration_matches_reference():
+    generator = torch.Generator().manual_seed(12)
+    chosen = torch.randn(400, generator=generator) * 2 + 0.5
+    rejected = torch.randn(400, generator=generator) * 2
+    sums = calibration_sums(chosen, rejected)
+    assert sums.dtype == torch.float64 and sums.shape == (30,)
+    table, ece = reference_calibration(chosen.tolist(), rejected.tolist())
+    torch.testing.assert_close(sums.view(10, 3), torch.tensor(table, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert expected_calibration_error(sums) == pytest.approx(ece, rel=1e-12)
+    assert sum(n for n, _, _ in table[:3]) > 0 and table[9][0] > 0  # the sample spans several bins
+
+
+def test_perfectly_calibrated_case_has_zero_ece():
+    # |r_c - r_r| = log 4 gives confidence 0.8: 8 of 10 right. log 1.5 gives 0.6: 3 of 5 right.
+    sure, unsure = math.log(4.0), math.log(1.5)
+    differences = [sure] * 8 + [-sure] * 2 + [unsure] * 3 + [-unsure] * 2
+    chosen = torch.tensor(differences, dtype=torch.float64)
+    sums = calibration_sums(chosen, torch.zeros_like(chosen))
+    assert sums.view(10, 3)[:, 0].tolist() == [0, 0, 5, 0, 0, 0, 10, 0, 0, 0]
+    assert expected_calibration_error(sums) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ties_are_wrong_picks_at_confidence_one_half():
+    rewards = torch.tensor([0.3, -2.0, 5.0])
+    sums = calibration_sums(rewards, rewards.clone())
+    assert sums[:3].tolist() == [3.0, 1.5, 0.0]
+    assert expected_calibration_error(sums) == pytest.approx(0.5)
+
+
+def test_certain_pairs_fall_in_the_last_bin():
+    chosen = torch.tensor([1e3, -1e3], dtype=torch.float64)  # sigmoid rounds to exactly 1.0
+    sums = calibration_sums(chosen, torch.zeros_like(chosen), bins=4)
+    assert sums.view(4, 3)[-1].tolist() == [2.0, 2.0, 1.0]
+    assert expected_calibration_error(sums) == pytest.approx(0.5)
+
+
+def test_calibration_sums_of_halves_add_up_to_the_whole():
+    generator = torch.Generator().manual_seed(13)
+    chosen, rejected = torch.randn(101, generator=generator), torch.randn(101, generator=generator)
+    whole = calibration_sums(chosen, rejected)
+    halves = calibration_sums(chosen[:40], rejected[:40]) + calibration_sums(chosen[40:], rejected[40:])
+    torch.testing.assert_close(halves, whole, rtol=1e-12, atol=1e-12)
+    assert expected_calibration_error(halves) == pytest.approx(expected_calibration_error(whole), rel=1e-12)
+
+
+def test_ece_of_no_pairs_is_nan():
+    assert math.isnan(expected_calibration_error(calibration_sums(torch.zeros(0), torch.zeros(0))))
+
+
+# --- reward moments --------------------------------------------------------------------
+
+
+def test_reward_mean_std_equal_torchs_on_the_concatenation():
+    generator = torch.Generator().manual_seed(14)
+    rewards = torch.randn(37, 3, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]) + 2.0
+    parts = [rewards[:5], rewards[5:30], rewards[30:]]
+    summed = sum(reward_moment_sums(part) for part in parts)
+    whole = reward_moment_sums(rewards)
+    assert whole.dtype == torch.float64 and whole.shape == (7,)
+    torch.testing.assert_close(summed, whole, rtol=1e-12, atol=1e-12)
+    mean, std = reward_mean_std(summed, num_labels=3)
+    assert mean == pytest.approx(rewards.mean(dim=0).tolist(), rel=1e-12)
+    assert std == pytest.approx(rewards.std(dim=0, correction=0).tolist(), rel=1e-9)
+
+
+def test_reward_std_of_equal_rewards_is_zero_not_nan():
+    mean, std = reward_mean_std(reward_moment_sums(torch.full((1000, 1), 0.1)), num_labels=1)
+    assert mean[0] == pytest.approx(0.1) and std[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reward_mean_std_rejects_sums_for_another_label_count():
+    with pytest.raises(ValueError):
+        reward_mean_std(reward_moment_sums(torch.zeros(4, 2)), num_labels=1)

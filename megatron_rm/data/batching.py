@@ -38,6 +38,8 @@ class Batch:
     """(pairs,) float32 margin each pair must clear; 0 where the data gives none."""
     labels: torch.Tensor | None = None
     """(documents, num_labels) float32 attribute values, NaN where missing."""
+    group_sizes: torch.Tensor | None = None
+    """(groups,) documents of each group, in layout order (None: not recorded)."""
 
     @property
     def num_pairs(self) -> int:
@@ -47,6 +49,13 @@ class Batch:
     def num_documents(self) -> int:
         """Documents are numbered 1..n within each row, so a row's largest number is its count."""
         return int(self.attention_mask.max(dim=1).values.sum())
+
+    @property
+    def document_lengths(self) -> torch.Tensor:
+        """(documents,) tokens of each document, in layout order."""
+        counts = torch.stack([torch.bincount(row, minlength=int(self.attention_mask.max()) + 1)[1:]
+                              for row in self.attention_mask])
+        return counts[counts > 0]
 
     @property
     def tokens(self) -> int:
@@ -59,17 +68,20 @@ class Batch:
         return self.attention_mask.numel()
 
     def to(self, device) -> "Batch":
-        labels = None if self.labels is None else self.labels.to(device)
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
-                     self.comparisons.to(device), self.margins.to(device), labels)
+        def move(tensor):
+            return None if tensor is None else tensor.to(device)
+
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.comparisons.to(device),
+                     self.margins.to(device), move(self.labels), move(self.group_sizes))
 
 
 def collate(store: GroupStore, groups, pad_id: int, *, packed: bool, pad_to_multiple_of: int = 1) -> Batch:
     """One micro-batch of `groups` (positions in `store`)."""
-    documents, comparisons, margins, labels = [], [], [], []
+    documents, comparisons, margins, labels, group_sizes = [], [], [], [], []
     for group in groups:
         docs = store.documents(group)
         first = len(documents)
+        group_sizes.append(len(docs))
         documents.extend(docs)
         margin = store.margin(group)
         # Every better/worse pair of a ranking is a comparison (InstructGPT's K-choose-2).
@@ -99,6 +111,7 @@ def collate(store: GroupStore, groups, pad_id: int, *, packed: bool, pad_to_mult
         torch.tensor(comparisons, dtype=torch.int64).reshape(-1, 2),
         torch.tensor(margins, dtype=torch.float32),
         torch.from_numpy(np.concatenate(labels)) if labels else None,
+        torch.tensor(group_sizes, dtype=torch.int64),
     )
 
 

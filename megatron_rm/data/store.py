@@ -138,6 +138,17 @@ class GroupStore:
         stored = self.index[group]
         return np.asarray(self.labels[self.group_starts[stored]: self.group_starts[stored + 1]])
 
+    def group_sizes(self) -> np.ndarray:
+        """Documents of each group in this view (2 for a pair, K for a ranking)."""
+        return np.diff(self.group_starts)[self.index]
+
+    def has_margins(self) -> bool:
+        return bool(np.isfinite(self.margins[self.index]).any())
+
+    def label_width(self) -> int:
+        """Attributes per document (0 without labels)."""
+        return 0 if self.labels is None else int(self.labels.shape[1])
+
     def document_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """(longest document, total tokens) of each group in this view, for batching."""
         lengths = np.diff(self.document_starts)

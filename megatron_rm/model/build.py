@@ -13,10 +13,21 @@ from megatron_rm.model.layer_spec import transformer_layer_spec, uses_transforme
 from megatron_rm.model.reward_model import RewardModel
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig) -> TransformerConfig:
+RECOMPUTE = {
+    "none": {},
+    # megatron's selective set: attention's core, whose activations grow with seq^2.
+    "selective": {"recompute_granularity": "selective"},
+    # Keep each layer's input only; rerun the layer in the backward pass.
+    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, precision: str = "fp32",
+                       recompute: str = "none") -> TransformerConfig:
     # Fused kernels come with TransformerEngine; without it every op is plain torch.
     fused = uses_transformer_engine(model)
     cuda = runtime.cuda_available()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -36,8 +47,9 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Transfor
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
         sequence_parallel=parallel.sequence_parallel,
-        params_dtype=torch.float32,
-        pipeline_dtype=torch.float32,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=precision == "bf16",
         # Micro-batches are padded to their own length, so pipeline stages exchange shapes.
         variable_seq_lengths=parallel.pp > 1,
         # The model has no experts; megatron still checks its default MoE dispatcher
@@ -55,13 +67,16 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig) -> Transfor
         masked_softmax_fusion=False,
         cuda_graph_scope=[],  # megatron's default "full" is deprecated and warns
         persist_layer_norm=False,
+        **RECOMPUTE[recompute],
     )
 
 
-def build_reward_model(model: ModelConfig, parallel: ParallelConfig, vocab_size: int) -> RewardModel:
-    """This rank's pipeline stage of the reward model, on this rank's device."""
+def build_reward_model(model: ModelConfig, parallel: ParallelConfig, vocab_size: int,
+                       precision: str = "fp32", recompute: str = "none") -> RewardModel:
+    """This rank's pipeline stage of the reward model, on this rank's device. Under bf16 the
+    layers hold bf16 weights (the optimizer keeps fp32 masters); the reward head stays fp32."""
     reward_model = RewardModel(
-        transformer_config(model, parallel),
+        transformer_config(model, parallel, precision, recompute),
         transformer_layer_spec(model),
         padded_vocab_size(vocab_size, model),
         model.max_sequence_length,

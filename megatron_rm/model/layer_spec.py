@@ -8,6 +8,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_rm import runtime
 from megatron_rm.config import ModelConfig
+from megatron_rm.model.sdpa_attention import SDPAttention
 
 
 def uses_transformer_engine(model: ModelConfig) -> bool:
@@ -16,11 +17,20 @@ def uses_transformer_engine(model: ModelConfig) -> bool:
     return model.transformer_impl == "transformer_engine"
 
 
-def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
-    """megatron-core's TE spec when TransformerEngine is in use, its local spec otherwise.
+def layer_implementation(model: ModelConfig) -> str:
+    """The layers `transformer_layer_spec(model)` builds: transformer_engine, sdpa or local."""
+    if uses_transformer_engine(model):
+        return "transformer_engine"
+    return "local" if model.transformer_impl == "local" else "sdpa"
 
-    The local spec takes our dense (batch, 1, seq, seq) block-diagonal causal
-    mask; its softmax applies whatever mask it is given. The TE spec takes every
+
+def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
+    """megatron-core's TE spec when TransformerEngine is in use, else its local spec,
+    with torch SDPA as the core attention unless `transformer_impl=local`.
+
+    The local and sdpa specs take our dense (batch, 1, seq, seq) block-diagonal causal
+    mask; both apply whatever mask they are given, and share every weight name (the
+    core attention holds none), so one checkpoint serves both. The TE spec takes every
     batch as one packed `thd` sequence cut by cu_seqlens (see
     `inputs.packed_seq_params`), never a dense mask: TE refuses `thd` unless the
     mask type is a padding one, its padding masks on dense (sbhd) inputs assume
@@ -29,7 +39,8 @@ def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
     `thd` handles left padding, right padding and packing alike, and lets TE use
     its fused (flash / cuDNN) kernels, which take no arbitrary dense mask.
     """
-    if uses_transformer_engine(model):
+    implementation = layer_implementation(model)
+    if implementation == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
         )
@@ -37,7 +48,10 @@ def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
         spec = get_gpt_layer_with_transformer_engine_spec()
         spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.padding_causal
         return spec
-    return get_gpt_layer_local_spec(normalization=model.normalization)
+    spec = get_gpt_layer_local_spec(normalization=model.normalization)
+    if implementation == "sdpa":
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
 
 
 def takes_packed_sequences(spec: ModuleSpec) -> bool:

@@ -65,7 +65,15 @@ class RewardHead(MegatronModule):
             last_states = self._gather_sequence_parallel_states(hidden_states, rows, cols)
         else:
             last_states = hidden_states[cols, rows]
-        local = scatter_to_tensor_model_parallel_region(last_states, group=self.tp_group)
+        return self._project(last_states)
+
+    def token_values(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The head applied at every position: (seq, batch, hidden) -> (seq, batch, num_labels) fp32.
+        Not under sequence parallelism (config validation refuses it)."""
+        return self._project(hidden_states)
+
+    def _project(self, states: torch.Tensor) -> torch.Tensor:
+        local = scatter_to_tensor_model_parallel_region(states, group=self.tp_group)
         partial = local.float() @ self.weight.float().t()
         rewards = reduce_from_tensor_model_parallel_region(partial, group=self.tp_group)
         if self.bias is not None:

@@ -86,7 +86,10 @@ class RewardModel(GPTModel):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         decoder_input: torch.Tensor | None = None,
+        token_values: bool = False,
     ) -> torch.Tensor:
+        """`token_values`: on the last stage return every position's value, (batch, seq,
+        num_labels), instead of each document's reward (per-token losses; a critic)."""
         if self.packs_sequences:
             hidden_states = super().forward(
                 input_ids.reshape(1, -1),
@@ -104,6 +107,9 @@ class RewardModel(GPTModel):
             )
         if not self.has_reward_head:
             return hidden_states
+        if token_values:
+            values = self.reward_head.token_values(hidden_states)  # (seq, batch, labels)
+            return values.transpose(0, 1).reshape(*attention_mask.shape, self.num_labels)
         return self.reward_head(hidden_states, *self._document_ends(attention_mask))
 
     def _document_ends(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,26 +1,23 @@
-"""Train a Bradley-Terry reward model: the whole run behind `tools/train_rm.py`."""
+"""Train a reward model: the whole run behind `tools/train_rm.py`."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_rm import parallel, runtime
 from megatron_rm.config import RMConfig, padded_vocab_size, validate
 from megatron_rm.data import load_tokenizer, pad_id
-from megatron_rm.metrics import summarize
+from megatron_rm.errors import ConfigError
 from megatron_rm.model import build_reward_model
-from megatron_rm.model.layer_spec import uses_transformer_engine
-from megatron_rm.training import checkpoint
+from megatron_rm.model.layer_spec import layer_implementation
+from megatron_rm.training import checkpoint, flops
 from megatron_rm.training.data_setup import (
     eval_micro_batches,
     load_splits,
@@ -29,6 +26,10 @@ from megatron_rm.training.data_setup import (
     write_report,
 )
 from megatron_rm.training.metrics_log import MetricsLog
+from megatron_rm.training.objective import Objective, check_data_feeds
+from megatron_rm.training.optim import SkipGuard, build_optimizer, train_step
+from megatron_rm.training.resume import restore, start_source
+from megatron_rm.training.signals import StopRequest
 from megatron_rm.training.step import run_pair_batches
 
 
@@ -39,120 +40,125 @@ def train(cfg: RMConfig) -> dict | None:
     (`checkpoint.load`) and saves nothing.
     """
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    # Resolved before any process group starts, so a bad path fails fast.
-    start_from = checkpoint.resolve(cfg.checkpoint.load) if cfg.checkpoint.load else None
+    # Found before any process group starts, so a bad path fails fast.
+    source = start_source(cfg)
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")), cuda=runtime.cuda_available(),
              te_available=runtime.te_available(), vocab_size=len(tokenizer))
     is_logger = int(os.environ.get("RANK", "0")) == 0
+
+    def say(message: str) -> None:
+        if is_logger:
+            print(message, file=sys.stderr if message.startswith("warning") else sys.stdout, flush=True)
+
     layout = parallel.initialize(cfg.parallel, cfg.train.seed)
     run_dir = Path(cfg.run.dir)
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     train_split, eval_split, report = load_splits(cfg, run_dir)
+    check_data_feeds(cfg.loss, cfg.model.num_labels, train_split.store, cfg.data.train_path)
     sampler = sampler_for(train_split, cfg)
+    total = total_steps(cfg, sampler.steps_per_epoch)
     if is_logger:
         write_report(report, run_dir)
-        layers = "transformer_engine" if uses_transformer_engine(cfg.model) else "local"
-        print(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type} "
-              f"({runtime.backend()}), {layers} layers, {cfg.data.batching} batching", flush=True)
+        say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type} "
+            f"({runtime.backend()}), {layer_implementation(cfg.model)} layers, {cfg.data.batching} batching, "
+            f"{cfg.train.precision}, loss {cfg.loss.type}; {total} steps "
+            f"({sampler.steps_per_epoch} per epoch)")
+        if train_split.store.has_margins() and cfg.loss.type != "margin":
+            say(f"note: the data has per-pair margins; loss.type={cfg.loss.type} does not use them "
+                "(loss.type=margin does)")
     vocab = padded_vocab_size(len(tokenizer), cfg.model)
-    model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer))
-    if start_from:
-        loaded_step = checkpoint.load(model, start_from, cfg.model, vocab)
-        if is_logger:
-            print(f"loaded weights from {start_from} (step {loaded_step})", flush=True)
-    ddp_model, optimizer, scheduler = build_optimizer(model, cfg)
-    log = MetricsLog(run_dir, enabled=is_logger)
+    model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer), precision=cfg.train.precision,
+                               recompute=cfg.train.recompute)
+    ddp_model, optimizer, scheduler = build_optimizer(model, cfg, total)
+    start = restore(source, cfg, model, optimizer, scheduler, sampler, layout, vocab, say)
+    objective = Objective(cfg.loss, cfg.model.num_labels)
+    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg))
     pad = pad_id(tokenizer)
+    peak = flops.peak_flops(cfg.logging.peak_flops, cfg.train.precision)
 
     def evaluate(step: int) -> dict:
-        start = time.perf_counter()
-        summary = evaluate_pairs(ddp_model, eval_micro_batches(eval_split, layout, cfg, pad))
-        log.write(step, "eval", summary, tokens_per_s=summary["tokens"] / (time.perf_counter() - start))
+        began = time.perf_counter()
+        ddp_model.eval()
+        with torch.no_grad():
+            sums = sum(run_pair_batches([ddp_model], batches, objective, forward_only=True)
+                       for batches in eval_micro_batches(eval_split, layout, cfg, pad))
+        ddp_model.train()
+        summary = objective.summarize(sums)
+        log.write(step, "eval", _public(summary),
+                  tokens_per_s=summary["tokens"] / (time.perf_counter() - began))
         return summary
 
+    def save(step: int, **extra) -> None:
+        training = checkpoint.TrainingState(
+            scheduler=scheduler.state_dict(), sampler=sampler.state_dict(step), skipped_steps=guard.total,
+            layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp})
+        saved = checkpoint.save(model, run_dir / "checkpoints", step, cfg.model, vocab, tokenizer=tokenizer,
+                                optimizer=optimizer,
+                                training=training, keep=cfg.checkpoint.keep, **extra)
+        say(f"saved {saved}")
+
     t = cfg.train
-    interval_sums, interval_start = None, time.perf_counter()
-    for step in range(1, t.max_steps + 1):
-        batches = train_micro_batches(train_split, sampler, step - 1, layout, cfg, pad)
-        sums, grad_norm = train_step(ddp_model, optimizer, scheduler, batches)
-        interval_sums = sums if interval_sums is None else interval_sums + sums
-        if step % t.log_interval == 0 or step == t.max_steps:
-            interval = summarize(interval_sums)
-            log.write(step, "train", interval,
-                      tokens_per_s=interval["tokens"] / (time.perf_counter() - interval_start),
-                      lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm)
-            interval_sums, interval_start = None, time.perf_counter()
-        if step < t.max_steps and eval_split and cfg.eval.interval and step % cfg.eval.interval == 0:
-            evaluate(step)
-        if step < t.max_steps and cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0:
-            checkpoint.save(model, run_dir / "checkpoints", step, cfg.model, vocab, sampler.state_dict(step))
-    summary = evaluate(t.max_steps) if eval_split else None
-    if t.max_steps > 0:
-        saved = checkpoint.save(model, run_dir / "checkpoints", t.max_steps, cfg.model, vocab,
-                                sampler.state_dict(t.max_steps))
-        if is_logger:
-            print(f"saved {saved}", flush=True)
+    guard = SkipGuard(t.max_skipped, start.skipped_steps)
+    stop = StopRequest()
+    # Throughput counts training steps only: evaluation and saving are timed apart.
+    interval_sums, interval_seconds, run_start = None, 0.0, time.perf_counter()
+    step, summary = start.step, None
+    try:
+        while step < total:
+            step += 1
+            began = time.perf_counter()
+            batches = train_micro_batches(train_split, sampler, step - 1, layout, cfg, pad)
+            result = train_step(ddp_model, optimizer, scheduler, objective, batches, t.clip_grad)
+            interval_seconds += time.perf_counter() - began
+            guard.record(step, result)
+            interval_sums = result.sums if interval_sums is None else interval_sums + result.sums
+            if step % t.log_interval == 0 or step == total:
+                interval = objective.summarize(interval_sums)
+                rate = flops.training_flops(cfg.model, interval["tokens"], interval["squared_lengths"]) / interval_seconds
+                per_step = (time.perf_counter() - run_start) / (step - start.step)
+                log.write(step, "train", _public(interval), total_steps=total, lr=result.lr,
+                          grad_norm=result.grad_norm, skipped_steps=guard.total,
+                          tokens_per_s=interval["tokens"] / interval_seconds, flops_per_s=rate,
+                          mfu=rate / (peak * layout.world_size) if peak else None,
+                          eta_s=per_step * (total - step))
+                interval_sums, interval_seconds = None, 0.0
+            stopping = stop.agreed()
+            if step < total and eval_split and cfg.eval.interval and step % cfg.eval.interval == 0:
+                evaluate(step)
+            if stopping or (step < total and cfg.checkpoint.save_interval
+                            and step % cfg.checkpoint.save_interval == 0):
+                save(step)
+            if stopping:
+                say(f"stopping after step {step} on SIGTERM; resume with checkpoint.load=auto")
+                return None
+        if eval_split:
+            summary = evaluate(step)
+        if step > start.step:
+            stats = {"mean": _as_list(summary["reward_mean"]), "std": _as_list(summary["reward_std"])} if summary else None
+            save(step, **({"reward_normalization": stats} if stats else {}))
+    finally:
+        stop.restore()
+        log.close()
     return summary
 
 
-def train_step(ddp_model, optimizer, scheduler, batches) -> tuple[torch.Tensor, float]:
-    """One optimizer step over this rank's micro-batches; returns (global metric sums, grad norm)."""
-    ddp_model.zero_grad_buffer()
-    optimizer.zero_grad()
-    sums = run_pair_batches([ddp_model], batches, forward_only=False)
-    _, grad_norm, _ = optimizer.step()
-    scheduler.step(increment=1)
-    return sums, grad_norm
-
-
-def evaluate_pairs(ddp_model, chunks) -> dict:
-    """Metrics over every data-parallel rank's evaluation micro-batches (given in chunks)."""
-    ddp_model.eval()
-    with torch.no_grad():
-        sums = sum(run_pair_batches([ddp_model], batches, forward_only=True) for batches in chunks)
-    ddp_model.train()
-    return summarize(sums)
-
-
-def build_optimizer(model, cfg: RMConfig):
-    """megatron DDP around `model`, megatron's Adam, and the learning-rate schedule."""
+def total_steps(cfg: RMConfig, steps_per_epoch: int) -> int:
+    """train.max_steps, else train.epochs (default 1) whole epochs."""
     t = cfg.train
-    ddp_model = DistributedDataParallel(
-        model.config,
-        DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-        ),
-        model,
-    )
-    model.config.finalize_model_grads_func = finalize_model_grads
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(
-            optimizer="adam",
-            lr=t.lr,
-            weight_decay=t.weight_decay,
-            adam_beta1=t.adam_beta1,
-            adam_beta2=t.adam_beta2,
-            adam_eps=t.adam_eps,
-            clip_grad=t.clip_grad,
-            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-        ),
-        [ddp_model],
-    )
-    schedule_steps = max(t.max_steps, t.lr_warmup_steps + 1)
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0,
-        max_lr=t.lr,
-        min_lr=t.lr,
-        lr_warmup_steps=t.lr_warmup_steps,
-        lr_decay_steps=schedule_steps,
-        lr_decay_style="constant",
-        start_wd=t.weight_decay,
-        end_wd=t.weight_decay,
-        wd_incr_steps=schedule_steps,
-        wd_incr_style="constant",
-    )
-    return ddp_model, optimizer, scheduler
+    if t.max_steps is not None:
+        return t.max_steps
+    total = (t.epochs or 1) * steps_per_epoch
+    if t.lr_warmup_steps >= total:
+        raise ConfigError(f"invalid configuration:\n  train.lr_warmup_steps={t.lr_warmup_steps} must be below "
+                          f"the run's {total} steps (train.epochs={t.epochs or 1} x {steps_per_epoch} per epoch)")
+    return total
+
+
+def _public(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "squared_lengths"}
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]

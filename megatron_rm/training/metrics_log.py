@@ -1,15 +1,30 @@
-"""`run.dir/metrics.jsonl` and the console line, written by global rank 0."""
+"""What global rank 0 reports: `run.dir/metrics.jsonl`, the console, TensorBoard, W&B."""
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
+
+from megatron_rm.config import LoggingConfig
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str | Path, enabled: bool):
+    def __init__(self, run_dir: str | Path, enabled: bool, logging: LoggingConfig | None = None,
+                 config: dict | None = None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.progress = logging is None or logging.progress
+        self.tensorboard = self.wandb = None
+        if not enabled or logging is None:
+            return
+        if logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if logging.wandb:
+            self.wandb = _start_wandb(logging, run_dir, config)
 
     def write(self, step: int, split: str, summary: dict, **extra) -> None:
         if not self.enabled:
@@ -17,11 +32,48 @@ class MetricsLog:
         row = {"step": step, "split": split, **summary, **extra}
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
-        line = (
-            f"{split:5s} step {step:6d} | loss {row['loss']:.4f} | accuracy {row['accuracy']:.3f}"
-            f" | margin {row['margin']:+.3f} | pairs {row['pairs']} | {row['tokens_per_s']:,.0f} tok/s"
-            f" | padding efficiency {row['padding_efficiency']:.2f}"
-        )
-        if "lr" in row:
-            line += f" | lr {row['lr']:.2e}"
-        print(line, flush=True)
+        scalars = {f"{split}/{k}": v for k, v in row.items()
+                   if k not in ("step", "split") and isinstance(v, (int, float)) and v is not None}
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        if self.progress:
+            print(_line(row), flush=True)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _line(row: dict) -> str:
+    step = f"{row['step']:6d}" + (f"/{row['total_steps']}" if "total_steps" in row else "")
+    line = (f"{row['split']:5s} step {step} | loss {row['loss']:.4f} | accuracy {row['accuracy']:.3f}"
+            f" | margin {row['margin']:+.3f} | pairs {row['pairs']} | {row['tokens_per_s']:,.0f} tok/s")
+    if "lr" in row:
+        line += f" | lr {row['lr']:.2e} | grad norm {row['grad_norm']:.3f}"
+    if row.get("skipped_steps"):
+        line += f" | skipped {row['skipped_steps']}"
+    if row["split"] == "eval":
+        line += f" | ece {row['ece']:.3f}"
+    if "eta_s" in row:
+        line += f" | ETA {_duration(row['eta_s'])}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
+
+
+def _start_wandb(logging: LoggingConfig, run_dir, config: dict | None):
+    import wandb  # config validation has checked that it imports
+    # With WANDB_MODE=offline (or no network and mode offline) the run is written under
+    # run.dir/wandb for a later `wandb sync`.
+    return wandb.init(project=logging.wandb_project, name=logging.wandb_name, dir=str(run_dir),
+                      config=config, resume="allow")

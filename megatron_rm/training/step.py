@@ -1,11 +1,12 @@
 """One pass of micro-batches through megatron-core's pipeline schedule.
 
-`forward_step` follows megatron's `forward_step_func(data_iterator, model) ->
-(output, loss_func)` contract. The loss function returns (sum of per-pair
-losses, number of pairs, metric sums); with `calculate_per_token_loss` megatron
-then divides gradients by the pairs of the whole global batch, so the loss is the
-mean over pairs however they are split into micro-batches and ranks (packed
-micro-batches hold different numbers of pairs, and that stays exact).
+`_training_step` follows megatron's `forward_step_func(data_iterator, model) ->
+(output, loss_func)` contract; the loss function is the run's `Objective` (sum of
+the loss's terms, number of terms, metric sums). With `calculate_per_token_loss`
+megatron then divides gradients by the terms of the whole global batch, so the
+loss is the mean over pairs (or groups, or labels) however they are split into
+micro-batches and ranks (packed micro-batches hold different numbers of pairs,
+and that stays exact).
 """
 
 from __future__ import annotations
@@ -20,32 +21,18 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_rm import runtime
 from megatron_rm.data.batching import Batch
-from megatron_rm.losses import bradley_terry_loss
-from megatron_rm.metrics import SUM_FIELDS, pair_sums
 from megatron_rm.model.inputs import position_ids
 from megatron_rm.parallel import broadcast_from_last_stage
 
 
-def _forward(model, batch: Batch) -> torch.Tensor:
-    return model(batch.input_ids, position_ids(batch.attention_mask), batch.attention_mask)
+def _forward(model, batch: Batch, token_values: bool = False) -> torch.Tensor:
+    extra = {"token_values": True} if token_values else {}
+    return model(batch.input_ids, position_ids(batch.attention_mask), batch.attention_mask, **extra)
 
 
-def pair_loss(batch: Batch, rewards: torch.Tensor):
-    """Bradley-Terry loss of one micro-batch: (loss sum, pair count, {"pair_sums": ...}).
-
-    `rewards` holds one row per document; `batch.comparisons` names the better and
-    the worse document of every pair (a K-wise group contributes all its pairs).
-    """
-    chosen, rejected = rewards[batch.comparisons[:, 0], 0], rewards[batch.comparisons[:, 1], 0]
-    per_pair = bradley_terry_loss(chosen, rejected, batch.margins)
-    sums = pair_sums(chosen, rejected, per_pair, tokens=batch.tokens, padded_tokens=batch.padded_tokens)
-    num_pairs = torch.tensor(batch.num_pairs, dtype=torch.int, device=rewards.device)
-    return per_pair.sum(), num_pairs, {"pair_sums": sums}
-
-
-def forward_step(data_iterator, model):
+def _training_step(objective, data_iterator, model):
     batch = next(data_iterator).to(runtime.device())
-    return _forward(model, batch), partial(pair_loss, batch)
+    return _forward(model, batch, objective.token_values), partial(objective, batch)
 
 
 def _returned_rewards(rewards: torch.Tensor):
@@ -71,16 +58,17 @@ def _schedule(step_func, model_chunks, batches: list[Batch], forward_only: bool)
     )
 
 
-def run_pair_batches(model_chunks, batches: list[Batch], *, forward_only: bool) -> torch.Tensor:
+def run_pair_batches(model_chunks, batches: list[Batch], objective, *, forward_only: bool) -> torch.Tensor:
     """Forward (and backward unless `forward_only`) over this rank's micro-batches.
 
-    Returns the metric sums (see `metrics.SUM_FIELDS`) over every data-parallel
-    rank's micro-batches, on every rank.
+    Returns `objective`'s metric sums over every data-parallel rank's micro-batches,
+    on every rank.
     """
-    results = _schedule(forward_step, model_chunks, batches, forward_only) if batches else []
-    local = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=runtime.device())
+    step_func = partial(_training_step, objective)
+    results = _schedule(step_func, model_chunks, batches, forward_only) if batches else []
+    local = torch.zeros(objective.size, dtype=torch.float64, device=runtime.device())
     for result in results:
-        local += result["pair_sums"]
+        local += result["sums"]
     dist.all_reduce(local, group=parallel_state.get_data_parallel_group())
     return broadcast_from_last_stage(local, local.shape, local.dtype)
 

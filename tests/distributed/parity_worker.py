@@ -22,11 +22,11 @@ from megatron_rm import parallel
 from megatron_rm.config import DataConfig, ParallelConfig, RMConfig, TrainConfig, padded_vocab_size
 from megatron_rm.data import Batch, GroupStore, collate, load_tokenizer, pad_id
 from megatron_rm.data.prepare import Settings, build_store
-from megatron_rm.metrics import summarize
 from megatron_rm.model import RewardHead, build_reward_model
 from megatron_rm.training import checkpoint
 from megatron_rm.training.data_setup import Split, sampler_for, train_micro_batches
-from megatron_rm.training.loop import build_optimizer, train_step
+from megatron_rm.training.objective import Objective
+from megatron_rm.training.optim import build_optimizer, train_step
 from megatron_rm.training.step import score
 from tests.conftest import DEMO, tiny_model_config
 
@@ -81,15 +81,16 @@ def demo_store(folder: Path, cfg: RMConfig) -> GroupStore:
 
 
 def train_five_steps(model, store: GroupStore, layout, cfg: RMConfig, pad: int) -> tuple[list, list]:
-    ddp_model, optimizer, scheduler = build_optimizer(model, cfg)
+    ddp_model, optimizer, scheduler = build_optimizer(model, cfg, STEPS)
+    objective = Objective(cfg.loss, cfg.model.num_labels)
     split = Split.of(store)
     sampler = sampler_for(split, cfg)
     losses, grad_norms = [], []
     for step in range(STEPS):
         batches = train_micro_batches(split, sampler, step, layout, cfg, pad)
-        sums, grad_norm = train_step(ddp_model, optimizer, scheduler, batches)
-        losses.append(summarize(sums)["loss"])
-        grad_norms.append(grad_norm)
+        result = train_step(ddp_model, optimizer, scheduler, objective, batches, cfg.train.clip_grad)
+        losses.append(objective.summarize(result.sums)["loss"])
+        grad_norms.append(result.grad_norm)
     return losses, grad_norms
 
 

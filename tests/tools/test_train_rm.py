@@ -31,11 +31,14 @@ def small_eval(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eight_rank_run(tmp_path_factory, small_eval):
+    """The product card's command: TP2 x PP2 x DP2 trains 4 steps, then a second launch resumes to 6."""
     run_dir = tmp_path_factory.mktemp("tp2pp2dp2")
-    torchrun(8, TOOL, "parallel.tp=2", "parallel.pp=2", "train.max_steps=4", "train.global_batch_size=16",
-             "train.micro_batch_size=2", "train.lr_warmup_steps=0", "train.log_interval=1",
-             "eval.interval=2", "checkpoint.save_interval=2", f"data.eval_path={small_eval}",
-             f"run.dir={run_dir}")
+    common = ["parallel.tp=2", "parallel.pp=2", "train.global_batch_size=16", "train.micro_batch_size=2",
+              "train.lr_warmup_steps=0", "train.log_interval=1", "eval.interval=2", "checkpoint.save_interval=2",
+              f"data.eval_path={small_eval}", f"run.dir={run_dir}"]
+    torchrun(8, TOOL, *common, "train.max_steps=4")
+    resumed = torchrun(8, TOOL, *common, "train.max_steps=6", "checkpoint.load=auto")
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_4'} at step 4" in resumed.stdout
     return run_dir
 
 
@@ -43,25 +46,36 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_eight_ranks_train_evaluate_and_log_the_contract(eight_rank_run):
+def test_eight_ranks_train_evaluate_resume_and_log_the_contract(eight_rank_run):
     rows = _rows(eight_rank_run)
     train = [r for r in rows if r["split"] == "train"]
     evals = [r for r in rows if r["split"] == "eval"]
-    assert [r["step"] for r in train] == [1, 2, 3, 4]
-    assert [r["step"] for r in evals] == [2, 4]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in evals] == [2, 4, 6]
     for row in rows:
         assert CONTRACT_FIELDS <= set(row)
         assert all(math.isfinite(row[k]) for k in CONTRACT_FIELDS - {"step", "split"})
+    for row in train:
+        assert {"lr", "grad_norm", "flops_per_s", "padding_efficiency", "skipped_steps", "ece"} <= set(row)
+        assert row["mfu"] is None and row["flops_per_s"] > 0 and row["skipped_steps"] == 0  # no peak on CPU
     assert all(r["pairs"] == 16 for r in train) and all(r["pairs"] == 64 for r in evals)
     config = yaml.safe_load((eight_rank_run / "config.yaml").read_text())
     assert config["parallel"] == {"tp": 2, "pp": 2, "sequence_parallel": False,
                                   "use_distributed_optimizer": False}
-    assert config["train"]["max_steps"] == 4
+    assert config["train"]["max_steps"] == 6
 
 
 def test_checkpoints_at_the_interval_and_the_end(eight_rank_run):
     folders = sorted(p.name for p in (eight_rank_run / "checkpoints").iterdir())
-    assert folders == ["step_2", "step_4"]
+    assert folders == ["latest", "step_2", "step_4", "step_6"]
+    assert (eight_rank_run / "checkpoints" / "latest").read_text() == "step_6\n"
+
+
+def test_the_final_checkpoint_stores_the_eval_reward_statistics(eight_rank_run):
+    final_eval = _rows(eight_rank_run)[-1]
+    saved = json.loads((eight_rank_run / "checkpoints" / "step_6" / "megatron_rm.json").read_text())
+    assert saved["reward_normalization"] == {"mean": [final_eval["reward_mean"]], "std": [final_eval["reward_std"]]}
+    assert final_eval["reward_std"] > 0 and 0 <= final_eval["ece"] <= 1
 
 
 def test_checkpoint_reloads_at_another_layout_with_the_same_eval(eight_rank_run, small_eval, tmp_path):
@@ -69,7 +83,7 @@ def test_checkpoint_reloads_at_another_layout_with_the_same_eval(eight_rank_run,
     result = run_command([PYTHON, TOOL, "train.max_steps=0", f"checkpoint.load={eight_rank_run}/checkpoints",
                           f"data.eval_path={small_eval}", f"run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "step_4" in result.stdout  # the newest complete checkpoint was chosen
+    assert "step_6" in result.stdout  # the checkpoint `latest` names was chosen
     final = _rows(eight_rank_run)[-1]
     reloaded = _rows(tmp_path)[-1]
     assert reloaded["split"] == "eval" and reloaded["pairs"] == final["pairs"]
@@ -127,20 +141,33 @@ def test_trains_from_a_converted_checkpoint_with_no_model_override(small_eval, t
     assert (run_dir / "checkpoints" / "step_2" / "tokenizer" / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("case", ["malformed_json", "empty_file", "missing_checkpoint", "misspelt_key"])
+BAD_INPUT = {
+    # case: (extra arguments, expected message, data file content or None for the demo data)
+    "malformed_json": (["data.train_path={data}"], "{data}:2: invalid JSON", "good\n{not json\n"),
+    "empty_file": (["data.train_path={data}"], "{data}: no rows (the data is empty)", ""),
+    "missing_checkpoint": (["checkpoint.load={tmp}/nowhere"], "{tmp}/nowhere: no such file", None),
+    "misspelt_key": (["train.max_stepz=3"], "max_stepz", None),
+    "negative_lr": (["train.lr=-0.001"], "train.lr=-0.001 must be a finite number > 0", None),
+    "warmup_too_long": (["train.lr_warmup_steps=400"], "train.lr_warmup_steps=400 must be below train.max_steps=300", None),
+    "unknown_loss": (["loss.type=hinge"], "loss.type='hinge' must be one of", None),
+    "kwise_on_pairs": (["loss.type=plackett_luce"], "loss.type=plackett_luce ranks K-wise groups, and every group is a pair", None),
+    # Adam moves every weight by ~lr: step 2 overflows, then each step is skipped until the guard stops.
+    "diverging": (["train.lr=1e30", "train.lr_warmup_steps=0", "train.max_skipped=2"],
+                  "step 4: 3 steps in a row had a non-finite loss or gradient norm", None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_input_stops_with_a_clear_message(case, tmp_path):
     data = tmp_path / "train.jsonl"
     good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
-    args, expected = {
-        "malformed_json": ([f"data.train_path={data}"], f"{data}:2: invalid JSON"),
-        "empty_file": ([f"data.train_path={data}"], f"{data}: no rows (the data is empty)"),
-        "missing_checkpoint": ([f"checkpoint.load={tmp_path}/nowhere"], f"{tmp_path}/nowhere: no such file"),
-        "misspelt_key": (["train.max_stepz=3"], "max_stepz"),
-    }[case]
-    data.write_text({"malformed_json": good + "\n{not json\n", "empty_file": ""}.get(case, good + "\n"))
-    result = run_command([PYTHON, TOOL, f"run.dir={tmp_path}/run", *args])
+    args, expected, content = BAD_INPUT[case]
+    if content is not None:
+        data.write_text(content.replace("good", good))
+    fill = {"data": data, "tmp": tmp_path}
+    result = run_command([PYTHON, TOOL, f"run.dir={tmp_path}/run", *(a.format(**fill) for a in args)])
     assert result.returncode != 0
-    assert expected in result.stderr
+    assert expected.format(**fill) in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -186,5 +213,24 @@ def test_mixed_data_packed_with_a_prompt_split(tmp_path):
     assert len(train) == 3 and all(0.9 < r["padding_efficiency"] <= 1.0 for r in train)
     # Each step has 8 groups; a K-wise group of three contributes three pairs.
     assert all(8 <= r["pairs"] <= 24 for r in train)
-    sampler = json.loads((run_dir / "checkpoints" / "step_3" / "megatron_rm.json").read_text())["sampler"]
+    sampler = json.loads((run_dir / "checkpoints" / "step_3" / "megatron_rm.json").read_text())["training"]["sampler"]
     assert sampler["consumed_samples"] == 24 and sampler["num_groups"] == split["train_groups"]
+
+
+def test_tensorboard_and_offline_wandb_receive_the_metrics(small_eval, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    result = run_command([PYTHON, TOOL, "train.max_steps=2", "train.lr_warmup_steps=0", "train.log_interval=1",
+                          "logging.wandb=true", f"data.eval_path={small_eval}", f"run.dir={run_dir}"], env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    logged = [(r["step"], r["loss"]) for r in _rows(run_dir) if r["split"] == "train"]
+    assert [step for step, _ in losses] == [1, 2]
+    assert [value for _, value in losses] == pytest.approx([loss for _, loss in logged], rel=1e-6)
+    assert {"train/lr", "train/grad_norm", "train/tokens_per_s", "eval/ece", "eval/reward_std"} <= set(
+        events.Tags()["scalars"])
+    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0

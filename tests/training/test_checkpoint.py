@@ -39,7 +39,7 @@ def test_save_then_load_restores_every_weight(setup, tmp_path):
     assert path == tmp_path / "step_7" and (path / checkpoint.METADATA).is_file()
     other = _model(cfg, vocab, seed=2)
     assert not torch.equal(other.reward_head.weight, saved_model.reward_head.weight)
-    assert checkpoint.load(other, tmp_path, cfg, padded) == 7
+    assert checkpoint.load(other, path, cfg, padded)["step"] == 7
     expected = _weights(saved_model)
     assert set(_weights(other)) == set(expected)
     for name, value in _weights(other).items():
@@ -53,8 +53,22 @@ def test_resolve_takes_the_newest_complete_step(setup, tmp_path):
     checkpoint.save(model, tmp_path, 12, cfg, padded)  # "step_12" < "step_3" as text
     (tmp_path / "step_20").mkdir()  # no metadata: not complete
     (tmp_path / ".step_30.incomplete").mkdir()
+    assert (tmp_path / "latest").read_text() == "step_12\n"
     assert checkpoint.resolve(tmp_path) == tmp_path / "step_12"
     assert checkpoint.resolve(tmp_path / "step_3") == tmp_path / "step_3"
+    (tmp_path / "latest").write_text("step_3\n")  # `latest` decides, not the largest number
+    assert checkpoint.resolve(tmp_path) == tmp_path / "step_3"
+    (tmp_path / "latest").unlink()  # without it, the newest complete one
+    assert checkpoint.resolve(tmp_path) == tmp_path / "step_12"
+
+
+def test_keep_removes_the_oldest_and_leftover_staging(setup, tmp_path):
+    cfg, vocab, padded = setup
+    model = _model(cfg, vocab, seed=1)
+    (tmp_path / ".step_7.incomplete").mkdir(parents=True)  # a save killed earlier
+    for step in (2, 4, 6, 8):
+        checkpoint.save(model, tmp_path, step, cfg, padded, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_6", "step_8"]
 
 
 def test_missing_and_foreign_folders_are_refused(tmp_path):
@@ -83,6 +97,6 @@ def test_metadata_without_tensors_fails_with_the_folder_named(setup, tmp_path):
     hollow = tmp_path / "hollow"
     hollow.mkdir()
     (hollow / checkpoint.METADATA).write_text((saved / checkpoint.METADATA).read_text())
-    with pytest.raises(CheckpointError, match=f"{hollow}: could not load"):
+    with pytest.raises(CheckpointError, match=f"{hollow}: no tensor index"):
         checkpoint.load(_model(cfg, vocab, seed=1), hollow, cfg, padded)
     assert json.loads((saved / checkpoint.METADATA).read_text())["model"]["hidden_size"] == 64
