@@ -104,7 +104,7 @@ def test_divergence_reads_token_values_and_rewards_at_the_last_token(single_rank
                                             batch.input_ids[worse], lengths[better], lengths[worse]).sum()
     assert float(loss_sum.detach()) == pytest.approx(float(expected.detach()), rel=1e-6) and int(terms) == 3
     summary = objective.summarize(extra["sums"])
-    assert summary["chosen_reward"] == pytest.approx(float(rewards[better, 0].mean()), rel=1e-5)
+    assert summary["chosen_reward"] == pytest.approx(float(rewards[better, 0].detach().mean()), rel=1e-5)
 
 
 def test_a_loss_the_data_cannot_feed_is_refused(store, tmp_path):
