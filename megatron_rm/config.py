@@ -358,6 +358,7 @@ def validate(
     for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp),
                         ("train.global_batch_size", t.global_batch_size),
                         ("train.micro_batch_size", t.micro_batch_size),
+                        ("train.log_interval", t.log_interval),
                         ("model.num_labels", m.num_labels),
                         ("data.pad_to_multiple_of", cfg.data.pad_to_multiple_of),
                         ("data.max_length", cfg.data.max_length),
@@ -370,8 +371,6 @@ def validate(
     need(t.epochs is None or t.epochs >= 1, f"train.epochs={t.epochs} must be >= 1 or null")
     problems.extend(_train_problems(t, cuda))
     problems.extend(_loss_problems(cfg))
-    for name, value in (("train.log_interval", t.log_interval),):
-        need(value >= 1, f"{name}={value} must be >= 1")
     for name, value in (("eval.interval", cfg.eval.interval), ("checkpoint.save_interval", cfg.checkpoint.save_interval),
                         ("checkpoint.keep", cfg.checkpoint.keep), ("train.max_skipped", t.max_skipped)):
         need(value >= 0, f"{name}={value} must be >= 0")

@@ -53,8 +53,11 @@ class Batch:
     @property
     def document_lengths(self) -> torch.Tensor:
         """(documents,) tokens of each document, in layout order."""
-        counts = torch.stack([torch.bincount(row, minlength=int(self.attention_mask.max()) + 1)[1:]
-                              for row in self.attention_mask])
+        rows, numbers = self.attention_mask.shape[0], int(self.attention_mask.max()) + 1
+        # One bincount over (row, document number) keys; number 0 is padding.
+        row_keys = torch.arange(rows, device=self.attention_mask.device)[:, None] * numbers
+        counts = torch.bincount((row_keys + self.attention_mask).flatten(), minlength=rows * numbers)
+        counts = counts.reshape(rows, numbers)[:, 1:]
         return counts[counts > 0]
 
     @property

@@ -111,3 +111,10 @@ def test_split_evenly_and_eval_shares():
     shares = [eval_share(longest, 3, r) for r in range(3)]
     assert sorted(np.concatenate(shares).tolist()) == list(range(7))
     assert longest[shares[0]].tolist() == [9, 5, 1]  # sorted by length, dealt round-robin
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_document_lengths_follow_the_layout(store, packed):
+    batch = collate(store, [2, 0, 1], PAD, packed=packed, pad_to_multiple_of=8)
+    expected = [len(d) for g in (2, 0, 1) for d in GROUPS[g]]
+    assert batch.document_lengths.tolist() == expected
