@@ -1,4 +1,5 @@
 # Two entry points: `make demo` and `make test`. Both set up .venv first.
+# `make test-fast` runs the in-process tests only (no torchrun jobs), for quick iteration.
 PYTHON ?= python3
 # The CPU wheel here; on a GPU machine pick the CUDA build, e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index.
 TORCH_SPEC ?= torch==2.13.0
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -29,8 +30,15 @@ demo: install
 	$(VENV)/bin/torchrun --nproc-per-node 2 tools/train_rm.py parallel.tp=2 run.dir=$(DEMO_DIR) $(DEMO_ARGS)
 	$(PY) tools/summarize_run.py $(DEMO_DIR)
 
-test: install
+# The whole suite, linted first: what CI runs.
+test: lint
 	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -35,6 +35,6 @@ setup(
         "te": ["transformer-engine[pytorch]>=2.9,<2.12"],
         # Weights & Biases logging (logging.wandb=true); offline mode needs no network.
         "wandb": ["wandb>=0.17"],
-        "test": ["pytest>=8", "wandb>=0.17"],
+        "test": ["pytest>=8", "wandb>=0.17", "ruff>=0.6"],
     },
 )

@@ -21,7 +21,7 @@ import numpy as np
 
 from megatron_rm.config import DataConfig, RMConfig
 from megatron_rm.data.store import GroupStore, StoreWriter
-from megatron_rm.training.data_setup import Split, pack_length, sampler_for, train_micro_batches
+from megatron_rm.training.data_setup import MicroBatching, Split, sampler_for, train_micro_batches
 
 PROMPT_MEDIAN, RESPONSE_MEDIAN, SIGMA = 150, 100, 0.5
 TARGETS = {"pack": 0.95, "bucket": 0.85}
@@ -57,14 +57,15 @@ def configure(args, max_length: int, batching: str, window: int, multiple: int) 
 
 def measure(split: Split, cfg: RMConfig, steps: int, dp: int) -> dict:
     """Efficiency over `steps` steps and all `dp` ranks' shares, plus the worst single step."""
-    sampler = sampler_for(split, cfg)
+    sampler = sampler_for(split, cfg.data, cfg.train)
+    batching = MicroBatching.of(cfg.data, cfg.train.micro_batch_size, pad_id=0)
     tokens = slots = micro_batches = 0
     per_step = []
     for step in range(steps):
         step_tokens = step_slots = 0
         for rank in range(dp):
             layout = SimpleNamespace(dp=dp, dp_rank=rank)
-            for batch in train_micro_batches(split, sampler, step, layout, cfg, pad=0):
+            for batch in train_micro_batches(split, sampler, step, layout, batching):
                 step_tokens += batch.tokens
                 step_slots += batch.padded_tokens
                 micro_batches += 1
@@ -118,7 +119,8 @@ def report(args, shared_prompt: bool, full: bool) -> None:
         split = Split.of(write_store(f"{folder}/store", lengths))
         for label, batching, window, multiple in variants(max_length, full):
             cfg = configure(args, max_length, batching, window, multiple)
-            assert batching != "pack" or pack_length(cfg) == 2 * args.micro_batch_size * max_length
+            assert batching != "pack" or MicroBatching.of(cfg.data, args.micro_batch_size, 0).pack_length == \
+                2 * args.micro_batch_size * max_length
             m = measure(split, cfg, steps, args.dp)
             goal = target(batching, multiple, m["efficiency"], max_length, median)
             print(f"| {label} | {m['efficiency']:.3f} | {m['worst']:.3f} | {m['micro_batches']:.1f} | "

@@ -53,7 +53,7 @@ from watch import REPO, run_watched
 sys.path.insert(0, str(REPO))
 from megatron_rm.config import RMConfig  # noqa: E402
 from megatron_rm.data import GroupStore, load_tokenizer, pad_id  # noqa: E402
-from megatron_rm.training.data_setup import Split, sampler_for, train_micro_batches  # noqa: E402
+from megatron_rm.training.data_setup import MicroBatching, Split, sampler_for, train_micro_batches  # noqa: E402
 
 PYTHON = sys.executable
 GB = 2**30
@@ -125,11 +125,12 @@ def replay_batches(run_dir: Path, resolved: dict, total_steps: int) -> tuple[lis
         for key, value in resolved[section].items():
             setattr(getattr(cfg, section), key, value)
     split = Split.of(GroupStore(run_dir / "data" / "train"))
-    sampler, layout = sampler_for(split, cfg), SimpleNamespace(dp=1, dp_rank=0)
+    sampler, layout = sampler_for(split, cfg.data, cfg.train), SimpleNamespace(dp=1, dp_rank=0)
+    batching = MicroBatching.of(cfg.data, cfg.train.micro_batch_size, pad_id=0)
     steps, shapes, tokens = [], [], []
     for step in range(total_steps):
         pairs, step_tokens = [], 0
-        for batch in train_micro_batches(split, sampler, step, layout, cfg, pad=0):
+        for batch in train_micro_batches(split, sampler, step, layout, batching):
             rows = [ids[mask > 0].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask)]
             pairs += [(rows[better], rows[worse]) for better, worse in batch.comparisons.tolist()]
             shapes.append([2 * batch.num_pairs, batch.input_ids.shape[1]])
@@ -221,7 +222,7 @@ def main() -> None:
     print("| model | parameters | shape | max_length, pairs/step (micro) | tokens/step (slots) | steps (warm-up) "
           "| ours tokens/s | reference tokens/s | ours / reference | peak RSS ours | peak RSS reference |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, preset, steps, warmup, ours, ref in results:
+    for _name, preset, steps, warmup, ours, ref in results:
         m, t = ours["cfg"]["model"], ours["cfg"]["train"]
         shape = (f"{m['num_layers']}x{m['hidden_size']}, {m['num_attention_heads']} heads / "
                  f"{m['num_query_groups'] or m['num_attention_heads']} groups, FFN {m['ffn_hidden_size']}")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from megatron_rm import checkpoint_files
 from megatron_rm.config import ModelConfig, RMConfig
+from megatron_rm.core import checkpoint_files
 from megatron_rm.errors import UsageError
 from megatron_rm.training.resume import start_metadata, start_source
 
@@ -30,7 +31,7 @@ def to_config(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> R
     refused when the weights load).
     """
     config = OmegaConf.to_object(cfg)
-    source = start_source(config)
+    source = start_source(config.checkpoint, config.run.dir)
     if source is not None:
         config.model = checkpoint_model(source, config.checkpoint.load == "auto", overrides)
     return config
@@ -43,10 +44,15 @@ def checkpoint_model(source, auto: bool, overrides) -> ModelConfig:
     if chosen and not auto:
         raise UsageError(f"{chosen[0]} with a checkpoint to start from ({source.candidates[0]}): the checkpoint "
                          "carries its model; change single fields with model.<key>=value")
-    directory, metadata = start_metadata(source)
+    directory, metadata = start_metadata(source, _warn)
     model = OmegaConf.structured(checkpoint_files.model_config(directory, metadata))
     fields = [o.split(".", 1)[1] for o in overrides if o.startswith("model.")]
     return OmegaConf.to_object(OmegaConf.merge(model, OmegaConf.from_dotlist(fields)))
+
+
+def _warn(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def exit_on_usage_error(run, rank: int) -> None:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from megatron_rm.convert.families import FAMILIES as _FAMILY_TABLES
 from megatron_rm.errors import ConfigError
 
 
@@ -30,7 +31,8 @@ class RopeScalingConfig:
 
 
 ROPE_SCALING_TYPES = ("llama3", "linear")
-FAMILIES = ("llama", "mistral", "qwen2")
+FAMILIES = tuple(_FAMILY_TABLES)
+"""The Hugging Face families `model.family` may name: those with a conversion table."""
 TRANSFORMER_IMPLS = ("auto", "sdpa", "local", "transformer_engine")
 
 
@@ -99,27 +101,23 @@ class ParallelConfig:
 
 
 @dataclass
-class TrainConfig:
-    max_steps: Optional[int] = None
-    """Optimizer steps; 0 evaluates the starting weights (checkpoint.load) and saves nothing.
-    Set this or `epochs`, not both; with neither the run is one epoch, the usual length for
-    reward models (a second pass over preference pairs mostly overfits)."""
-    epochs: Optional[int] = None
-    """Passes over the training groups (each `num_groups // global_batch_size` steps)."""
-    global_batch_size: int = 32
-    """Groups (preference pairs, or K-wise rankings) per optimizer step, over all data-parallel ranks."""
-    micro_batch_size: int = 8
-    """Groups per micro-batch on one rank (a pair is two rows: chosen and rejected).
-    With data.batching=pack a micro-batch holds as many groups as data.pack_length allows."""
-    seed: int = 1234
+class OptimizerConfig:
+    """One model's optimizer, learning-rate schedule and gradient clipping. A run with several
+    trained models gives each its own; the reward-model run's are the `train.*` keys."""
+
     optimizer: str = "adamw"
     """adamw (decoupled weight decay) or adam (L2 penalty added to the gradient)."""
     lr: float = 1e-5
-    """Peak learning rate, reached after the warm-up."""
+    """Peak learning rate, reached after the warm-up. 0 is allowed: the weights stay bit-identical
+    (re-save a checkpoint at another layout, measure throughput, evaluate through training)."""
     min_lr: float = 0.0
     """Learning rate at the end of the decay."""
-    lr_warmup_steps: int = 0
-    """Linear warm-up from 0 to `lr` over this many steps."""
+    lr_warmup_steps: Optional[int] = None
+    """Linear warm-up from 0 to `lr` over this many steps, which must be below the run's steps.
+    Null: `lr_warmup_fraction` of the run. When set it takes precedence over the fraction."""
+    lr_warmup_fraction: float = 0.0
+    """Warm-up as a fraction of the run's steps (rounded down), as Megatron-LM's
+    --lr-warmup-fraction: a default that suits runs of any length."""
     lr_decay_style: str = "cosine"
     """After the warm-up: cosine or linear decay from `lr` to `min_lr` at the last step, or constant `lr`."""
     weight_decay: float = 0.0
@@ -129,6 +127,31 @@ class TrainConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     """Global gradient-norm clip over TP/PP/DP; 0 disables (the norm is still logged)."""
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """Warm-up steps of a run of `total_steps` (check `warmup_problem` first)."""
+        if self.lr_warmup_steps is not None:
+            return self.lr_warmup_steps
+        return int(self.lr_warmup_fraction * total_steps)
+
+
+@dataclass
+class LoopConfig:
+    """A run's length, batches and numerics: what every trained model of the run shares."""
+
+    max_steps: Optional[int] = None
+    """Optimizer steps; 0 evaluates the starting weights (checkpoint.load) and saves nothing.
+    Set this or `epochs`, not both; with neither the run is one epoch, the usual length for
+    reward models (a second pass over preference pairs mostly overfits)."""
+    epochs: Optional[int] = None
+    """Passes over the training groups (each `num_groups // global_batch_size` steps)."""
+    global_batch_size: int = 32
+    """Groups (preference pairs, K-wise rankings, or single responses) per optimizer step, over all
+    data-parallel ranks."""
+    micro_batch_size: int = 8
+    """Groups per micro-batch on one rank (a pair is two rows: chosen and rejected).
+    With data.batching=pack a micro-batch holds as many groups as data.pack_length allows."""
+    seed: int = 1234
     precision: str = "fp32"
     """fp32, or bf16 (GPU): bf16 weights and activations, fp32 master weights, gradients reduced
     in fp32; the reward head always computes in fp32."""
@@ -138,10 +161,16 @@ class TrainConfig:
     max_skipped: int = 10
     """A step whose loss or gradient norm is not finite is skipped (no update) and counted;
     more than this many in a row stops the run."""
-    log_interval: int = 10
+    log_interval: int = 25
+    """metrics.jsonl gets a training row (and the console a progress line) every this many steps,
+    summing the steps since the last row; train.log_interval=1 gives one row per step."""
 
 
-LOSS_TYPES = ("bradley_terry", "margin", "plackett_luce", "divergence", "regression")
+@dataclass
+class TrainConfig(LoopConfig, OptimizerConfig):
+    """The reward-model run's `train.*` keys: its loop and its one model's optimizer, flat on the
+    command line (`train.lr`, `train.max_steps`). Library code takes the part it needs, a
+    LoopConfig or an OptimizerConfig, never this union."""
 
 
 @dataclass
@@ -186,6 +215,8 @@ class DataConfig:
     prompt_key: str = "prompt"
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
+    response_key: str = "response"
+    """Single-response rows (pointwise: a response and its labels, no comparison)."""
     responses_key: str = "responses"
     """K-wise rows: a list of responses, ranked by `ranking_key` (indices, best first)."""
     ranking_key: str = "ranking"
@@ -275,198 +306,212 @@ def padded_vocab_size(tokenizer_size: int, model: ModelConfig) -> int:
 TRUNCATION_MODES = ("drop", "truncate_prompt", "truncate_response")
 
 
-def _data_problems(d: DataConfig) -> list[str]:
-    problems = []
-    for name, value, allowed in (("truncation", d.truncation, TRUNCATION_MODES),
-                                 ("on_invalid", d.on_invalid, ("error", "skip")),
-                                 ("batching", d.batching, ("bucket", "pack"))):
-        if value not in allowed:
-            problems.append(f"data.{name}={value!r} must be one of {', '.join(allowed)}")
+def _choice(key: str, value, allowed) -> list[str]:
+    return [] if value in allowed else [f"{key}={value!r} must be one of {', '.join(allowed)}"]
+
+
+def _at_least(minimum: int, **values) -> list[str]:
+    """`key=value` pairs (dots spelt `__`) that must be >= minimum."""
+    return [f"{key.replace('__', '.')}={value} must be >= {minimum}"
+            for key, value in values.items() if not value >= minimum]
+
+
+def data_problems(d: DataConfig, prefix: str = "data") -> list[str]:
+    problems = (_choice(f"{prefix}.truncation", d.truncation, TRUNCATION_MODES)
+                + _choice(f"{prefix}.on_invalid", d.on_invalid, ("error", "skip"))
+                + _choice(f"{prefix}.batching", d.batching, ("bucket", "pack")))
+    problems += [f"{prefix}.{name}={value} must be >= 1" for name, value in (
+        ("pad_to_multiple_of", d.pad_to_multiple_of), ("max_length", d.max_length),
+        ("preprocess_workers", d.preprocess_workers)) if not value >= 1]
     if not 0.0 <= d.eval_fraction < 1.0:
-        problems.append(f"data.eval_fraction={d.eval_fraction} must be in [0, 1)")
+        problems.append(f"{prefix}.eval_fraction={d.eval_fraction} must be in [0, 1)")
     if d.eval_fraction > 0 and d.eval_path:
-        problems.append(f"data.eval_fraction={d.eval_fraction} and data.eval_path={d.eval_path} "
-                        "both set; use one (data.eval_path=null to split train_path by prompt)")
+        problems.append(f"{prefix}.eval_fraction={d.eval_fraction} and {prefix}.eval_path={d.eval_path} "
+                        f"both set; use one ({prefix}.eval_path=null to split train_path by prompt)")
     if d.bucket_window < 0:
-        problems.append(f"data.bucket_window={d.bucket_window} must be >= 0")
+        problems.append(f"{prefix}.bucket_window={d.bucket_window} must be >= 0")
     if d.pack_length is not None and d.pack_length < d.max_length:
-        problems.append(f"data.pack_length={d.pack_length} must be >= data.max_length={d.max_length}")
+        problems.append(f"{prefix}.pack_length={d.pack_length} must be >= {prefix}.max_length={d.max_length}")
     return problems
 
 
-def _train_problems(t: TrainConfig, cuda: bool) -> list[str]:
-    problems = []
-    for name, value, allowed in (("optimizer", t.optimizer, ("adamw", "adam")),
-                                 ("lr_decay_style", t.lr_decay_style, ("cosine", "linear", "constant")),
-                                 ("precision", t.precision, ("fp32", "bf16")),
-                                 ("recompute", t.recompute, ("none", "selective", "full"))):
-        if value not in allowed:
-            problems.append(f"train.{name}={value!r} must be one of {', '.join(allowed)}")
-    if not t.lr > 0 or math.isinf(t.lr):
-        problems.append(f"train.lr={t.lr} must be a finite number > 0")
-    if not 0 <= t.min_lr <= t.lr:
-        problems.append(f"train.min_lr={t.min_lr} must be in [0, train.lr={t.lr}]")
-    for name, value in (("lr_warmup_steps", t.lr_warmup_steps), ("weight_decay", t.weight_decay),
-                        ("clip_grad", t.clip_grad)):
+def optimizer_problems(o: OptimizerConfig, prefix: str) -> list[str]:
+    """Every problem with one model's optimizer group; `prefix` is its key (train, critic.optim, ...)."""
+    problems = (_choice(f"{prefix}.optimizer", o.optimizer, ("adamw", "adam"))
+                + _choice(f"{prefix}.lr_decay_style", o.lr_decay_style, ("cosine", "linear", "constant")))
+    if not o.lr >= 0 or math.isinf(o.lr):
+        problems.append(f"{prefix}.lr={o.lr} must be a finite number >= 0")
+    if not 0 <= o.min_lr <= o.lr:
+        problems.append(f"{prefix}.min_lr={o.min_lr} must be in [0, {prefix}.lr={o.lr}]")
+    for name, value in (("weight_decay", o.weight_decay), ("clip_grad", o.clip_grad)):
         if not value >= 0:
-            problems.append(f"train.{name}={value} must be >= 0")
-    for name, value in (("adam_beta1", t.adam_beta1), ("adam_beta2", t.adam_beta2)):
+            problems.append(f"{prefix}.{name}={value} must be >= 0")
+    if o.lr_warmup_steps is not None and o.lr_warmup_steps < 0:
+        problems.append(f"{prefix}.lr_warmup_steps={o.lr_warmup_steps} must be >= 0 or null")
+    if not 0 <= o.lr_warmup_fraction < 1:
+        problems.append(f"{prefix}.lr_warmup_fraction={o.lr_warmup_fraction} must be in [0, 1)")
+    for name, value in (("adam_beta1", o.adam_beta1), ("adam_beta2", o.adam_beta2)):
         if not 0 <= value < 1:
-            problems.append(f"train.{name}={value} must be in [0, 1)")
-    if not t.adam_eps > 0:
-        problems.append(f"train.adam_eps={t.adam_eps} must be > 0")
-    if t.precision == "bf16" and not cuda:
-        problems.append("train.precision=bf16 needs CUDA: on the CPU megatron-core's mixed-precision "
-                        "optimizer is not available; use train.precision=fp32")
+            problems.append(f"{prefix}.{name}={value} must be in [0, 1)")
+    if not o.adam_eps > 0:
+        problems.append(f"{prefix}.adam_eps={o.adam_eps} must be > 0")
     return problems
 
 
-def _loss_problems(cfg: RMConfig) -> list[str]:
-    loss, m = cfg.loss, cfg.model
-    if loss.type not in LOSS_TYPES:
-        return [f"loss.type={loss.type!r} must be one of {', '.join(LOSS_TYPES)}"]
-    problems = []
-    if loss.type != "regression" and m.num_labels != 1:
-        problems.append(f"model.num_labels={m.num_labels}: loss.type={loss.type} trains a scalar reward "
-                        "(model.num_labels=1; loss.type=regression trains several attributes)")
-    if not loss.centering_coef >= 0:
-        problems.append(f"loss.centering_coef={loss.centering_coef} must be >= 0")
-    elif loss.centering_coef > 0 and loss.type not in ("bradley_terry", "margin"):
-        problems.append(f"loss.centering_coef={loss.centering_coef} applies to loss.type=bradley_terry "
-                        f"or margin, not {loss.type}")
-    if loss.type == "divergence":
-        if cfg.data.batching != "bucket":
-            problems.append("loss.type=divergence compares chosen and rejected token by token, one "
-                            f"document per row: it needs data.batching=bucket (got {cfg.data.batching})")
-        if cfg.parallel.sequence_parallel:
-            problems.append("loss.type=divergence reads every token's value: not with "
-                            "parallel.sequence_parallel=true")
-    return problems
+def warmup_problem(o: OptimizerConfig, total_steps: int, prefix: str, length: str) -> str | None:
+    """An explicit warm-up must end before the run does (`length` says where the run's
+    `total_steps` come from, for the message)."""
+    if o.lr_warmup_steps is not None and total_steps > 0 and o.lr_warmup_steps >= total_steps:
+        return f"{prefix}.lr_warmup_steps={o.lr_warmup_steps} must be below {length}"
+    return None
 
 
-def validate(
-    cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int
-) -> None:
-    """Raise ConfigError listing every reason `cfg` cannot run on this launch."""
-    m, p, t = cfg.model, cfg.parallel, cfg.train
-    problems = []
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(message)
-
-    for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp),
-                        ("train.global_batch_size", t.global_batch_size),
-                        ("train.micro_batch_size", t.micro_batch_size),
-                        ("train.log_interval", t.log_interval),
-                        ("model.num_labels", m.num_labels),
-                        ("data.pad_to_multiple_of", cfg.data.pad_to_multiple_of),
-                        ("data.max_length", cfg.data.max_length),
-                        ("data.preprocess_workers", cfg.data.preprocess_workers)):
-        need(value >= 1, f"{name}={value} must be >= 1")
+def loop_problems(t: LoopConfig, prefix: str, cuda: bool) -> list[str]:
+    problems = (_choice(f"{prefix}.precision", t.precision, ("fp32", "bf16"))
+                + _choice(f"{prefix}.recompute", t.recompute, ("none", "selective", "full")))
+    problems += [f"{prefix}.{name}={value} must be >= 1" for name, value in (
+        ("global_batch_size", t.global_batch_size), ("micro_batch_size", t.micro_batch_size),
+        ("log_interval", t.log_interval)) if not value >= 1]
+    if t.max_skipped < 0:
+        problems.append(f"{prefix}.max_skipped={t.max_skipped} must be >= 0")
     if t.max_steps is not None:
-        need(t.max_steps >= 0, f"train.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
-        need(t.epochs is None, f"train.max_steps={t.max_steps} and train.epochs={t.epochs} both set; "
-                               "use one (the other null)")
-    need(t.epochs is None or t.epochs >= 1, f"train.epochs={t.epochs} must be >= 1 or null")
-    problems.extend(_train_problems(t, cuda))
-    problems.extend(_loss_problems(cfg))
-    for name, value in (("eval.interval", cfg.eval.interval), ("checkpoint.save_interval", cfg.checkpoint.save_interval),
-                        ("checkpoint.keep", cfg.checkpoint.keep), ("train.max_skipped", t.max_skipped)):
-        need(value >= 0, f"{name}={value} must be >= 0")
-    need(not cfg.logging.wandb or importlib.util.find_spec("wandb") is not None,
-         "logging.wandb=true needs the wandb package: pip install wandb")
-    need(cfg.logging.peak_flops is None or cfg.logging.peak_flops > 0,
-         f"logging.peak_flops={cfg.logging.peak_flops} must be > 0 or null")
-    for name, value in (("model.num_query_groups", m.num_query_groups), ("model.kv_channels", m.kv_channels),
-                        ("eval.micro_batch_size", cfg.eval.micro_batch_size)):
-        need(value is None or value >= 1, f"{name}={value} must be >= 1 or null")
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        if t.max_steps < 0:
+            problems.append(f"{prefix}.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
+        if t.epochs is not None:
+            problems.append(f"{prefix}.max_steps={t.max_steps} and {prefix}.epochs={t.epochs} both set; "
+                            "use one (the other null)")
+    if t.epochs is not None and t.epochs < 1:
+        problems.append(f"{prefix}.epochs={t.epochs} must be >= 1 or null")
+    if t.precision == "bf16" and not cuda:
+        problems.append(f"{prefix}.precision=bf16 needs CUDA: on the CPU megatron-core's mixed-precision "
+                        f"optimizer is not available; use {prefix}.precision=fp32")
+    return problems
 
-    model_parallel = p.tp * p.pp
-    need(world_size % model_parallel == 0,
-         f"world size {world_size} is not divisible by parallel.tp={p.tp} x parallel.pp={p.pp}"
-         f" = {model_parallel}")
-    dp = max(world_size // model_parallel, 1)
-    need(m.num_layers % p.pp == 0,
-         f"model.num_layers={m.num_layers} is not divisible by parallel.pp={p.pp}")
-    need(m.num_attention_heads % p.tp == 0,
-         f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}")
-    if m.kv_channels is None:
-        need(m.hidden_size % m.num_attention_heads == 0,
-             f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
-             f"{m.num_attention_heads}; set model.kv_channels for another head size")
+
+def model_problems(m: ModelConfig, prefix: str, *, cuda: bool, te_available: bool, vocab_size: int) -> list[str]:
+    """Every problem with one model's architecture, whatever the layout; `vocab_size` is its tokenizer's."""
+    problems = (_choice(f"{prefix}.normalization", m.normalization, ("RMSNorm", "LayerNorm"))
+                + _choice(f"{prefix}.activation", m.activation, ("swiglu", "gelu"))
+                + _choice(f"{prefix}.position_embedding_type", m.position_embedding_type,
+                          ("rope", "learned_absolute"))
+                + _choice(f"{prefix}.family", m.family, FAMILIES)
+                + _choice(f"{prefix}.transformer_impl", m.transformer_impl, TRANSFORMER_IMPLS))
+    if m.num_labels < 1:
+        problems.append(f"{prefix}.num_labels={m.num_labels} must be >= 1")
+    for name, value in (("num_query_groups", m.num_query_groups), ("kv_channels", m.kv_channels)):
+        if value is not None and value < 1:
+            problems.append(f"{prefix}.{name}={value} must be >= 1 or null")
+    if problems:
+        return problems
+    if m.kv_channels is None and m.hidden_size % m.num_attention_heads:
+        problems.append(f"{prefix}.hidden_size={m.hidden_size} is not divisible by {prefix}.num_attention_heads="
+                        f"{m.num_attention_heads}; set {prefix}.kv_channels for another head size")
     groups = m.num_query_groups or m.num_attention_heads
-    need(groups % p.tp == 0,
-         f"model.num_query_groups={groups} is not divisible by parallel.tp={p.tp}")
-    need(m.num_attention_heads % groups == 0,
-         f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
-         f"model.num_query_groups={groups}")
-    need(m.ffn_hidden_size % p.tp == 0,
-         f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
-    need(m.hidden_size % p.tp == 0,
-         f"model.hidden_size={m.hidden_size} is not divisible by parallel.tp={p.tp} "
-         "(the reward head is split along the hidden dimension)")
-    padded = padded_vocab_size(vocab_size, m)
-    need(padded % p.tp == 0,
-         f"padded vocabulary {padded} (tokenizer {vocab_size}, multiple of "
-         f"model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by}) "
-         f"is not divisible by parallel.tp={p.tp}")
-    if t.max_steps:
-        need(t.lr_warmup_steps < t.max_steps,
-             f"train.lr_warmup_steps={t.lr_warmup_steps} must be below train.max_steps={t.max_steps}")
-    if cfg.data.batching == "pack":
-        # A packed micro-batch holds as many groups as fit; only the ranks' shares must be equal.
-        need(t.global_batch_size % dp == 0,
-             f"train.global_batch_size={t.global_batch_size} is not divisible by the "
-             f"data-parallel size {dp}")
-    else:
-        per_step = t.micro_batch_size * dp
-        need(t.global_batch_size % per_step == 0,
-             f"train.global_batch_size={t.global_batch_size} is not divisible by "
-             f"train.micro_batch_size={t.micro_batch_size} x data-parallel size {dp} = {per_step}")
-    problems.extend(_data_problems(cfg.data))
-    need(cfg.data.max_length <= m.max_sequence_length,
-         f"data.max_length={cfg.data.max_length} exceeds "
-         f"model.max_sequence_length={m.max_sequence_length}")
-    need(m.normalization in ("RMSNorm", "LayerNorm"),
-         f"model.normalization={m.normalization!r} must be RMSNorm or LayerNorm")
-    need(m.activation in ("swiglu", "gelu"),
-         f"model.activation={m.activation!r} must be swiglu or gelu")
-    need(m.position_embedding_type in ("rope", "learned_absolute"),
-         f"model.position_embedding_type={m.position_embedding_type!r} must be rope or "
-         "learned_absolute")
-    need(m.family in FAMILIES, f"model.family={m.family!r} must be one of {', '.join(FAMILIES)}")
-    if m.vocab_size is not None:
-        need(m.vocab_size >= vocab_size,
-             f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's {vocab_size} tokens "
-             f"({m.tokenizer})")
+    if m.num_attention_heads % groups:
+        problems.append(f"{prefix}.num_attention_heads={m.num_attention_heads} is not divisible by "
+                        f"{prefix}.num_query_groups={groups}")
+    if m.vocab_size is not None and m.vocab_size < vocab_size:
+        problems.append(f"{prefix}.vocab_size={m.vocab_size} is smaller than the tokenizer's {vocab_size} "
+                        f"tokens ({m.tokenizer})")
     if m.rope_scaling is not None:
-        need(m.rope_scaling.rope_type in ROPE_SCALING_TYPES,
-             f"model.rope_scaling.rope_type={m.rope_scaling.rope_type!r} must be one of "
-             f"{', '.join(ROPE_SCALING_TYPES)}")
-    if m.sliding_window is not None:
-        need(cfg.data.max_length <= m.sliding_window,
-             f"data.max_length={cfg.data.max_length} exceeds model.sliding_window={m.sliding_window}:"
-             " attention here is not windowed, so documents must fit the window")
-    need(m.transformer_impl in TRANSFORMER_IMPLS,
-         f"model.transformer_impl={m.transformer_impl!r} must be one of {', '.join(TRANSFORMER_IMPLS)}")
-    if m.transformer_impl == "transformer_engine":
-        need(cuda and te_available,
-             "model.transformer_impl=transformer_engine needs CUDA and an importable "
-             f"transformer_engine (cuda={cuda}, transformer_engine={te_available})")
+        problems += _choice(f"{prefix}.rope_scaling.rope_type", m.rope_scaling.rope_type, ROPE_SCALING_TYPES)
+    if m.transformer_impl == "transformer_engine" and not (cuda and te_available):
+        problems.append(f"{prefix}.transformer_impl=transformer_engine needs CUDA and an importable "
+                        f"transformer_engine (cuda={cuda}, transformer_engine={te_available})")
+    return problems
 
-    # Paths that megatron-core 0.16 only implements for CUDA tensors.
-    if p.use_distributed_optimizer:
-        need(cuda, "parallel.use_distributed_optimizer=true needs CUDA: megatron-core 0.16's "
-                   "distributed optimizer rejects CPU tensors; use the default optimizer on CPU")
-    if p.sequence_parallel:
-        need(cuda and te_available and m.transformer_impl in ("auto", "transformer_engine"),
-             "parallel.sequence_parallel=true needs CUDA and TransformerEngine (its norms handle "
-             f"sequence-split activations; cuda={cuda}, transformer_engine={te_available}, "
-             f"model.transformer_impl={m.transformer_impl})")
-        need(p.tp > 1, f"parallel.sequence_parallel=true needs parallel.tp > 1 (got {p.tp})")
 
+def layout_problems(m: ModelConfig, p: ParallelConfig, world_size: int, vocab_size: int, *,
+                    prefix: str = "model", cuda: bool, te_available: bool) -> list[str]:
+    """Every reason `m` cannot be split `p.tp` x `p.pp` ways on `world_size` ranks."""
+    problems = _at_least(1, parallel__tp=p.tp, parallel__pp=p.pp)
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return problems
+    model_parallel = p.tp * p.pp
+    if world_size % model_parallel:
+        problems.append(f"world size {world_size} is not divisible by parallel.tp={p.tp} x parallel.pp={p.pp}"
+                        f" = {model_parallel}")
+    if m.num_layers % p.pp:
+        problems.append(f"{prefix}.num_layers={m.num_layers} is not divisible by parallel.pp={p.pp}")
+    groups = m.num_query_groups or m.num_attention_heads
+    for name, value in (("num_attention_heads", m.num_attention_heads), ("num_query_groups", groups),
+                        ("ffn_hidden_size", m.ffn_hidden_size)):
+        if value % p.tp:
+            problems.append(f"{prefix}.{name}={value} is not divisible by parallel.tp={p.tp}")
+    if m.hidden_size % p.tp:
+        problems.append(f"{prefix}.hidden_size={m.hidden_size} is not divisible by parallel.tp={p.tp} "
+                        "(the reward head is split along the hidden dimension)")
+    padded = padded_vocab_size(vocab_size, m)
+    if padded % p.tp:
+        problems.append(f"padded vocabulary {padded} (tokenizer {vocab_size}, multiple of "
+                        f"{prefix}.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by}) "
+                        f"is not divisible by parallel.tp={p.tp}")
+    # Paths that megatron-core 0.16 only implements for CUDA tensors.
+    if p.use_distributed_optimizer and not cuda:
+        problems.append("parallel.use_distributed_optimizer=true needs CUDA: megatron-core 0.16's "
+                        "distributed optimizer rejects CPU tensors; use the default optimizer on CPU")
+    if p.sequence_parallel:
+        if not (cuda and te_available and m.transformer_impl in ("auto", "transformer_engine")):
+            problems.append("parallel.sequence_parallel=true needs CUDA and TransformerEngine (its norms "
+                            f"handle sequence-split activations; cuda={cuda}, transformer_engine={te_available}, "
+                            f"{prefix}.transformer_impl={m.transformer_impl})")
+        if p.tp == 1:
+            problems.append(f"parallel.sequence_parallel=true needs parallel.tp > 1 (got {p.tp})")
+    return problems
+
+
+def data_parallel_size(p: ParallelConfig, world_size: int) -> int:
+    return max(world_size // max(p.tp * p.pp, 1), 1)
+
+
+def batch_problems(t: LoopConfig, batching: str, dp: int, prefix: str = "train") -> list[str]:
+    if batching == "pack":
+        # A packed micro-batch holds as many groups as fit; only the ranks' shares must be equal.
+        if t.global_batch_size % dp:
+            return [f"{prefix}.global_batch_size={t.global_batch_size} is not divisible by the "
+                    f"data-parallel size {dp}"]
+        return []
+    per_step = t.micro_batch_size * dp
+    if t.global_batch_size % per_step:
+        return [f"{prefix}.global_batch_size={t.global_batch_size} is not divisible by "
+                f"{prefix}.micro_batch_size={t.micro_batch_size} x data-parallel size {dp} = {per_step}"]
+    return []
+
+
+def problems(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int) -> list[str]:
+    """Every reason the reward-model run `cfg` cannot run on this launch, but for its loss's (`validate`)."""
+    m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
+    found = (loop_problems(t, "train", cuda) + optimizer_problems(t, "train") + data_problems(d)
+             + model_problems(m, "model", cuda=cuda, te_available=te_available, vocab_size=vocab_size))
+    found += [f"{key}={value} must be >= 0" for key, value in (
+        ("eval.interval", cfg.eval.interval), ("checkpoint.save_interval", cfg.checkpoint.save_interval),
+        ("checkpoint.keep", cfg.checkpoint.keep)) if not value >= 0]
+    if cfg.eval.micro_batch_size is not None and cfg.eval.micro_batch_size < 1:
+        found.append(f"eval.micro_batch_size={cfg.eval.micro_batch_size} must be >= 1 or null")
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        found.append("logging.wandb=true needs the wandb package: pip install wandb")
+    if cfg.logging.peak_flops is not None and not cfg.logging.peak_flops > 0:
+        found.append(f"logging.peak_flops={cfg.logging.peak_flops} must be > 0 or null")
+    if found:
+        return found  # the checks below divide by these values
+    found += layout_problems(m, p, world_size, vocab_size, cuda=cuda, te_available=te_available)
+    found += batch_problems(t, d.batching, data_parallel_size(p, world_size))
+    if t.max_steps is not None:
+        found += filter(None, [warmup_problem(t, t.max_steps, "train", f"train.max_steps={t.max_steps}")])
+    if d.max_length > m.max_sequence_length:
+        found.append(f"data.max_length={d.max_length} exceeds model.max_sequence_length={m.max_sequence_length}")
+    if m.sliding_window is not None and d.max_length > m.sliding_window:
+        found.append(f"data.max_length={d.max_length} exceeds model.sliding_window={m.sliding_window}:"
+                     " attention here is not windowed, so documents must fit the window")
+    return found
+
+
+def validate(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int) -> None:
+    """Raise ConfigError listing every reason `cfg` cannot run on this launch: `problems` and its
+    loss's own (each objective knows what it needs, so they live with it)."""
+    from megatron_rm.objectives import objective_problems  # objectives import this module
+
+    found = problems(cfg, world_size, cuda=cuda, te_available=te_available, vocab_size=vocab_size)
+    found += objective_problems(cfg.loss, cfg.model.num_labels, cfg.data, cfg.parallel)
+    if found:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(found))

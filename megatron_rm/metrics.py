@@ -1,53 +1,88 @@
-"""Pairwise metrics as sums, so they reduce exactly across micro-batches and ranks.
+"""Metrics as named sums, so they reduce exactly across micro-batches and ranks.
 
-A rank (or micro-batch) reports `pair_sums`; sums add up element-wise across
-micro-batches and data-parallel ranks; `summarize` divides by the total number
-of pairs once at the end. Averaging per-rank means instead would weight a rank
-with few pairs like one with many. `calibration_sums` and `reward_moment_sums`
-follow the same rule: counts and sums, divided only at the end.
+A micro-batch reports sums (counts, sums of values, sums of squares) under
+field names; a `SumLayout` lays the fields out in one float64 vector, which
+adds up element-wise across micro-batches and data-parallel ranks in a single
+all-reduce; means are divided by the total count once at the end. Averaging
+per-rank means instead would weight a rank with few pairs like one with many.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-SUM_FIELDS = ("pairs", "tokens", "padded_tokens", "loss", "correct", "margin", "chosen_reward", "rejected_reward")
+PAIR_FIELDS = {"pairs": 1, "correct": 1, "margin": 1, "chosen_reward": 1, "rejected_reward": 1}
+"""The fields of `pair_sums`, each one value wide."""
 
 
-def pair_sums(
-    chosen_rewards: torch.Tensor,
-    rejected_rewards: torch.Tensor,
-    per_pair_loss: torch.Tensor,
-    tokens: int | torch.Tensor = 0,
-    padded_tokens: int | torch.Tensor = 0,
-) -> torch.Tensor:
-    """float64 vector of sums, ordered as SUM_FIELDS. A tie counts as wrong."""
+class SumLayout:
+    """Named fields of one float64 vector of sums, in the order given.
+
+    Each field's offset follows from the widths of the fields before it, so code
+    reads and writes the vector by name only.
+    """
+
+    def __init__(self, widths: Mapping[str, int]):
+        self.fields: dict[str, slice] = {}
+        start = 0
+        for name, width in widths.items():
+            if not isinstance(width, int) or width < 1:
+                raise ValueError(f"field {name!r} must be at least 1 value wide, got {width!r}")
+            self.fields[name] = slice(start, start + width)
+            start += width
+        self.size = start
+
+    def pack(self, values: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
+        """The float64 vector holding `values` by name (detached); fields not given are 0.
+
+        The vector lives on the device of the first tensor among `values` (CPU without one).
+        """
+        unknown = sorted(set(values) - set(self.fields))
+        if unknown:
+            raise ValueError(f"fields {unknown} are not in the layout {list(self.fields)}")
+        device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), None)
+        sums = torch.zeros(self.size, dtype=torch.float64, device=device)
+        for name, value in values.items():
+            field = sums[self.fields[name]]
+            value = torch.as_tensor(value).detach()
+            if value.numel() != field.numel():
+                raise ValueError(f"field {name!r} holds {field.numel()} values, got {value.numel()}")
+            field.copy_(value.reshape(-1))
+        return sums
+
+    def unpack(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each field of `sums` by name (views, 1-D)."""
+        if tuple(sums.shape) != (self.size,):
+            raise ValueError(f"the layout holds {self.size} values, got shape {tuple(sums.shape)}")
+        return {name: sums[where] for name, where in self.fields.items()}
+
+
+def pair_sums(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums over pairs, named as PAIR_FIELDS (float64, no gradient). A tie counts as wrong."""
     chosen = chosen_rewards.detach().double()
     rejected = rejected_rewards.detach().double()
-    return torch.stack([
-        torch.tensor(float(chosen.numel()), dtype=torch.float64, device=chosen.device),
-        torch.as_tensor(tokens, dtype=torch.float64, device=chosen.device),
-        torch.as_tensor(padded_tokens, dtype=torch.float64, device=chosen.device),
-        per_pair_loss.detach().double().sum(),
-        (chosen > rejected).double().sum(),
-        (chosen - rejected).sum(),
-        chosen.sum(),
-        rejected.sum(),
-    ])
+    return {
+        "pairs": torch.tensor(float(chosen.numel()), dtype=torch.float64, device=chosen.device),
+        "correct": (chosen > rejected).double().sum(),
+        "margin": (chosen - rejected).sum(),
+        "chosen_reward": chosen.sum(),
+        "rejected_reward": rejected.sum(),
+    }
 
 
-def summarize(sums: torch.Tensor) -> dict[str, float]:
-    """Means per pair (accuracy, margin, rewards, loss) from summed SUM_FIELDS."""
-    values = dict(zip(SUM_FIELDS, sums.tolist()))
+def summarize(sums: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Means per pair (accuracy, margin, rewards) from summed PAIR_FIELDS.
+
+    Empty without pairs: data of single responses has no pair to measure.
+    """
+    values = {name: float(sums[name]) for name in PAIR_FIELDS}
     pairs = values["pairs"]
     if pairs == 0:
-        raise ValueError("no pairs to summarize")
+        return {}
     return {
         "pairs": int(pairs),
-        "tokens": int(values["tokens"]),
-        # Real tokens over the token slots the model processed: what batching wasted on padding.
-        "padding_efficiency": values["tokens"] / values["padded_tokens"] if values["padded_tokens"] else 1.0,
-        "loss": values["loss"] / pairs,
         "accuracy": values["correct"] / pairs,
         "margin": values["margin"] / pairs,
         "chosen_reward": values["chosen_reward"] / pairs,
@@ -90,31 +125,36 @@ def expected_calibration_error(sums: torch.Tensor) -> float:
     return float((correct - confidence).abs().sum()) / total
 
 
-def reward_moment_sums(rewards: torch.Tensor) -> torch.Tensor:
-    """float64 (1 + 2 * labels,): [documents, per-label sum, per-label sum of squares].
+def reward_moment_fields(num_labels: int) -> dict[str, int]:
+    """The fields of `reward_moment_sums` for `num_labels` rewards per document."""
+    return {"documents": 1, "reward_sum": num_labels, "reward_square_sum": num_labels}
+
+
+def reward_moment_sums(rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    """float64 documents, per-label sum and per-label sum of squares (`reward_moment_fields`).
 
     `rewards` is (docs, labels); a 1-D tensor counts as one label.
     """
     values = rewards.detach().double()
     if values.dim() == 1:
         values = values[:, None]
-    count = torch.tensor([float(values.shape[0])], dtype=torch.float64, device=values.device)
-    return torch.cat([count, values.sum(dim=0), (values ** 2).sum(dim=0)])
+    return {
+        "documents": torch.tensor(float(values.shape[0]), dtype=torch.float64, device=values.device),
+        "reward_sum": values.sum(dim=0),
+        "reward_square_sum": (values ** 2).sum(dim=0),
+    }
 
 
-def reward_mean_std(sums: torch.Tensor, num_labels: int) -> tuple[list[float], list[float]]:
+def reward_mean_std(sums: Mapping[str, torch.Tensor]) -> tuple[list[float], list[float]]:
     """Per-label mean and population std (divided by N) from summed `reward_moment_sums`.
 
     NaN for both when there are no documents.
     """
-    if sums.numel() != 1 + 2 * num_labels:
-        raise ValueError(f"reward moment sums for {num_labels} labels hold {1 + 2 * num_labels} values, "
-                         f"got {sums.numel()}")
-    values = sums.double().cpu()
-    count = float(values[0])
+    total, square_total = sums["reward_sum"].double().cpu(), sums["reward_square_sum"].double().cpu()
+    count = float(sums["documents"])
     if count == 0:
-        return [float("nan")] * num_labels, [float("nan")] * num_labels
-    mean = values[1:1 + num_labels] / count
+        return [float("nan")] * len(total), [float("nan")] * len(total)
+    mean = total / count
     # E[x^2] - E[x]^2 can round a tiny bit below zero when every reward is (nearly) equal.
-    variance = (values[1 + num_labels:] / count - mean ** 2).clamp(min=0.0)
+    variance = (square_total / count - mean ** 2).clamp(min=0.0)
     return mean.tolist(), variance.sqrt().tolist()

@@ -1,14 +1,19 @@
-"""Process groups: the one place that starts torch.distributed and megatron's parallel state."""
+"""Process groups: the one place that starts torch.distributed and megatron's parallel state.
+
+Everything else gets its process groups from a `Layout` (megatron's
+ProcessGroupCollection in `layout.groups`) instead of reading parallel_state.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_rm import runtime
 from megatron_rm.config import ParallelConfig
@@ -26,14 +31,17 @@ class Layout:
     tp_rank: int
     pp_rank: int
     dp_rank: int
-
-    @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
+    groups: ProcessGroupCollection = field(compare=False, repr=False)
+    """megatron's process groups of this rank: tp, pp, dp, ... (what megatron's modules take)."""
 
     @property
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp - 1
+
+    def place(self) -> dict:
+        """This rank's coordinates in the grid, as plain values (for logs and reports)."""
+        return {name: getattr(self, name) for name in ("world_size", "rank", "tp", "pp", "dp", "tp_rank", "pp_rank",
+                                                       "dp_rank")}
 
 
 def init_distributed() -> None:
@@ -69,6 +77,10 @@ def initialize(parallel: ParallelConfig, seed: int) -> Layout:
     return layout()
 
 
+PROCESS_GROUPS = ["tp", "pp", "mp", "cp", "tp_cp", "embd", "pos_embd", "dp", "dp_cp"]
+"""The groups a dense GPT model, its schedule and its optimizer use (no experts)."""
+
+
 def layout() -> Layout:
     return Layout(
         world_size=dist.get_world_size(),
@@ -79,6 +91,7 @@ def layout() -> Layout:
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
+        groups=ProcessGroupCollection.use_mpu_process_groups(required_pgs=PROCESS_GROUPS),
     )
 
 
@@ -89,20 +102,20 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def broadcast_from_last_stage(tensor: torch.Tensor | None, shape, dtype) -> torch.Tensor:
+def broadcast_from_last_stage(tensor: torch.Tensor | None, shape, dtype, layout: Layout) -> torch.Tensor:
     """Give every pipeline stage the last stage's `tensor` (others pass None).
 
-    Used for rewards and metrics only: small (batch, num_labels)-sized tensors,
-    never hidden states.
+    Used for rewards, per-token values and metric sums: tensors of a micro-batch's
+    output size, never hidden states.
     """
-    group = parallel_state.get_pipeline_model_parallel_group()
-    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+    if layout.pp == 1:
         return tensor
-    if parallel_state.is_pipeline_last_stage():
+    if layout.is_last_stage:
         buffer = tensor.detach().to(dtype).contiguous()
     else:
         buffer = torch.empty(shape, dtype=dtype, device=runtime.device())
-    dist.broadcast(buffer, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=group)
+    last = dist.get_process_group_ranks(layout.groups.pp)[-1]
+    dist.broadcast(buffer, src=last, group=layout.groups.pp)
     return buffer
 
 

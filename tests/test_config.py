@@ -233,8 +233,8 @@ def test_negative_warmup_is_refused():
 
 
 @pytest.mark.parametrize("field, value, needle", [
-    ("lr", -1e-4, "train.lr=-0.0001 must be a finite number > 0"),
-    ("lr", 0.0, "train.lr=0.0 must be"),
+    ("lr", -1e-4, "train.lr=-0.0001 must be a finite number >= 0"),
+    ("lr", float("inf"), "train.lr=inf must be a finite number >= 0"),
     ("min_lr", 1.0, "train.min_lr=1.0 must be in [0, train.lr="),
     ("optimizer", "sgd", "train.optimizer='sgd' must be one of adamw, adam"),
     ("lr_decay_style", "step", "train.lr_decay_style='step' must be one of cosine, linear, constant"),
@@ -296,6 +296,24 @@ def test_hydra_overrides_become_typed_rm_config():
 def test_composed_default_config_validates():
     cfg = megatron_rm.cli.to_config(compose_train([]))
     check(cfg, 1, vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 20])
+def test_shipped_defaults_run_at_any_length(steps):
+    """The shipped warm-up is a fraction of the run, so a short run needs no other override."""
+    cfg = megatron_rm.cli.to_config(compose_train([f"train.max_steps={steps}"]))
+    check(cfg, 1, vocab_size=VOCAB)
+    assert cfg.train.lr_warmup_steps is None and 0 <= cfg.train.warmup_steps(steps) < steps
+
+
+def test_an_explicit_warmup_not_below_the_run_is_still_an_error():
+    cfg = megatron_rm.cli.to_config(compose_train(["train.max_steps=3", "train.lr_warmup_steps=20"]))
+    the_problem(problems(cfg), "train.lr_warmup_steps=20 must be below train.max_steps=3")
+
+
+def test_lr_zero_is_a_valid_learning_rate():
+    check(make(train=dict(lr=0.0, min_lr=0.0)))
+    the_problem(problems(make(train=dict(lr=0.0, min_lr=1e-5))), "train.min_lr=1e-05 must be in [0, train.lr=0.0]")
 
 
 COMPOSE_ERRORS = (ConfigCompositionException, OmegaConfBaseException)

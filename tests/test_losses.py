@@ -5,8 +5,13 @@ import math
 import pytest
 import torch
 
-from megatron_rm.losses import (attribute_mse_loss, bradley_terry_loss, centering_penalty,
-                                divergence_token_loss, plackett_luce_loss)
+from megatron_rm.losses import (
+    attribute_mse_loss,
+    bradley_terry_loss,
+    centering_penalty,
+    divergence_token_loss,
+    plackett_luce_loss,
+)
 
 LOG2 = math.log(2.0)
 

@@ -1,29 +1,81 @@
-"""Tests for the summed pairwise metrics in megatron_rm.metrics."""
+"""Tests for the summed metrics in megatron_rm.metrics: named fields, pairs, calibration, reward moments."""
 
 import math
 
 import pytest
 import torch
 
-from megatron_rm.losses import bradley_terry_loss
-from megatron_rm.metrics import (SUM_FIELDS, calibration_sums, expected_calibration_error, pair_sums,
-                                 reward_mean_std, reward_moment_sums, summarize)
+from megatron_rm.metrics import (
+    PAIR_FIELDS,
+    SumLayout,
+    calibration_sums,
+    expected_calibration_error,
+    pair_sums,
+    reward_mean_std,
+    reward_moment_fields,
+    reward_moment_sums,
+    summarize,
+)
+
+# --- named fields ----------------------------------------------------------------------
 
 
-def field(sums: torch.Tensor, name: str) -> float:
-    return sums[SUM_FIELDS.index(name)].item()
+def test_packed_fields_unpack_by_name():
+    layout = SumLayout({"count": 1, "per_label": 3, "bins": 2})
+    assert layout.size == 6
+    sums = layout.pack({"per_label": torch.tensor([1.0, 2.0, 3.0]), "count": 7})
+    assert sums.dtype == torch.float64 and sums.tolist() == [7.0, 1.0, 2.0, 3.0, 0.0, 0.0]  # bins not given: 0
+    fields = layout.unpack(sums)
+    assert list(fields) == ["count", "per_label", "bins"]
+    assert fields["count"].tolist() == [7.0] and fields["per_label"].tolist() == [1.0, 2.0, 3.0]
+    assert fields["bins"].tolist() == [0.0, 0.0]
+    fields["bins"] += 1.0  # views into the vector
+    assert sums[4:].tolist() == [1.0, 1.0]
 
 
-def test_pair_sums_is_float64_vector_ordered_as_sum_fields():
+def test_packed_sums_add_up_field_by_field():
+    layout = SumLayout(PAIR_FIELDS)
+    both = layout.pack({"pairs": 2, "margin": 0.5}) + layout.pack({"pairs": 3, "margin": 1.0})
+    assert layout.unpack(both)["pairs"].item() == 5 and layout.unpack(both)["margin"].item() == 1.5
+
+
+def test_values_may_be_numbers_or_tensors():
+    layout = SumLayout({"tokens": 1, "loss": 1})
+    assert layout.pack({"tokens": torch.tensor(9), "loss": 0.5}).tolist() == [9.0, 0.5]
+    assert layout.pack({"tokens": 9}).tolist() == [9.0, 0.0]
+
+
+def test_packing_does_not_track_gradients():
+    loss = torch.tensor([0.5, 1.5], requires_grad=True).sum()
+    assert not SumLayout({"loss": 1}).pack({"loss": loss}).requires_grad
+
+
+def test_a_layout_refuses_unknown_fields_wrong_widths_and_other_vectors():
+    layout = SumLayout({"pairs": 1, "calibration": 6})
+    with pytest.raises(ValueError, match="'margin'"):
+        layout.pack({"margin": 1.0})
+    with pytest.raises(ValueError, match="'calibration' holds 6 values, got 3"):
+        layout.pack({"calibration": torch.zeros(3)})
+    with pytest.raises(ValueError, match="7 values"):
+        layout.unpack(torch.zeros(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least 1 value wide"):
+        SumLayout({"pairs": 0})
+
+
+# --- pairs -----------------------------------------------------------------------------
+
+
+def field(sums: dict, name: str) -> float:
+    return sums[name].item()
+
+
+def test_pair_sums_are_float64_named_as_pair_fields():
     chosen = torch.tensor([2.0, 1.0, 0.5])
     rejected = torch.tensor([1.0, 1.0, 1.5])
-    loss = torch.tensor([0.25, 0.5, 1.0])
-    sums = pair_sums(chosen, rejected, loss, tokens=11)
-    assert sums.dtype == torch.float64
-    assert sums.shape == (len(SUM_FIELDS),)
+    sums = pair_sums(chosen, rejected)
+    assert sums.keys() == PAIR_FIELDS.keys()
+    assert all(value.dtype == torch.float64 for value in sums.values())
     assert field(sums, "pairs") == 3
-    assert field(sums, "tokens") == 11
-    assert field(sums, "loss") == pytest.approx(1.75)
     assert field(sums, "correct") == 1  # only 2.0 > 1.0; the tie does not count
     assert field(sums, "margin") == pytest.approx(1.0 + 0.0 - 1.0)
     assert field(sums, "chosen_reward") == pytest.approx(3.5)
@@ -33,96 +85,71 @@ def test_pair_sums_is_float64_vector_ordered_as_sum_fields():
 def test_summarize_hand_computed_example_with_tie_counted_wrong():
     chosen = torch.tensor([2.0, 1.0, 0.5, 3.0])
     rejected = torch.tensor([1.0, 1.0, 1.5, -1.0])  # right, tie, wrong, right
-    per_pair_loss = torch.tensor([0.1, 0.2, 0.3, 0.4])
-    summary = summarize(pair_sums(chosen, rejected, per_pair_loss, tokens=37))
+    summary = summarize(pair_sums(chosen, rejected))
     assert summary["pairs"] == 4
-    assert summary["tokens"] == 37
     assert summary["accuracy"] == pytest.approx(2 / 4)
     assert summary["margin"] == pytest.approx((1.0 + 0.0 - 1.0 + 4.0) / 4)
     assert summary["chosen_reward"] == pytest.approx((2.0 + 1.0 + 0.5 + 3.0) / 4)
     assert summary["rejected_reward"] == pytest.approx((1.0 + 1.0 + 1.5 - 1.0) / 4)
-    assert summary["loss"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4) / 4)
 
 
 def test_all_ties_give_zero_accuracy():
     rewards = torch.tensor([0.3, -2.0, 5.0])
-    summary = summarize(pair_sums(rewards, rewards.clone(), bradley_terry_loss(rewards, rewards)))
+    summary = summarize(pair_sums(rewards, rewards.clone()))
     assert summary["accuracy"] == 0.0
     assert summary["margin"] == 0.0
 
 
-def test_tokens_may_be_a_tensor():
-    chosen = torch.tensor([1.0])
-    rejected = torch.tensor([0.0])
-    summary = summarize(pair_sums(chosen, rejected, torch.tensor([0.5]), tokens=torch.tensor(9)))
-    assert summary["tokens"] == 9
-
-
-def test_pair_sums_does_not_track_gradients():
+def test_pair_sums_do_not_track_gradients():
     chosen = torch.tensor([1.0, 2.0], requires_grad=True)
     rejected = torch.tensor([0.0, 3.0], requires_grad=True)
-    sums = pair_sums(chosen, rejected, bradley_terry_loss(chosen, rejected))
-    assert not sums.requires_grad
+    assert not any(value.requires_grad for value in pair_sums(chosen, rejected).values())
 
 
 def _random_pairs(n: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randn(n, generator=generator)
-    rejected = torch.randn(n, generator=generator)
-    tokens = torch.randint(5, 50, (n,), generator=generator)
-    return chosen, rejected, tokens
+    return torch.randn(n, generator=generator), torch.randn(n, generator=generator)
 
 
 def test_sums_over_uneven_ranks_equal_the_whole_set():
-    chosen, rejected, tokens = _random_pairs(10, seed=3)
-    loss = bradley_terry_loss(chosen, rejected)
-    whole = summarize(pair_sums(chosen, rejected, loss, tokens=int(tokens.sum())))
+    chosen, rejected = _random_pairs(10, seed=3)
+    layout = SumLayout(PAIR_FIELDS)
+    whole = summarize(pair_sums(chosen, rejected))
 
     ranks = [slice(0, 3), slice(3, 10)]  # 3 pairs and 7 pairs
-    total = sum(pair_sums(chosen[s], rejected[s], loss[s], tokens=int(tokens[s].sum())) for s in ranks)
-    reduced = summarize(total)
+    total = sum(layout.pack(pair_sums(chosen[s], rejected[s])) for s in ranks)
+    reduced = summarize(layout.unpack(total))
 
     assert reduced["pairs"] == whole["pairs"] == 10
-    assert reduced["tokens"] == whole["tokens"] == int(tokens.sum())
-    for key in ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward"):
+    for key in ("accuracy", "margin", "chosen_reward", "rejected_reward"):
         assert reduced[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-12)
     # and the whole equals plain per-pair means computed directly
     assert whole["accuracy"] == pytest.approx((chosen > rejected).double().mean().item())
-    assert whole["loss"] == pytest.approx(loss.double().mean().item())
+    assert whole["margin"] == pytest.approx((chosen - rejected).double().mean().item())
 
 
 def test_reduction_weights_by_pairs_not_mean_of_rank_means():
     # rank A: 3 pairs, all right; rank B: 7 pairs, 1 right.
-    chosen_a, rejected_a = torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3)
-    chosen_b = torch.tensor([1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0])
-    rejected_b = torch.zeros(7)
-    sums_a = pair_sums(chosen_a, rejected_a, bradley_terry_loss(chosen_a, rejected_a))
-    sums_b = pair_sums(chosen_b, rejected_b, bradley_terry_loss(chosen_b, rejected_b))
+    layout = SumLayout(PAIR_FIELDS)
+    sums_a = layout.pack(pair_sums(torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3)))
+    sums_b = layout.pack(pair_sums(torch.tensor([1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0]), torch.zeros(7)))
 
-    reduced = summarize(sums_a + sums_b)
-    mean_of_means = (summarize(sums_a)["accuracy"] + summarize(sums_b)["accuracy"]) / 2
+    reduced = summarize(layout.unpack(sums_a + sums_b))
+    mean_of_means = (summarize(layout.unpack(sums_a))["accuracy"] + summarize(layout.unpack(sums_b))["accuracy"]) / 2
 
     assert reduced["accuracy"] == pytest.approx((3 + 1) / 10)
     assert mean_of_means == pytest.approx((3 / 3 + 1 / 7) / 2)
     assert reduced["accuracy"] != pytest.approx(mean_of_means)
 
 
-def test_summarize_zero_pairs_raises():
-    with pytest.raises(ValueError):
-        summarize(torch.zeros(len(SUM_FIELDS), dtype=torch.float64))
+def test_zero_pairs_summarize_to_no_pair_metrics():
+    layout = SumLayout(PAIR_FIELDS)
+    assert summarize(layout.unpack(torch.zeros(layout.size, dtype=torch.float64))) == {}
 
 
-def test_summarize_of_empty_micro_batch_raises():
+def test_an_empty_micro_batch_has_no_pair_metrics():
     empty = torch.zeros(0)
-    with pytest.raises(ValueError):
-        summarize(pair_sums(empty, empty, empty))
-
-
-def test_padding_efficiency_is_a_ratio_of_sums():
-    one = pair_sums(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.3]), tokens=30, padded_tokens=40)
-    two = pair_sums(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.3]), tokens=10, padded_tokens=60)
-    # 40 real tokens in 100 slots, not the mean of 0.75 and 0.17.
-    assert summarize(one + two)["padding_efficiency"] == pytest.approx(0.4)
+    assert summarize(pair_sums(empty, empty)) == {}
 
 
 # --- calibration -----------------------------------------------------------------------
@@ -198,21 +225,28 @@ def test_ece_of_no_pairs_is_nan():
 def test_reward_mean_std_equal_torchs_on_the_concatenation():
     generator = torch.Generator().manual_seed(14)
     rewards = torch.randn(37, 3, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]) + 2.0
+    layout = SumLayout(reward_moment_fields(3))
     parts = [rewards[:5], rewards[5:30], rewards[30:]]
-    summed = sum(reward_moment_sums(part) for part in parts)
+    summed = sum(layout.pack(reward_moment_sums(part)) for part in parts)
     whole = reward_moment_sums(rewards)
-    assert whole.dtype == torch.float64 and whole.shape == (7,)
-    torch.testing.assert_close(summed, whole, rtol=1e-12, atol=1e-12)
-    mean, std = reward_mean_std(summed, num_labels=3)
+    assert all(value.dtype == torch.float64 for value in whole.values())
+    assert whole["documents"].item() == 37 and whole["reward_sum"].shape == whole["reward_square_sum"].shape == (3,)
+    torch.testing.assert_close(summed, layout.pack(whole), rtol=1e-12, atol=1e-12)
+    mean, std = reward_mean_std(layout.unpack(summed))
     assert mean == pytest.approx(rewards.mean(dim=0).tolist(), rel=1e-12)
     assert std == pytest.approx(rewards.std(dim=0, correction=0).tolist(), rel=1e-9)
 
 
 def test_reward_std_of_equal_rewards_is_zero_not_nan():
-    mean, std = reward_mean_std(reward_moment_sums(torch.full((1000, 1), 0.1)), num_labels=1)
+    mean, std = reward_mean_std(reward_moment_sums(torch.full((1000, 1), 0.1)))
     assert mean[0] == pytest.approx(0.1) and std[0] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_reward_mean_std_rejects_sums_for_another_label_count():
+def test_reward_moments_of_no_documents_are_nan():
+    mean, std = reward_mean_std(reward_moment_sums(torch.zeros(0, 2)))
+    assert len(mean) == len(std) == 2 and all(math.isnan(v) for v in mean + std)
+
+
+def test_reward_moments_for_another_label_count_do_not_fit_the_layout():
     with pytest.raises(ValueError):
-        reward_mean_std(reward_moment_sums(torch.zeros(4, 2)), num_labels=1)
+        SumLayout(reward_moment_fields(1)).pack(reward_moment_sums(torch.zeros(4, 2)))

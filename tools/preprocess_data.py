@@ -36,7 +36,8 @@ def main() -> None:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = to_config(compose(config_name="train_rm", overrides=args.overrides), args.overrides)
         start = time.perf_counter()
-        meta = build_store(args.input, args.output, Settings.from_config(cfg), workers=args.workers)
+        settings = Settings.from_config(cfg.data, cfg.model.tokenizer)
+        meta = build_store(args.input, args.output, settings, workers=args.workers)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,4 @@
-"""Print a run's evaluations from run.dir/metrics.jsonl; the last line is the held-out accuracy.
+"""Print a run's evaluations from run.dir/metrics.jsonl; with pairs, the last line is the held-out accuracy.
 
     python tools/summarize_run.py runs/demo
 """
@@ -16,10 +16,20 @@ def main() -> None:
     evals = [row for row in rows if row["split"] == "eval"]
     if not evals:
         raise SystemExit(f"{args.run_dir}/metrics.jsonl has no evaluation rows")
-    print(f"{'step':>6} {'loss':>8} {'accuracy':>9} {'margin':>8} {'pairs':>6}")
+    columns = [(name, width) for name, width in (("loss", 8), ("accuracy", 9), ("margin", 8), ("pairs", 6),
+                                                 ("documents", 9), ("reward_mean", 12))
+               if any(name in row for row in evals)]
+    print(f"{'step':>6} " + " ".join(f"{name:>{width}}" for name, width in columns))
     for row in evals:
-        print(f"{row['step']:>6} {row['loss']:>8.4f} {row['accuracy']:>9.3f} {row['margin']:>8.3f} {row['pairs']:>6}")
-    print(f"held-out pairwise accuracy: {evals[-1]['accuracy']:.3f}")
+        print(f"{row['step']:>6} " + " ".join(f"{_cell(row.get(name)):>{width}}" for name, width in columns))
+    if "accuracy" in evals[-1]:  # pointwise data (no pairs) has no pairwise accuracy
+        print(f"held-out pairwise accuracy: {evals[-1]['accuracy']:.3f}")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

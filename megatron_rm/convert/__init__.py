@@ -1,6 +1,18 @@
-"""Hugging Face <-> megatron-rm checkpoint conversion (Llama, Mistral, Qwen2 and their reward heads)."""
+"""Hugging Face <-> megatron-rm checkpoint conversion (Llama, Mistral, Qwen2 and their reward heads).
 
-from megatron_rm.convert.hf_to_megatron import import_hf
-from megatron_rm.convert.megatron_to_hf import export_hf
+`import_hf` and `export_hf` load on first use: `megatron_rm.config` reads the family
+tables (`convert.families`) for the names `model.family` accepts, and the converters
+import the config, so importing them here eagerly would be circular.
+"""
 
-__all__ = ["export_hf", "import_hf"]
+import importlib
+
+_ENTRY_POINTS = {"import_hf": "megatron_rm.convert.hf_to_megatron", "export_hf": "megatron_rm.convert.megatron_to_hf"}
+
+__all__ = list(_ENTRY_POINTS)
+
+
+def __getattr__(name: str):
+    if name in _ENTRY_POINTS:
+        return getattr(importlib.import_module(_ENTRY_POINTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,11 +22,14 @@ here and its config translation in `hf_config.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from megatron_rm.config import ModelConfig
 from megatron_rm.errors import CheckpointError
+
+if TYPE_CHECKING:  # config reads FAMILIES from here, so this module must not import it at run time
+    from megatron_rm.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Rule:
     hf: tuple[str, ...]
     kind: str = "copy"
 
-    def for_layer(self, layer: int) -> "Rule":
+    def for_layer(self, layer: int) -> Rule:
         return Rule(self.megatron.format(i=layer), tuple(n.format(i=layer) for n in self.hf), self.kind)
 
     @property
@@ -100,7 +103,7 @@ class Shapes:
     head_dim: int
 
     @classmethod
-    def of(cls, model: ModelConfig) -> "Shapes":
+    def of(cls, model: ModelConfig) -> Shapes:
         heads = model.num_attention_heads
         groups = model.num_query_groups or heads
         return cls(groups, heads // groups, model.kv_channels or model.hidden_size // heads)

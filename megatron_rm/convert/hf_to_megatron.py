@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from megatron_rm.checkpoint_files import TOKENIZER_DIR, atomic_folder, write_metadata
 from megatron_rm.config import padded_vocab_size
 from megatron_rm.convert import megatron_io
 from megatron_rm.convert.families import HEAD_RULES, Shapes, to_megatron
 from megatron_rm.convert.hf_config import DTYPES, TORCH_DTYPE_NAMES, model_config
 from megatron_rm.convert.safetensors_io import SafetensorsFolder
+from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
 from megatron_rm.data import load_tokenizer
 from megatron_rm.errors import CheckpointError
 
@@ -94,8 +94,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, num_labels: int | None
         tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         source = {"hf_dir": str(hf_dir.resolve()), "architectures": hf.get("architectures"),
                   "head": "score" if has_score else "new"}
-        write_metadata(staging, step=0, model=model, padded_vocab_size=padded,
-                       dtype=TORCH_DTYPE_NAMES[target], source=source,
+        entry = ModelEntry(model, padded, TORCH_DTYPE_NAMES[target], prefix=f"{DEFAULT_MODEL}.")
+        write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, source=source,
                        reward_normalization=hf.get("reward_normalization"))
         (staging / "model.yaml").write_text(
             f"# Derived from {config_path}; tokenizer is relative to this folder.\n"

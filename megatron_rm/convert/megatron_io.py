@@ -16,7 +16,6 @@ second copy of every MLP's largest weight.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -25,34 +24,24 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTenso
 
 from megatron_rm import parallel
 from megatron_rm.config import ModelConfig, ParallelConfig
-from megatron_rm.model.build import transformer_config
-from megatron_rm.model.layer_spec import transformer_layer_spec
-from megatron_rm.model.reward_model import RewardModel
+from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
+from megatron_rm.model.factory import build_reward_model
 
 HEAD_DTYPE = torch.float32
 """The reward head is kept in fp32 whatever the trunk's dtype (see RewardHead)."""
 
 
-def _template(model: ModelConfig, padded_vocab: int, dtype: torch.dtype) -> tuple[dict, dict]:
-    """The sharded state dict of `model` at TP1/PP1, its tensors on the meta device and its
-    factories built, and each parameter's whole shape."""
+def _template(model: ModelConfig, padded_vocab: int, dtype: torch.dtype, prefix: str) -> tuple[dict, dict]:
+    """The sharded state dict of `model` at TP1/PP1 (checkpoint keys prefixed by `prefix`, dict
+    keys the parameter names), its tensors on the meta device and its factories built, and each
+    parameter's whole shape."""
     if not parallel_state.model_parallel_is_initialized():
         parallel.initialize(ParallelConfig(), seed=0)
     if parallel_state.get_tensor_model_parallel_world_size() != 1 or \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise RuntimeError("conversion runs in one process at TP1/PP1")
-    local = dataclasses.replace(model, transformer_impl="local")
-    config = transformer_config(local, ParallelConfig())
-    config.params_dtype = dtype
-    config.use_cpu_initialization = True  # never touch a GPU, even where one exists
-    config.perform_initialization = False
-    with torch.device("meta"):
-        reward_model = RewardModel(
-            config, transformer_layer_spec(local), padded_vocab, model.max_sequence_length,
-            num_labels=model.num_labels, head_bias=model.head_bias,
-            position_embedding_type=model.position_embedding_type, rotary_base=model.rotary_base,
-        )
-    sharded = reward_model.sharded_state_dict()
+    reward_model = build_reward_model(model, ParallelConfig(), padded_vocab, meta_dtype=dtype)
+    sharded = {name[len(prefix):]: entry for name, entry in reward_model.sharded_state_dict(prefix=prefix).items()}
     shapes = {name: tuple(entry.data.shape) for name, entry in sharded.items()
               if not isinstance(entry, ShardedObject)}
     built = {name: entry.build() if isinstance(entry, ShardedTensorFactory) else entry
@@ -66,12 +55,13 @@ def _parts(entry) -> list:
 
 
 def save(tensors: dict[str, torch.Tensor], out: Path, model: ModelConfig, padded_vocab: int,
-         dtype: torch.dtype) -> None:
-    """Write `tensors` (parameter name -> whole tensor) as a dist_checkpointing checkpoint.
+         dtype: torch.dtype, name: str = DEFAULT_MODEL) -> None:
+    """Write `tensors` (parameter name -> whole tensor) as a dist_checkpointing checkpoint of one
+    model called `name`, laid out as training saves it.
 
     `tensors` is emptied as it goes: a factory's pieces replace their parameter.
     """
-    sharded, shapes = _template(model, padded_vocab, dtype)
+    sharded, shapes = _template(model, padded_vocab, dtype, f"{name}.")
     if set(shapes) != set(tensors):
         raise AssertionError(f"tensors do not match the model: missing {sorted(set(shapes) - set(tensors))}, "
                              f"unexpected {sorted(set(tensors) - set(shapes))}")
@@ -86,12 +76,14 @@ def save(tensors: dict[str, torch.Tensor], out: Path, model: ModelConfig, padded
         else:
             entry.data = tensor
         del tensor
-    dist_checkpointing.save(sharded, str(out))
+    dist_checkpointing.save({name: {"model": sharded}}, str(out))
 
 
-def load(directory: Path, model: ModelConfig, padded_vocab: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every parameter of the checkpoint in `directory` (saved at any TP/PP), whole."""
-    sharded, _ = _template(model, padded_vocab, dtype)
+def load(directory: Path, model: ModelConfig, padded_vocab: int, dtype: torch.dtype,
+         prefix: str) -> dict[str, torch.Tensor]:
+    """Every parameter of one model of the checkpoint in `directory` (saved at any TP/PP), whole;
+    `prefix` is that model's key prefix (checkpoint_files.ModelEntry)."""
+    sharded, _ = _template(model, padded_vocab, dtype, prefix)
     for entry in sharded.values():
         if not isinstance(entry, ShardedObject):
             for piece in _parts(entry):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from megatron_rm.checkpoint_files import atomic_folder, model_config, read_metadata, resolve
 from megatron_rm.convert import megatron_io
 from megatron_rm.convert.families import FAMILIES, Shapes, to_hf
 from megatron_rm.convert.hf_config import DTYPES, hf_config
 from megatron_rm.convert.safetensors_io import write_sharded
+from megatron_rm.core.checkpoint_files import atomic_folder, model_entry, read_metadata, resolve
 from megatron_rm.data import load_tokenizer
 from megatron_rm.errors import CheckpointError
 
@@ -28,8 +28,9 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
     """
     directory = resolve(megatron_dir)
     metadata = read_metadata(directory)
-    model = model_config(directory, metadata)
-    stored = getattr(torch, metadata.get("dtype", "float32"))
+    entry = model_entry(directory, metadata)
+    model = entry.config
+    stored = getattr(torch, entry.dtype)
     target = DTYPES[dtype] if dtype else stored
     tokenizer = load_tokenizer(model.tokenizer)
     vocab_size = model.vocab_size or len(tokenizer)
@@ -39,12 +40,12 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
     config = hf_config(model, vocab_size=vocab_size, dtype=target, pad_token_id=pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        reward_normalization=metadata.get("reward_normalization"))
-    padded = metadata["padded_vocab_size"]
+    padded = entry.padded_vocab_size
     if vocab_size > padded:
         raise CheckpointError(f"{directory}: {vocab_size} tokens need embedding rows beyond the "
                               f"checkpoint's {padded}")
     try:
-        parameters = megatron_io.load(directory, model, padded, stored)
+        parameters = megatron_io.load(directory, model, padded, stored, entry.prefix)
     except Exception as error:  # megatron raises many kinds; say which checkpoint failed
         raise CheckpointError(f"{directory}: could not load: {error}") from error
 

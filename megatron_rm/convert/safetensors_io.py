@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 

@@ -15,13 +15,14 @@ import multiprocessing
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
+from megatron_rm.config import DataConfig
 from megatron_rm.data.records import Comparison
 from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
@@ -45,13 +46,12 @@ class Settings:
     """error: refuse the data when any row is invalid; skip: leave such rows out and count them."""
 
     @classmethod
-    def from_config(cls, cfg) -> "Settings":
-        """From an RMConfig: its tokenizer and data settings."""
-        d = cfg.data
+    def from_config(cls, d: DataConfig, tokenizer: str) -> Settings:
+        """From a run's data settings and its tokenizer folder."""
         keys = RowKeys(prompt=d.prompt_key, chosen=d.chosen_key, rejected=d.rejected_key,
-                       responses=d.responses_key, ranking=d.ranking_key, margin=d.margin_key,
-                       labels=d.labels_key)
-        return cls(tokenizer=cfg.model.tokenizer, max_length=d.max_length, truncation=d.truncation,
+                       response=d.response_key, responses=d.responses_key, ranking=d.ranking_key,
+                       margin=d.margin_key, labels=d.labels_key)
+        return cls(tokenizer=tokenizer, max_length=d.max_length, truncation=d.truncation,
                    keys=keys, on_invalid=d.on_invalid)
 
     def recorded(self, tokenizer_fingerprint: str) -> dict:
@@ -187,8 +187,12 @@ def _source_stamps(paths: list[str]) -> list[dict]:
 
 def _incompatibilities(meta: dict, settings: Settings, tokenizer_fingerprint: str) -> list[str]:
     """Why the store described by `meta` cannot serve a run with `settings`; empty when it can."""
+    wanted = settings.recorded(tokenizer_fingerprint)
+    # A store records the row keys of its version: one made before a row shape existed holds no
+    # rows of it, so only the keys it recorded must agree.
+    wanted["keys"] = {key: name for key, name in wanted["keys"].items() if key in meta.get("keys", {})}
     reasons = [f"{name}: store {meta.get(name)!r}, this run {value!r}"
-               for name, value in settings.recorded(tokenizer_fingerprint).items() if meta.get(name) != value]
+               for name, value in wanted.items() if meta.get(name) != value]
     if reasons:
         reasons.append("re-run tools/preprocess_data.py with this run's tokenizer and data settings")
     skipped = sum(meta.get("invalid", {}).values())

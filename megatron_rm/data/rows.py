@@ -1,8 +1,9 @@
 """Checking one raw row and turning it into a `Comparison`, or saying exactly what is wrong with it.
 
 Three row shapes are accepted: a pair (`chosen`/`rejected`), a ranked group
-(`responses` + `ranking`), each with plain-text or chat-message responses. Field
-names are the user's (`RowKeys`), and so are the names in every problem.
+(`responses` + `ranking`) and a single response (`response`, judged by its
+`labels` alone), each with plain-text or chat-message responses. Field names are
+the user's (`RowKeys`), and so are the names in every problem.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from megatron_rm.data.records import Comparison
 from megatron_rm.data.sources import RawRow
 
-REASONS = ("invalid_json", "not_an_object", "missing_field", "wrong_type", "empty_response",
+REASONS = ("invalid_json", "not_an_object", "missing_field", "wrong_type", "mixed_shapes", "empty_response",
            "identical_responses", "bad_messages", "bad_margin", "bad_ranking", "bad_labels")
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -26,6 +27,7 @@ class RowKeys:
     prompt: str = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    response: str = "response"
     responses: str = "responses"
     ranking: str = "ranking"
     margin: str = "margin"
@@ -77,6 +79,8 @@ def _decode(payload) -> dict:
 
 def _comparison(row: dict, keys: RowKeys, location: str) -> Comparison:
     # A key holding null counts as absent: merged Parquet / datasets schemas fill missing keys with None.
+    if row.get(keys.response) is not None:
+        return _single_response(row, keys, location)
     if row.get(keys.chosen) is not None or row.get(keys.responses) is None:
         names = [keys.chosen, keys.rejected]
         texts = [_required(row, name) for name in names]
@@ -101,6 +105,22 @@ def _comparison(row: dict, keys: RowKeys, location: str) -> Comparison:
         margin=margin,
         labels=None if labels is None else tuple(labels[index] for index in order),
     )
+
+
+def _single_response(row: dict, keys: RowKeys, location: str) -> Comparison:
+    """A pointwise row: one response and its labels, nothing to compare it with."""
+    for other in (keys.chosen, keys.rejected, keys.responses):
+        if row.get(other) is not None:
+            raise _Invalid("mixed_shapes", other,
+                           f"a row with '{keys.response}' (a single response) cannot also have '{other}'")
+    if row.get(keys.margin) is not None:
+        raise _Invalid("bad_margin", keys.margin, "a margin applies to pairs only, not to a single response")
+    if row.get(keys.ranking) is not None:
+        raise _Invalid("bad_ranking", keys.ranking, "a ranking orders several responses, not a single response")
+    prompt, responses = _texts(row.get(keys.prompt), keys.prompt, [row[keys.response]], [keys.response])
+    labels = _single_labels(row.get(keys.labels), keys.labels)
+    return Comparison(prompt=prompt, responses=tuple(responses), source=location,
+                      labels=None if labels is None else (labels,))
 
 
 def _required(row: dict, name: str):
@@ -170,7 +190,11 @@ def _messages(value: list, name: str) -> tuple:
 
 
 def _shared_prefix(responses: list[tuple], names: list[str]) -> tuple[tuple, list[tuple]]:
-    """Moves the leading messages every response shares into the prompt, as TRL's `extract_prompt` does."""
+    """Moves the leading messages every response shares into the prompt, as TRL's `extract_prompt` does.
+    A single conversation shares all its messages with itself, so its final message is the response
+    and the turns before it the prompt."""
+    if len(responses) == 1:
+        return responses[0][:-1], [responses[0][-1:]]
     shared = 0
     while all(shared < len(response) and response[shared] == responses[0][shared] for response in responses):
         shared += 1
@@ -217,17 +241,38 @@ def _labels(value, count: int, name: str) -> list[tuple[float, ...]] | None:
     labels = []
     for index, entry in enumerate(value):
         field = f"{name}[{index}]"
-        if not isinstance(entry, list) or not entry:
-            got = "an empty list" if entry == [] else _type_name(entry)
-            raise _Invalid("bad_labels", field, f"expected a non-empty list of numbers (null where missing), got {got}")
-        if len(entry) != len(value[0]):
-            raise _Invalid("bad_labels", field, f"has {len(entry)} values but {name}[0] has {len(value[0])}")
-        for position, number in enumerate(entry):
-            if number is not None and not (_is_number(number) and math.isfinite(number)):
-                raise _Invalid("bad_labels", f"{field}[{position}]",
-                               f"expected a finite number or null, got {number!r}")
-        labels.append(tuple(math.nan if number is None else float(number) for number in entry))
+        labels.append(_label_values(entry, field))
+        if len(labels[-1]) != len(labels[0]):
+            raise _Invalid("bad_labels", field, f"has {len(entry)} values but {name}[0] has {len(labels[0])}")
     return labels
+
+
+def _single_labels(value, name: str) -> tuple[float, ...] | None:
+    """A single response's labels: a list with one value per attribute, or one number for one attribute."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return _label_values(value, name)
+    if not _is_number(value):
+        raise _Invalid("bad_labels", name,
+                       f"expected a number or a list of numbers (null where missing), got {_type_name(value)}")
+    return (_label(value, name),)
+
+
+def _label_values(entry, field: str) -> tuple[float, ...]:
+    """One response's attribute values: a non-empty list of finite numbers, null (NaN) where missing."""
+    if not isinstance(entry, list) or not entry:
+        got = "an empty list" if entry == [] else _type_name(entry)
+        raise _Invalid("bad_labels", field, f"expected a non-empty list of numbers (null where missing), got {got}")
+    return tuple(_label(number, f"{field}[{position}]") for position, number in enumerate(entry))
+
+
+def _label(number, field: str) -> float:
+    if number is None:
+        return math.nan
+    if not (_is_number(number) and math.isfinite(number)):
+        raise _Invalid("bad_labels", field, f"expected a finite number or null, got {number!r}")
+    return float(number)
 
 
 def _is_number(value) -> bool:

@@ -9,9 +9,9 @@ batch at a time so that a file of any size streams in constant memory
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pyarrow.parquet as pq
 

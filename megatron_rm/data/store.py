@@ -1,11 +1,12 @@
-"""Tokenized comparisons on disk: flat memory-mapped arrays plus an index.
+"""Tokenized groups on disk: flat memory-mapped arrays plus an index.
 
 A store is a folder:
 
     tokens.bin        every document's ids back to back (uint16 when the vocabulary fits, else uint32)
     documents.npy     int64 (documents + 1): where each document starts in tokens.bin
-    groups.npy        int64 (groups + 1): where each group's documents start (best first)
-    margins.npy       float32 (groups): NaN where a pair has no margin
+    groups.npy        int64 (groups + 1): where each group's documents start (best first; a
+                      pair has 2, a ranking K, a single response 1)
+    margins.npy       float32 (groups): NaN where a group has no margin (only pairs have one)
     prompt_keys.npy   uint64 (groups): a hash of the prompt, for splitting by prompt
     labels.npy        float32 (documents, num_labels), NaN where missing; only if any row has labels
     meta.json         counts, the tokenizer fingerprint and the settings that produced the ids
@@ -117,7 +118,7 @@ class GroupStore:
     def __len__(self) -> int:
         return len(self.index)
 
-    def subset(self, index: np.ndarray) -> "GroupStore":
+    def subset(self, index: np.ndarray) -> GroupStore:
         """The groups at positions `index` of this view."""
         return GroupStore(self.folder, self.index[index])
 
@@ -139,7 +140,7 @@ class GroupStore:
         return np.asarray(self.labels[self.group_starts[stored]: self.group_starts[stored + 1]])
 
     def group_sizes(self) -> np.ndarray:
-        """Documents of each group in this view (2 for a pair, K for a ranking)."""
+        """Documents of each group in this view (2 for a pair, K for a ranking, 1 for a single response)."""
         return np.diff(self.group_starts)[self.index]
 
     def has_margins(self) -> bool:

@@ -108,6 +108,13 @@ def _ended(tokenizer, ids: list[int], prompt_ids: list[int]) -> Encoded:
     return Encoded(ids, shared)
 
 
+def _blank(response: Text) -> bool:
+    """Nothing to score: a whitespace-only text, no messages, or a whitespace-only final message."""
+    if isinstance(response, str):
+        return not response.strip()
+    return not response or not response[-1]["content"].strip()
+
+
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -134,7 +141,8 @@ def fit(encoded: Encoded, max_length: int, truncation: str, bos_id: int | None) 
 
 
 class GroupEncoder:
-    """Encodes whole comparisons under one length policy; shared by training and evaluation."""
+    """Encodes whole comparisons, or single texts for scoring, under one length policy;
+    shared by training, evaluation and scoring."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str):
         if truncation not in TRUNCATION_MODES:
@@ -143,17 +151,29 @@ class GroupEncoder:
         self.max_length = max_length
         self.truncation = truncation
 
-    def encode_text(self, prompt: Text, response: Text) -> list[int] | None:
-        """One text as scoring sees it: the same ids training used, or None if it cannot fit."""
-        ids, _ = self._fit(encode(self.tokenizer, prompt, response))
-        return ids
+    def encode_texts(self, texts: list[tuple[Text, Text]]) -> list[tuple[list[int] | None, str | None]]:
+        """(prompt, response) texts one by one, as a scorer sees them, in the input's order.
+
+        Each becomes `fit`'s answer: (ids, None) when kept whole, (ids, "truncated")
+        when cut to `max_length`, or (None, reason) when it cannot be kept:
+        "empty" (a blank response, no messages, or a blank final message: nothing
+        to score), "too_long", "response_too_long" or "prompt_too_long". Kept ids
+        are exactly those training stores for the same text. All texts share one
+        batched tokenizer pass (`encode_many`).
+        """
+        scored = [index for index, (_, response) in enumerate(texts) if not _blank(response)]
+        fitted = [self._fit(one) for one in encode_many(self.tokenizer, [texts[index] for index in scored])]
+        out: list[tuple[list[int] | None, str | None]] = [(None, "empty")] * len(texts)
+        for index, result in zip(scored, fitted):
+            out[index] = result
+        return out
 
     def encode_comparison(self, comparison: Comparison) -> tuple[list[list[int]] | None, str | None]:
         return self.encode_comparisons([comparison])[0]
 
     def encode_comparisons(self, comparisons: list[Comparison]) -> list[tuple[list[list[int]] | None, str | None]]:
         """Per comparison: (documents best first, None), or (None, drop reason) for a
-        group that cannot be trained on."""
+        group that cannot be trained on. A single-response comparison is a group of one."""
         texts = [(c.prompt, response) for c in comparisons for response in c.responses]
         encoded = iter(encode_many(self.tokenizer, texts))
         return [self._group([next(encoded) for _ in c.responses]) for c in comparisons]

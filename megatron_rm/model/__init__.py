@@ -1,4 +1,4 @@
-from megatron_rm.model.build import build_reward_model, transformer_config
+from megatron_rm.model.factory import build_reward_model, transformer_config
 from megatron_rm.model.reward_head import RewardHead
 from megatron_rm.model.reward_model import RewardModel
 

@@ -15,6 +15,8 @@ sequence cut by cumulative sequence lengths (`packed_seq_params`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
@@ -84,8 +86,37 @@ def packed_seq_params(attention_mask: torch.Tensor) -> PackedSeqParams:
     )
 
 
-def check_rows_nonempty(attention_mask: torch.Tensor) -> None:
-    """A row with no real token has no reward; refuse it instead of reading padding."""
-    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"rows {empty} of the batch have no real token (attention_mask all 0)")
+@dataclass(frozen=True)
+class DecoderInputs:
+    """How a document batch enters a megatron GPT decoder, and where its tokens come out.
+
+    Any GPTModel-based model (the reward model, a policy) holds one, chosen by its layer
+    spec: `packs_sequences` for the TransformerEngine spec, whose layers take the batch as
+    one `thd` sequence (activations (batch * seq, 1, hidden)), else a dense
+    block-diagonal mask and activations (seq, batch, hidden).
+    """
+
+    packs_sequences: bool
+
+    def decoder_args(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> dict:
+        """Keyword arguments of GPTModel.forward for a (batch, seq) document batch."""
+        if self.packs_sequences:
+            return {"input_ids": input_ids.reshape(1, -1), "position_ids": position_ids.reshape(1, -1),
+                    "attention_mask": None,  # thd attention is cut by cu_seqlens alone
+                    "packed_seq_params": packed_seq_params(attention_mask)}
+        return {"input_ids": input_ids, "position_ids": position_ids,
+                "attention_mask": causal_padding_mask(attention_mask)}
+
+    def document_ends(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) of each document's last token in the decoder's (seq, batch) output layout."""
+        rows, cols = document_ends(attention_mask)
+        if self.packs_sequences:
+            # Rows were laid end to end: row r's position c is token r * seq + c of one row.
+            return torch.zeros_like(rows), rows * attention_mask.shape[-1] + cols
+        return rows, cols
+
+    @staticmethod
+    def per_token(output: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """A decoder-layout (seq, batch, ...) or (batch * seq, 1, ...) tensor as (batch, seq, ...)."""
+        return output.transpose(0, 1).reshape(*attention_mask.shape, *output.shape[2:])

@@ -67,7 +67,7 @@ class RewardModel(GPTModel):
         if rope_scaling is not None and position_embedding_type == "rope":
             self.rotary_pos_emb.inv_freq = scaled_inv_freq(self.rotary_pos_emb, rope_scaling)
         self.has_reward_head = post_process
-        self.packs_sequences = takes_packed_sequences(transformer_layer_spec)
+        self.inputs = inputs.DecoderInputs(takes_packed_sequences(transformer_layer_spec))
         self.num_labels = num_labels
         if post_process:
             self.decoder.final_layernorm = build_module(
@@ -90,35 +90,20 @@ class RewardModel(GPTModel):
     ) -> torch.Tensor:
         """`token_values`: on the last stage return every position's value, (batch, seq,
         num_labels), instead of each document's reward (per-token losses; a critic)."""
-        if self.packs_sequences:
-            hidden_states = super().forward(
-                input_ids.reshape(1, -1),
-                position_ids.reshape(1, -1),
-                None,  # thd attention is cut by cu_seqlens alone
-                decoder_input=decoder_input,
-                packed_seq_params=inputs.packed_seq_params(attention_mask),
-            )
-        else:
-            hidden_states = super().forward(
-                input_ids,
-                position_ids,
-                inputs.causal_padding_mask(attention_mask),
-                decoder_input=decoder_input,
-            )
+        hidden_states = super().forward(
+            **self.inputs.decoder_args(input_ids, position_ids, attention_mask), decoder_input=decoder_input)
         if not self.has_reward_head:
             return hidden_states
         if token_values:
-            values = self.reward_head.token_values(hidden_states)  # (seq, batch, labels)
-            return values.transpose(0, 1).reshape(*attention_mask.shape, self.num_labels)
-        return self.reward_head(hidden_states, *self._document_ends(attention_mask))
+            return self.inputs.per_token(self.reward_head.token_values(hidden_states), attention_mask)
+        return self.reward_head(hidden_states, *self.inputs.document_ends(attention_mask))
 
-    def _document_ends(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, cols) of each document's last token in the decoder's output layout."""
-        rows, cols = inputs.document_ends(attention_mask)
-        if self.packs_sequences:
-            # Rows were laid end to end: row r's position c is token r * seq + c of one row.
-            return torch.zeros_like(rows), rows * attention_mask.shape[-1] + cols
-        return rows, cols
+
+def forward_documents(model, batch, token_values: bool = False) -> torch.Tensor:
+    """A reward model (or its DDP wrapper) on a document batch: each document's (documents,
+    num_labels) rewards, or with `token_values` every position's (rows, seq, num_labels) values."""
+    return model(batch.input_ids, inputs.position_ids(batch.attention_mask), batch.attention_mask,
+                 token_values=token_values)
 
 
 def scaled_inv_freq(rope: RotaryEmbedding, scaling: RopeScalingConfig) -> torch.Tensor:

@@ -26,7 +26,7 @@ def backend() -> str:
     return "nccl" if cuda_available() else "gloo"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def te_available() -> bool:
     """Whether TransformerEngine's PyTorch module imports in this environment."""
     if importlib.util.find_spec("transformer_engine") is None:

@@ -9,15 +9,16 @@ it already is for checkpoints.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch.distributed as dist
 
-from megatron_rm.config import RMConfig
-from megatron_rm.data.batching import Batch, collate, eval_share, pack_groups, split_evenly
+from megatron_rm.config import DataConfig, LoopConfig
+from megatron_rm.data import Batch
+from megatron_rm.data.batching import collate, eval_share, pack_groups, split_evenly
 from megatron_rm.data.prepare import Settings, open_split
 from megatron_rm.data.sampler import GroupSampler
 from megatron_rm.data.split import split_by_prompt
@@ -39,16 +40,16 @@ class Split:
     """Tokens of each group, for packing."""
 
     @classmethod
-    def of(cls, store: GroupStore) -> "Split":
+    def of(cls, store: GroupStore) -> Split:
         return cls(store, *store.document_lengths())
 
 
-def load_splits(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict]:
+def load_splits(data: DataConfig, tokenizer: str, run_dir: Path) -> tuple[Split, Split | None, dict]:
     """(train, eval or None, report). Collective: call on every rank after process groups exist."""
     opened, problem = None, None
     if dist.get_rank() == 0:
         try:
-            opened = _open_all(cfg, run_dir)
+            opened = _open_all(data, tokenizer, run_dir)
         except UsageError as error:
             problem = str(error)
     # Rank 0 builds; the others wait for it, then fail alike or open what it built.
@@ -56,12 +57,12 @@ def load_splits(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict
     dist.broadcast_object_list(shared, src=0)
     if shared[0] is not None:
         raise DataError(shared[0])
-    return opened or _open_all(cfg, run_dir)
+    return opened or _open_all(data, tokenizer, run_dir)
 
 
-def _open_all(cfg: RMConfig, run_dir: Path) -> tuple[Split, Split | None, dict]:
-    d, settings = cfg.data, Settings.from_config(cfg)
-    tokenizer_fingerprint = fingerprint(load_tokenizer(cfg.model.tokenizer))
+def _open_all(d: DataConfig, tokenizer: str, run_dir: Path) -> tuple[Split, Split | None, dict]:
+    settings = Settings.from_config(d, tokenizer)
+    tokenizer_fingerprint = fingerprint(load_tokenizer(tokenizer))
 
     def open_one(path, split: str):
         return open_split(path, run_dir / "data" / split, settings, tokenizer_fingerprint,
@@ -110,28 +111,40 @@ def _counts(counts: dict) -> str:
     return f"{sum(counts.values())}" + (f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if counts else "")
 
 
-def pack_length(cfg: RMConfig) -> int:
-    return cfg.data.pack_length or 2 * cfg.train.micro_batch_size * cfg.data.max_length
+@dataclass(frozen=True)
+class MicroBatching:
+    """How a rank's groups become micro-batches: padded rows of `micro_batch_size` groups, or
+    packed rows of at most `pack_length` tokens."""
+
+    packed: bool
+    micro_batch_size: int
+    pack_length: int
+    pad_to_multiple_of: int
+    pad_id: int
+
+    @classmethod
+    def of(cls, data: DataConfig, micro_batch_size: int, pad_id: int, *, train_micro_batch_size: int | None = None):
+        """`data.pack_length` defaults to 2 x the training micro-batch x max_length: the most an
+        unpacked training micro-batch can hold."""
+        pack_length = data.pack_length or 2 * (train_micro_batch_size or micro_batch_size) * data.max_length
+        return cls(data.batching == "pack", micro_batch_size, pack_length, data.pad_to_multiple_of, pad_id)
+
+    def __call__(self, split: Split, groups: np.ndarray) -> list[Batch]:
+        if self.packed:
+            plan = pack_groups(groups, split.total[groups], self.pack_length)
+        else:
+            plan = split_evenly(groups, self.micro_batch_size)
+        return [collate(split.store, g, self.pad_id, packed=self.packed, pad_to_multiple_of=self.pad_to_multiple_of)
+                for g in plan]
 
 
-def _micro_batches(split: Split, groups: np.ndarray, micro_batch_size: int, cfg: RMConfig, pad: int) -> list[Batch]:
-    packed = cfg.data.batching == "pack"
-    if packed:
-        plan = pack_groups(groups, split.total[groups], pack_length(cfg))
-    else:
-        plan = split_evenly(groups, micro_batch_size)
-    return [collate(split.store, g, pad, packed=packed, pad_to_multiple_of=cfg.data.pad_to_multiple_of)
-            for g in plan]
-
-
-def train_micro_batches(split: Split, sampler: GroupSampler, step: int, layout: Layout, cfg: RMConfig,
-                        pad: int) -> list[Batch]:
+def train_micro_batches(split: Split, sampler: GroupSampler, step: int, layout: Layout,
+                        batching: MicroBatching) -> list[Batch]:
     """This rank's micro-batches of 0-based `step`."""
-    share = sampler.rank_share(step, layout.dp, layout.dp_rank)
-    return _micro_batches(split, share, cfg.train.micro_batch_size, cfg, pad)
+    return batching(split, sampler.rank_share(step, layout.dp, layout.dp_rank))
 
 
-def eval_micro_batches(split: Split, layout: Layout, cfg: RMConfig, pad: int) -> Iterator[list[Batch]]:
+def eval_micro_batches(split: Split, layout: Layout, batching: MicroBatching) -> Iterator[list[Batch]]:
     """This rank's part of the evaluation set, in chunks of micro-batches; all ranks
     together cover it once.
 
@@ -141,11 +154,24 @@ def eval_micro_batches(split: Split, layout: Layout, cfg: RMConfig, pad: int) ->
     """
     share = eval_share(split.longest, layout.dp, layout.dp_rank)
     chunks = max(1, -(-len(split.store) // (layout.dp * EVAL_CHUNK_GROUPS)))
-    mbs = cfg.eval.micro_batch_size or cfg.train.micro_batch_size
     for groups in np.array_split(share, chunks):
-        yield _micro_batches(split, groups, mbs, cfg, pad)
+        yield batching(split, groups)
 
 
-def sampler_for(split: Split, cfg: RMConfig) -> GroupSampler:
-    window = cfg.data.bucket_window if cfg.data.batching == "bucket" else 0
-    return GroupSampler(split.longest, cfg.train.global_batch_size, cfg.train.seed, window)
+def sampler_for(split: Split, data: DataConfig, loop: LoopConfig) -> GroupSampler:
+    window = data.bucket_window if data.batching == "bucket" else 0
+    return GroupSampler(split.longest, loop.global_batch_size, loop.seed, window)
+
+
+class DataPosition:
+    """The sampler's place in the training data, as a checkpointed object: the step the run is at."""
+
+    def __init__(self, sampler: GroupSampler):
+        self.sampler = sampler
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict(self.step)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = self.sampler.resume_step(state)

@@ -12,13 +12,20 @@ import torch
 import yaml
 
 from megatron_rm import parallel, runtime
-from megatron_rm.config import RMConfig, padded_vocab_size, validate
+from megatron_rm.config import RMConfig, padded_vocab_size, validate, warmup_problem
+from megatron_rm.core import checkpoint
+from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
+from megatron_rm.core.optim import SkipGuard, build_optimizer, train_step
+from megatron_rm.core.schedule import run_objective
 from megatron_rm.data import load_tokenizer, pad_id
 from megatron_rm.errors import ConfigError
 from megatron_rm.model import build_reward_model
 from megatron_rm.model.layer_spec import layer_implementation
-from megatron_rm.training import checkpoint, flops
+from megatron_rm.objectives import build_objective
+from megatron_rm.training import flops
 from megatron_rm.training.data_setup import (
+    DataPosition,
+    MicroBatching,
     eval_micro_batches,
     load_splits,
     sampler_for,
@@ -26,11 +33,8 @@ from megatron_rm.training.data_setup import (
     write_report,
 )
 from megatron_rm.training.metrics_log import MetricsLog
-from megatron_rm.training.objective import Objective, check_data_feeds
-from megatron_rm.training.optim import SkipGuard, build_optimizer, train_step
 from megatron_rm.training.resume import restore, start_source
 from megatron_rm.training.signals import StopRequest
-from megatron_rm.training.step import run_pair_batches
 
 
 def train(cfg: RMConfig) -> dict | None:
@@ -41,49 +45,57 @@ def train(cfg: RMConfig) -> dict | None:
     """
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     # Found before any process group starts, so a bad path fails fast.
-    source = start_source(cfg)
+    source = start_source(cfg.checkpoint, cfg.run.dir)
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")), cuda=runtime.cuda_available(),
              te_available=runtime.te_available(), vocab_size=len(tokenizer))
+    objective = build_objective(cfg.loss, cfg.model.num_labels)
     is_logger = int(os.environ.get("RANK", "0")) == 0
 
     def say(message: str) -> None:
         if is_logger:
             print(message, file=sys.stderr if message.startswith("warning") else sys.stdout, flush=True)
 
-    layout = parallel.initialize(cfg.parallel, cfg.train.seed)
+    t = cfg.train
+    layout = parallel.initialize(cfg.parallel, t.seed)
     run_dir = Path(cfg.run.dir)
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    train_split, eval_split, report = load_splits(cfg, run_dir)
-    check_data_feeds(cfg.loss, cfg.model.num_labels, train_split.store, cfg.data.train_path)
-    sampler = sampler_for(train_split, cfg)
+    train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir)
+    objective.check_data(train_split.store, cfg.data.train_path)
+    sampler = sampler_for(train_split, cfg.data, t)
     total = total_steps(cfg, sampler.steps_per_epoch)
     if is_logger:
         write_report(report, run_dir)
         say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type} "
             f"({runtime.backend()}), {layer_implementation(cfg.model)} layers, {cfg.data.batching} batching, "
-            f"{cfg.train.precision}, loss {cfg.loss.type}; {total} steps "
-            f"({sampler.steps_per_epoch} per epoch)")
+            f"{t.precision}, loss {cfg.loss.type}; {total} steps ({sampler.steps_per_epoch} per epoch), "
+            f"warm-up {t.warmup_steps(total)}")
         if train_split.store.has_margins() and cfg.loss.type != "margin":
             say(f"note: the data has per-pair margins; loss.type={cfg.loss.type} does not use them "
                 "(loss.type=margin does)")
-    vocab = padded_vocab_size(len(tokenizer), cfg.model)
-    model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer), precision=cfg.train.precision,
-                               recompute=cfg.train.recompute)
-    ddp_model, optimizer, scheduler = build_optimizer(model, cfg, total)
-    start = restore(source, cfg, model, optimizer, scheduler, sampler, layout, vocab, say)
-    objective = Objective(cfg.loss, cfg.model.num_labels)
+    model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer), precision=t.precision,
+                               recompute=t.recompute)
+    ddp_model, optimizer, scheduler = build_optimizer(
+        model, t, total, precision=t.precision, use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+    models = {DEFAULT_MODEL: checkpoint.ModelState(model, cfg.model, padded_vocab_size(len(tokenizer), cfg.model),
+                                                   optimizer, scheduler)}
+    guard, position = SkipGuard(t.max_skipped), DataPosition(sampler)
+    objects = {"sampler": position, "skip_guard": guard}
+    start = restore(source, models, objects, layout, say, resume=t.max_steps != 0,
+                    load_optimizer=cfg.checkpoint.load_optimizer)
     log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg))
-    pad = pad_id(tokenizer)
-    peak = flops.peak_flops(cfg.logging.peak_flops, cfg.train.precision)
+    train_batching = MicroBatching.of(cfg.data, t.micro_batch_size, pad_id(tokenizer))
+    eval_batching = MicroBatching.of(cfg.data, cfg.eval.micro_batch_size or t.micro_batch_size, pad_id(tokenizer),
+                                     train_micro_batch_size=t.micro_batch_size)
+    peak = flops.peak_flops(cfg.logging.peak_flops, t.precision)
 
     def evaluate(step: int) -> dict:
         began = time.perf_counter()
         ddp_model.eval()
         with torch.no_grad():
-            sums = sum(run_pair_batches([ddp_model], batches, objective, forward_only=True)
-                       for batches in eval_micro_batches(eval_split, layout, cfg, pad))
+            sums = sum(run_objective([ddp_model], batches, objective, layout, forward_only=True)
+                       for batches in eval_micro_batches(eval_split, layout, eval_batching))
         ddp_model.train()
         summary = objective.summarize(sums)
         log.write(step, "eval", _public(summary),
@@ -91,33 +103,29 @@ def train(cfg: RMConfig) -> dict | None:
         return summary
 
     def save(step: int, **extra) -> None:
-        training = checkpoint.TrainingState(
-            scheduler=scheduler.state_dict(), sampler=sampler.state_dict(step), skipped_steps=guard.total,
-            layout={"tp": layout.tp, "pp": layout.pp, "dp": layout.dp})
-        saved = checkpoint.save(model, run_dir / "checkpoints", step, cfg.model, vocab, tokenizer=tokenizer,
-                                optimizer=optimizer,
-                                training=training, keep=cfg.checkpoint.keep, **extra)
+        position.step = step
+        saved = checkpoint.save(run_dir / "checkpoints", step, models, objects=objects, layout=layout,
+                                tokenizer=tokenizer, keep=cfg.checkpoint.keep, **extra)
         say(f"saved {saved}")
 
-    t = cfg.train
-    guard = SkipGuard(t.max_skipped, start.skipped_steps)
     stop = StopRequest()
     # Throughput counts training steps only: evaluation and saving are timed apart.
     interval_sums, interval_seconds, run_start = None, 0.0, time.perf_counter()
-    step, summary = start.step, None
+    step, summary = start, None
     try:
         while step < total:
             step += 1
             began = time.perf_counter()
-            batches = train_micro_batches(train_split, sampler, step - 1, layout, cfg, pad)
-            result = train_step(ddp_model, optimizer, scheduler, objective, batches, t.clip_grad)
+            batches = train_micro_batches(train_split, sampler, step - 1, layout, train_batching)
+            result = train_step(ddp_model, optimizer, scheduler, objective, batches, t.clip_grad, layout)
             interval_seconds += time.perf_counter() - began
             guard.record(step, result)
             interval_sums = result.sums if interval_sums is None else interval_sums + result.sums
             if step % t.log_interval == 0 or step == total:
                 interval = objective.summarize(interval_sums)
-                rate = flops.training_flops(cfg.model, interval["tokens"], interval["squared_lengths"]) / interval_seconds
-                per_step = (time.perf_counter() - run_start) / (step - start.step)
+                model_flops = flops.training_flops(cfg.model, interval["tokens"], interval["squared_lengths"])
+                rate = model_flops / interval_seconds
+                per_step = (time.perf_counter() - run_start) / (step - start)
                 log.write(step, "train", _public(interval), total_steps=total, lr=result.lr,
                           grad_norm=result.grad_norm, skipped_steps=guard.total,
                           tokens_per_s=interval["tokens"] / interval_seconds, flops_per_s=rate,
@@ -135,9 +143,8 @@ def train(cfg: RMConfig) -> dict | None:
                 return None
         if eval_split:
             summary = evaluate(step)
-        if step > start.step:
-            stats = {"mean": _as_list(summary["reward_mean"]), "std": _as_list(summary["reward_std"])} if summary else None
-            save(step, **({"reward_normalization": stats} if stats else {}))
+        if step > start:
+            save(step, **_reward_statistics(summary))
     finally:
         stop.restore()
         log.close()
@@ -150,14 +157,22 @@ def total_steps(cfg: RMConfig, steps_per_epoch: int) -> int:
     if t.max_steps is not None:
         return t.max_steps
     total = (t.epochs or 1) * steps_per_epoch
-    if t.lr_warmup_steps >= total:
-        raise ConfigError(f"invalid configuration:\n  train.lr_warmup_steps={t.lr_warmup_steps} must be below "
-                          f"the run's {total} steps (train.epochs={t.epochs or 1} x {steps_per_epoch} per epoch)")
+    problem = warmup_problem(t, total, "train", f"the run's {total} steps (train.epochs={t.epochs or 1} x "
+                                                f"{steps_per_epoch} per epoch)")
+    if problem:
+        raise ConfigError(f"invalid configuration:\n  {problem}")
     return total
 
 
 def _public(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "squared_lengths"}
+
+
+def _reward_statistics(summary: dict | None) -> dict:
+    """The final evaluation's reward mean and std, kept with the checkpoint for normalising scores."""
+    if not summary or "reward_mean" not in summary:
+        return {}
+    return {"reward_normalization": {"mean": _as_list(summary["reward_mean"]), "std": _as_list(summary["reward_std"])}}
 
 
 def _as_list(value) -> list:

@@ -51,18 +51,26 @@ class MetricsLog:
 
 
 def _line(row: dict) -> str:
+    """The progress line: what the row has of the usual metrics; pair metrics are absent for data
+    without pairs (pointwise labels), and the line then counts documents instead."""
     step = f"{row['step']:6d}" + (f"/{row['total_steps']}" if "total_steps" in row else "")
-    line = (f"{row['split']:5s} step {step} | loss {row['loss']:.4f} | accuracy {row['accuracy']:.3f}"
-            f" | margin {row['margin']:+.3f} | pairs {row['pairs']} | {row['tokens_per_s']:,.0f} tok/s")
+    parts = [f"{row['split']:5s} step {step}"]
+    if "loss" in row:
+        parts.append(f"loss {row['loss']:.4f}")
+    if "pairs" in row:
+        parts += [f"accuracy {row['accuracy']:.3f}", f"margin {row['margin']:+.3f}", f"pairs {row['pairs']}"]
+    else:
+        parts.append(f"documents {row['documents']}")
+    parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
     if "lr" in row:
-        line += f" | lr {row['lr']:.2e} | grad norm {row['grad_norm']:.3f}"
+        parts += [f"lr {row['lr']:.2e}", f"grad norm {row['grad_norm']:.3f}"]
     if row.get("skipped_steps"):
-        line += f" | skipped {row['skipped_steps']}"
-    if row["split"] == "eval":
-        line += f" | ece {row['ece']:.3f}"
+        parts.append(f"skipped {row['skipped_steps']}")
+    if row["split"] == "eval" and "ece" in row:
+        parts.append(f"ece {row['ece']:.3f}")
     if "eta_s" in row:
-        line += f" | ETA {_duration(row['eta_s'])}"
-    return line
+        parts.append(f"ETA {_duration(row['eta_s'])}")
+    return " | ".join(parts)
 
 
 def _duration(seconds: float) -> str:

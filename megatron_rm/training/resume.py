@@ -3,13 +3,16 @@ to restore."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from megatron_rm.checkpoint_files import candidates, read_metadata, verify
-from megatron_rm.config import RMConfig
-from megatron_rm.errors import CheckpointError, DamagedCheckpoint
-from megatron_rm.training import checkpoint
+from megatron_rm.config import CheckpointConfig
+from megatron_rm.core import checkpoint
+from megatron_rm.core.checkpoint_files import candidates, first_usable, read_metadata, verify
+from megatron_rm.errors import CheckpointError
+from megatron_rm.parallel import Layout
 
 
 @dataclass
@@ -17,15 +20,14 @@ class Source:
     candidates: list[Path]
     """Best first; the later ones are fallbacks when an earlier one is damaged."""
     resume: bool
-    """Restore the training state when the checkpoint has one (checkpoint.load), or take
+    """Restore the run's state when the checkpoint has one (checkpoint.load), or take
     only the weights (checkpoint.init)."""
 
 
-def start_source(cfg: RMConfig) -> Source | None:
-    """The checkpoint(s) this run starts from; None for random weights."""
-    c = cfg.checkpoint
+def start_source(c: CheckpointConfig, run_dir: str | Path) -> Source | None:
+    """The checkpoint(s) a run in `run_dir` starts from; None for random weights."""
     if c.load == "auto":
-        own = Path(cfg.run.dir) / "checkpoints"
+        own = Path(run_dir) / "checkpoints"
         if own.is_dir():
             try:
                 return Source(candidates(own), resume=True)
@@ -38,49 +40,36 @@ def start_source(cfg: RMConfig) -> Source | None:
     return None
 
 
-def start_metadata(source: Source) -> tuple[Path, dict]:
+def start_metadata(source: Source, say: Callable[[str], None]) -> tuple[Path, dict]:
     """The first candidate whose metadata reads (for its model config, before training starts)."""
-    for directory in source.candidates[:-1]:
-        try:
-            return directory, read_metadata(directory)
-        except DamagedCheckpoint:
-            continue
-    return source.candidates[-1], read_metadata(source.candidates[-1])
+    return first_usable(source.candidates, read_metadata, say)
 
 
-@dataclass
-class Start:
-    step: int = 0
-    skipped_steps: int = 0
-
-
-def restore(source: Source | None, cfg: RMConfig, model, optimizer, scheduler, sampler, layout,
-            padded_vocab_size: int, say) -> Start:
-    """Load `source` into the model (and, resuming, the optimizer, schedule and RNG); returns
-    the step to continue after. `say` prints on the logging rank."""
+def restore(source: Source | None, models: dict[str, checkpoint.ModelState], objects: dict[str, Any],
+            layout: Layout, say: Callable[[str], None], *, resume: bool, load_optimizer: bool) -> int:
+    """Load `source` into `models` and, resuming a run's checkpoint, their optimizers and
+    schedules, `objects` (name -> anything with `load_state_dict`) and the RNG; returns the
+    step to continue after (0 for a fresh start). `resume=False` takes weights only."""
     if source is None:
-        return Start()
-    resume = source.resume and cfg.train.max_steps != 0
-    with_optimizer = optimizer if resume and cfg.checkpoint.load_optimizer else None
-    for i, directory in enumerate(source.candidates):
-        try:
-            verify(directory)
-            metadata = checkpoint.load(model, directory, cfg.model, padded_vocab_size, optimizer=with_optimizer)
-            break
-        except DamagedCheckpoint as error:
-            if i + 1 == len(source.candidates):
-                raise
-            say(f"warning: {error}\nwarning: falling back to {source.candidates[i + 1]}")
-    training = metadata.get("training") if resume else None
-    if training is None:
+        return 0
+    resume = resume and source.resume
+
+    def load(directory: Path) -> dict:
+        verify(directory)
+        return checkpoint.load(directory, models, optimizers=resume and load_optimizer)
+
+    directory, metadata = first_usable(source.candidates, load, say)
+    if not resume or "state" not in metadata:
         say(f"loaded weights from {directory} (step {metadata['step']}); this run starts at step 0")
-        return Start()
-    step = sampler.resume_step(training["sampler"])
-    scheduler.load_state_dict(training["scheduler"])
+        return 0
+    checkpoint.restore_schedulers(metadata, models)
+    for name, obj in objects.items():
+        obj.load_state_dict(metadata["state"][name])
     notes = []
-    if not (with_optimizer and training["optimizer"]):
-        notes.append("a fresh optimizer state" + (" (checkpoint.load_optimizer=false)" if with_optimizer is None else ""))
-    if not checkpoint.restore_rng(directory, training, layout):
-        notes.append(f"RNG states not restored (saved at {training['layout']})")
-    say(f"resumed from {directory} at step {step}" + "".join(f"; {note}" for note in notes))
-    return Start(step, training["skipped_steps"])
+    saved_optimizers = all(metadata["models"][name]["optimizer"] for name in models)
+    if not (load_optimizer and saved_optimizers):
+        notes.append("a fresh optimizer state" + ("" if load_optimizer else " (checkpoint.load_optimizer=false)"))
+    if not checkpoint.restore_rng(directory, metadata, layout):
+        notes.append(f"RNG states not restored (saved at {metadata['layout']})")
+    say(f"resumed from {directory} at step {metadata['step']}" + "".join(f"; {note}" for note in notes))
+    return metadata["step"]

@@ -17,26 +17,26 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_rm import parallel
-from megatron_rm.checkpoint_files import model_config, read_metadata
 from megatron_rm.config import ParallelConfig, padded_vocab_size
+from megatron_rm.core import checkpoint
+from megatron_rm.core.checkpoint_files import model_config, read_metadata
 from megatron_rm.data import Batch, load_tokenizer
 from megatron_rm.model import build_reward_model
-from megatron_rm.training import checkpoint
-from megatron_rm.training.step import score
+from megatron_rm.scoring.rewards import score
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))
 
 
-def score_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batch]) -> dict:
+def score_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batch], grid) -> dict:
     cfg = model_config(directory, read_metadata(directory))
     vocab = len(load_tokenizer(cfg.tokenizer))
     model = build_reward_model(cfg, layout, vocab).eval()
-    checkpoint.load(model, directory, cfg, padded_vocab_size(vocab, cfg))
+    checkpoint.load(directory, {"model": checkpoint.ModelState(model, cfg, padded_vocab_size(vocab, cfg))})
     hidden = []
     if parallel_state.is_pipeline_last_stage():
         model.reward_head.register_forward_hook(
             lambda module, args, output: hidden.append(args[0][args[2], args[1]].detach().clone()))
-    rewards = [score([model], [batch]) for batch in batches]
+    rewards = [score([model], [batch], grid) for batch in batches]
     return {"rewards": rewards, "hidden": hidden}
 
 
@@ -50,8 +50,8 @@ def main() -> None:
                for ids, mask in torch.load(args.batches)]
     for tp, pp in LAYOUTS:
         layout = ParallelConfig(tp=tp, pp=pp)
-        parallel.initialize(layout, seed=0)
-        results = {d.name: score_checkpoint(d, layout, batches)
+        grid = parallel.initialize(layout, seed=0)
+        results = {d.name: score_checkpoint(d, layout, batches, grid)
                    for d in sorted(args.checkpoints.iterdir())}
         if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
             torch.save(results, args.out / f"tp{tp}_pp{pp}.pt")

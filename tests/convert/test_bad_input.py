@@ -127,6 +127,7 @@ def test_training_takes_the_checkpoints_model_and_refuses_impossible_layouts(goo
         _compose([f"checkpoint.load={tmp_path / 'ckpt'}", "model=tiny"])
 
 
+@pytest.mark.slow
 def test_command_lines(good, tmp_path):
     to_megatron = str(REPO / "tools" / "convert_hf_to_megatron.py")
     to_hf = str(REPO / "tools" / "convert_megatron_to_hf.py")

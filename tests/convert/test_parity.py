@@ -15,6 +15,8 @@ from megatron_rm.convert import import_hf
 from tests.conftest import REPO, torchrun
 from tests.convert.hf_models import FAMILIES, save_model, tokenizer
 
+pytestmark = pytest.mark.slow  # real torchrun jobs
+
 TOLERANCE = 1e-4  # relative, fp32
 LAYOUTS = ("tp1_pp1", "tp2_pp1", "tp1_pp2", "tp2_pp2")
 

@@ -9,8 +9,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from megatron_rm.checkpoint_files import read_metadata
 from megatron_rm.convert import export_hf, import_hf
+from megatron_rm.core.checkpoint_files import read_metadata
 from tests.convert.hf_models import FAMILIES, save_model
 
 
@@ -46,7 +46,7 @@ def test_bf16_sharded_round_trip(single_rank, tmp_path):
     save_model("llama", tmp_path / "hf", dtype=torch.bfloat16, max_shard_size="100KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     import_hf(tmp_path / "hf", tmp_path / "megatron")  # dtype follows the source: bf16
-    assert read_metadata(tmp_path / "megatron")["dtype"] == "bfloat16"
+    assert read_metadata(tmp_path / "megatron")["models"]["model"]["dtype"] == "bfloat16"
     export_hf(tmp_path / "megatron", tmp_path / "back", max_shard_bytes=100_000)
     index = json.loads((tmp_path / "back" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
@@ -60,7 +60,7 @@ def test_causal_lm_gets_a_new_head_and_exports_as_a_classifier(single_rank, tmp_
     save_model("mistral", tmp_path / "hf", "causal_lm")
     import_hf(tmp_path / "hf", tmp_path / "megatron", num_labels=3, head_init_std=0.5, seed=7)
     metadata = read_metadata(tmp_path / "megatron")
-    assert metadata["model"]["num_labels"] == 3 and metadata["source"]["head"] == "new"
+    assert metadata["models"]["model"]["config"]["num_labels"] == 3 and metadata["source"]["head"] == "new"
     export_hf(tmp_path / "megatron", tmp_path / "back")
     source, back = _tensors(tmp_path / "hf"), _tensors(tmp_path / "back")
     assert set(back) == set(source) - {"lm_head.weight"} | {"score.weight"}

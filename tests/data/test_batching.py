@@ -1,10 +1,12 @@
-"""Token stores and micro-batches: layout, comparisons, margins, labels, packing, evaluation shares."""
+"""Token stores and micro-batches: layout, comparisons, margins, labels, single responses, packing,
+evaluation shares."""
 
 import numpy as np
 import pytest
 import torch
 
 from megatron_rm.data.batching import collate, eval_share, pack_groups, split_evenly
+from megatron_rm.data.documents import document_batch
 from megatron_rm.data.store import GroupStore, StoreWriter
 from megatron_rm.errors import DataError
 
@@ -118,3 +120,43 @@ def test_document_lengths_follow_the_layout(store, packed):
     batch = collate(store, [2, 0, 1], PAD, packed=packed, pad_to_multiple_of=8)
     expected = [len(d) for g in (2, 0, 1) for d in GROUPS[g]]
     assert batch.document_lengths.tolist() == expected
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_collate_lays_out_documents_as_document_batch_does(store, packed):
+    groups = [2, 0, 1]
+    batch = collate(store, groups, PAD, packed=packed, pad_to_multiple_of=8)
+    plain = document_batch([d for g in groups for d in GROUPS[g]], PAD, packed=packed, pad_to_multiple_of=8)
+    assert torch.equal(batch.input_ids, plain.input_ids) and torch.equal(batch.attention_mask, plain.attention_mask)
+    assert batch.comparisons.tolist() == [[0, 1], [0, 2], [1, 2], [3, 4], [5, 6]]
+    assert batch.margins.tolist() == [0.0, 0.0, 0.0, 1.5, 0.0]
+    assert batch.group_sizes.tolist() == [3, 2, 2]
+    assert batch.labels.shape == (7, 2)
+    np.testing.assert_array_equal(batch.labels[5:].numpy(), [[0.5, np.nan], [1.0, 2.0]])
+
+
+def test_empty_micro_batch_is_refused(store):
+    with pytest.raises(ValueError, match="empty"):
+        collate(store, [], PAD, packed=False)
+
+
+SINGLES = [[[4, 5, 1]], [[6, 1]], [[7, 7, 7, 1]]]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_single_response_groups_give_no_comparisons_but_keep_their_labels(tmp_path, packed):
+    store = make_store(tmp_path / "singles", SINGLES, labels=[[[0.5]], [[np.nan]], [[-1.0]]])
+    assert store.group_sizes().tolist() == [1, 1, 1]
+    batch = collate(store, [2, 0], PAD, packed=packed)
+    assert batch.comparisons.shape == (0, 2) and batch.comparisons.dtype == torch.int64
+    assert batch.margins.shape == (0,) and batch.num_pairs == 0
+    assert batch.group_sizes.tolist() == [1, 1] and batch.num_documents == 2
+    assert batch.labels.tolist() == [[-1.0], [0.5]]
+    assert batch.document_lengths.tolist() == [4, 3]
+
+
+def test_single_responses_beside_pairs_shift_the_pair_indices(tmp_path):
+    store = make_store(tmp_path / "mixed", [SINGLES[0], GROUPS[0], SINGLES[1]])
+    batch = collate(store, [0, 1, 2], PAD, packed=False)
+    assert batch.comparisons.tolist() == [[1, 2]]
+    assert batch.group_sizes.tolist() == [1, 2, 1] and batch.labels is None

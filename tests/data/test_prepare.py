@@ -1,4 +1,5 @@
-"""Read -> validate -> tokenize -> store: formats, workers, invalid rows, drops, reuse, the preprocess tool."""
+"""Read -> validate -> tokenize -> store: formats, workers, invalid rows, drops, single responses, reuse,
+the preprocess tool."""
 
 import json
 import os
@@ -9,7 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from megatron_rm.config import RMConfig
+from megatron_rm.data.batching import collate
 from megatron_rm.data.prepare import Settings, build_store, check_compatible, open_split
+from megatron_rm.data.rows import RowKeys
+from megatron_rm.data.sampler import GroupSampler
 from megatron_rm.data.store import GroupStore
 from megatron_rm.data.tokenize import GroupEncoder, fingerprint, load_tokenizer
 from megatron_rm.errors import DataError
@@ -40,6 +45,11 @@ def settings(**changes):
     return Settings(**{"tokenizer": TOKENIZER, "max_length": 64, "truncation": "drop", **changes})
 
 
+def scored_ids(encoder: GroupEncoder, texts) -> list:
+    """What a scorer gets for each (prompt, response) of `texts`: the ids, None where dropped."""
+    return [ids for ids, _ in encoder.encode_texts(texts)]
+
+
 def same_store(a: Path, b: Path) -> bool:
     return all((a / name).read_bytes() == (b / name).read_bytes() for name in ARRAYS)
 
@@ -60,7 +70,7 @@ def test_every_format_gives_the_same_store(tmp_path):
     # The stored ids are exactly what the shared encoder gives.
     store, encoder = GroupStore(reference), GroupEncoder(load_tokenizer(TOKENIZER), 64, "drop")
     for g in (0, 17):
-        expected = [encoder.encode_text(records[g]["prompt"], records[g][side]) for side in ("chosen", "rejected")]
+        expected = scored_ids(encoder, [(records[g]["prompt"], records[g][side]) for side in ("chosen", "rejected")])
         assert [d.tolist() for d in store.documents(g)] == expected
 
 
@@ -130,13 +140,62 @@ def test_kwise_margins_labels_and_messages_are_stored(tmp_path):
     store = GroupStore(tmp_path / "store")
     encoder = GroupEncoder(load_tokenizer(tokenizer), 64, "drop")
     ranked = [d.tolist() for d in store.documents(0)]
-    assert ranked == [encoder.encode_text(records[0]["prompt"], records[0]["responses"][i]) for i in (1, 0, 2)]
+    assert ranked == scored_ids(encoder, [(records[0]["prompt"], records[0]["responses"][i]) for i in (1, 0, 2)])
     np.testing.assert_array_equal(store.group_labels(0), np.float32([[0.9, 0.8], [0.1, np.nan], [0.2, 0.3]]))
     assert store.margin(0) is None and store.margin(1) == 2.5
     prompt = ({"role": "user", "content": "Name 1 fruit."},)
-    assert store.documents(2)[0].tolist() == encoder.encode_text(
-        prompt, ({"role": "assistant", "content": "1. fig"},))
+    response = ({"role": "assistant", "content": "1. fig"},)
+    assert [store.documents(2)[0].tolist()] == scored_ids(encoder, [(prompt, response)])
     assert store.prompt_keys[1] != store.prompt_keys[2]
+
+
+def test_single_response_rows_become_groups_of_one(tmp_path):
+    tokenizer = save_variant(tmp_path / "chat", chat=True)
+    records = [
+        {"prompt": "User: Name 2 fruits.\nAssistant:", "response": " 1. fig 2. kiwi", "labels": [0.7, None]},
+        {"response": [{"role": "user", "content": "Name 1 fruit."}, {"role": "assistant", "content": "1. fig"}],
+         "labels": [0.1, 0.2]},
+        {"prompt": "User: hi\nAssistant:", "response": " 1. lime", "labels": [None, 0.5]},
+        {"prompt": "User: hi\nAssistant:", "chosen": " 1. fig", "rejected": " 1. kiwi", "labels": [[1, 1], [0, 0]]},
+    ]
+    source = write_jsonl(tmp_path / "d.jsonl", records)
+    meta = build_store([source], tmp_path / "store", settings(tokenizer=str(tokenizer)))
+    assert (meta["groups"], meta["documents"], meta["num_labels"]) == (4, 5, 2)
+    store = GroupStore(tmp_path / "store")
+    assert store.group_sizes().tolist() == [1, 1, 1, 2]
+    encoder = GroupEncoder(load_tokenizer(tokenizer), 64, "drop")
+    conversation = (({"role": "user", "content": "Name 1 fruit."},), ({"role": "assistant", "content": "1. fig"},))
+    first, third = ((records[g]["prompt"], records[g]["response"]) for g in (0, 2))
+    assert [store.documents(g)[0].tolist() for g in range(3)] == scored_ids(encoder, [first, conversation, third])
+    np.testing.assert_array_equal(store.group_labels(0), np.float32([[0.7, np.nan]]))
+    # Sampled and collated like any group: a single response adds a document to score, no pair.
+    step = GroupSampler(store.document_lengths()[0], global_batch_size=4, seed=0).global_batch(0)
+    batch = collate(store, step, 0, packed=False)
+    assert sorted(batch.group_sizes.tolist()) == [1, 1, 1, 2] and batch.num_pairs == 1
+    singles = collate(store, [2, 0], 0, packed=True)
+    assert singles.comparisons.shape == (0, 2) and singles.group_sizes.tolist() == [1, 1]
+    np.testing.assert_array_equal(singles.labels.numpy(), np.float32([[np.nan, 0.5], [0.7, np.nan]]))
+    assert collate(store, [0, 3], 0, packed=False).comparisons.tolist() == [[1, 2]]
+
+
+def test_invalid_single_response_rows_name_file_line_and_field(tmp_path):
+    source = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "p", "response": "a", "labels": [0.5]},
+        {"prompt": "p", "response": "a", "rejected": "b"},
+        {"prompt": "p", "response": "a", "labels": [0.5, "high"]},
+    ])
+    with pytest.raises(DataError) as info:
+        build_store([source], tmp_path / "store", settings())
+    message = str(info.value)
+    assert f"{source}:2: field 'rejected': a row with 'response' (a single response) cannot also have" in message
+    assert f"{source}:3: field 'labels[1]': expected a finite number or null" in message
+    assert "mixed_shapes 1" in message and "bad_labels 1" in message
+
+
+def test_settings_read_the_single_response_key_from_the_config():
+    cfg = RMConfig()
+    cfg.data.response_key = "answer"
+    assert Settings.from_config(cfg.data, cfg.model.tokenizer).keys == RowKeys(response="answer")
 
 
 def test_store_refuses_another_tokenizer_or_length_policy(tmp_path):
@@ -165,6 +224,7 @@ def test_cached_store_is_reused_until_the_data_changes(tmp_path):
     assert len(open_split(source, cache, settings(max_length=48), FINGERPRINT)[0]) == 12  # settings change: rebuilt
 
 
+@pytest.mark.slow
 def test_preprocess_tool_round_trip(tmp_path):
     source = write_jsonl(tmp_path / "d.jsonl", rows(40))
     out = tmp_path / "store"

@@ -1,4 +1,4 @@
-"""Tests for validating one raw row into a Comparison (megatron_rm.data.rows)."""
+"""Tests for validating one raw row (pair, ranking or single response) into a Comparison (megatron_rm.data.rows)."""
 
 import json
 import math
@@ -21,7 +21,10 @@ def bot(text):
     return {"role": "assistant", "content": text}
 
 
-def parse(row, keys=RowKeys()):
+DEFAULT_KEYS = RowKeys()
+
+
+def parse(row, keys=DEFAULT_KEYS):
     """A row as it comes from a JSON Lines file (bytes) unless it is already bytes or not a dict."""
     payload = json.dumps(row).encode() if isinstance(row, dict) else row
     return parse_row(RawRow(WHERE, payload), keys)
@@ -103,8 +106,38 @@ def test_dict_payloads_from_other_formats_are_parsed_alike():
         "d.parquet:row 3"
 
 
+def test_single_response_with_a_list_of_labels():
+    comparison = parse({"prompt": "Q", "response": "yes", "labels": [0.7, None]})
+    assert (comparison.prompt, comparison.responses, comparison.margin) == ("Q", ("yes",), None)
+    assert comparison.labels[0][0] == 0.7 and math.isnan(comparison.labels[0][1]) and len(comparison.labels) == 1
+
+
+def test_single_response_with_one_number_as_its_label_and_no_labels_at_all():
+    assert parse({"prompt": "Q", "response": "yes", "labels": 3}).labels == ((3.0,),)
+    assert parse({"response": "yes", "chosen": None, "responses": None}) == Comparison("", ("yes",), WHERE)
+
+
+def test_single_conversation_without_prompt_ends_in_its_response():
+    row = {"response": [user("hi"), bot("hello"), user("a joke?"), bot("no")], "labels": [1]}
+    comparison = parse(row)
+    assert comparison.prompt == (user("hi"), bot("hello"), user("a joke?"))
+    assert comparison.responses == ((bot("no"),),) and comparison.labels == ((1.0,),)
+
+
+def test_single_conversation_with_a_string_prompt():
+    assert parse({"prompt": "hi", "response": [bot("hello")]}) == Comparison((user("hi"),), ((bot("hello"),),), WHERE)
+
+
+def test_single_response_key_is_configurable():
+    keys = RowKeys(response="answer", labels="scores")
+    assert parse({"prompt": "Q", "answer": "yes", "scores": [2]}, keys).responses == ("yes",)
+    problem = parse({"prompt": "Q", "answer": "yes", "chosen": "no"}, keys)
+    assert (problem.reason, problem.field) == ("mixed_shapes", "chosen") and "'answer'" in problem.message
+
+
 PAIR = {"prompt": "Q", "chosen": "yes", "rejected": "no"}
 RANKED = {"prompt": "Q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2]}
+SINGLE = {"prompt": "Q", "response": "yes"}
 PROBLEMS = [
     (b'{"chosen": "\xff"}', "invalid_json", None, "byte 13"),
     (b'{"chosen": "a", }', "invalid_json", None, "column 17"),
@@ -152,6 +185,22 @@ PROBLEMS = [
     ({**PAIR, "labels": [[1, "x"], [3, 4]]}, "bad_labels", "labels[0][1]", "'x'"),
     ({**PAIR, "labels": [[1], [False]]}, "bad_labels", "labels[1][0]", "False"),
     (b'{"chosen": "a", "rejected": "b", "labels": [[1], [Infinity]]}', "bad_labels", "labels[1][0]", "inf"),
+    ({**SINGLE, "chosen": "no"}, "mixed_shapes", "chosen", "cannot also have 'chosen'"),
+    ({**SINGLE, "rejected": "no"}, "mixed_shapes", "rejected", "cannot also have 'rejected'"),
+    ({**SINGLE, "responses": ["a", "b"], "ranking": [0, 1]}, "mixed_shapes", "responses", "'response'"),
+    ({**SINGLE, "response": 3}, "wrong_type", "response", "got a number"),
+    ({**SINGLE, "response": "  "}, "empty_response", "response", "empty"),
+    ({**SINGLE, "response": []}, "empty_response", "response", "no messages"),
+    ({**SINGLE, "response": [user("q"), bot("")]}, "empty_response", "response[1].content", "final message"),
+    ({**SINGLE, "response": ["yes", "no"]}, "bad_messages", "response[0]", "got a string"),
+    ({**SINGLE, "margin": 1.0}, "bad_margin", "margin", "single response"),
+    ({**SINGLE, "ranking": [0]}, "bad_ranking", "ranking", "single response"),
+    ({**SINGLE, "labels": []}, "bad_labels", "labels", "empty list"),
+    ({**SINGLE, "labels": "0.7"}, "bad_labels", "labels", "a number or a list of numbers"),
+    ({**SINGLE, "labels": True}, "bad_labels", "labels", "got a boolean"),
+    ({**SINGLE, "labels": [[0.7]]}, "bad_labels", "labels[0]", "[0.7]"),
+    ({**SINGLE, "labels": [0.7, "x"]}, "bad_labels", "labels[1]", "'x'"),
+    (b'{"response": "a", "labels": NaN}', "bad_labels", "labels", "finite"),
 ]
 
 

@@ -1,9 +1,9 @@
-"""The one tokenization path: EOS once, chat templates, pad/EOS variants, length policy."""
+"""The one tokenization path: EOS once, chat templates, pad/EOS variants, length policy, texts for scoring."""
 
 import pytest
 
 from megatron_rm.data.records import Comparison
-from megatron_rm.data.tokenize import GroupEncoder, encode, fingerprint, fit, load_tokenizer, pad_id
+from megatron_rm.data.tokenize import GroupEncoder, encode, encode_many, fingerprint, fit, load_tokenizer, pad_id
 from megatron_rm.errors import DataError
 from tests.conftest import DEMO
 from tests.data.tokenizer_variants import load_variant
@@ -49,7 +49,8 @@ def test_training_and_scoring_give_the_same_ids(chat):
     ):
         documents, reason = encoder.encode_comparison(Comparison(prompt, (chosen, rejected), source="t"))
         assert reason is None
-        assert documents == [encoder.encode_text(prompt, chosen), encoder.encode_text(prompt, rejected)]
+        scored = encoder.encode_texts([(prompt, chosen), (prompt, rejected)])
+        assert scored == [(documents[0], None), (documents[1], None)]
 
 
 def test_chat_template_renders_messages(chat):
@@ -130,3 +131,80 @@ def test_fingerprint_tells_tokenizers_apart(tmp_path, demo):
     assert fingerprint(demo) == fingerprint(load_tokenizer(DEMO / "tokenizer"))
     assert fingerprint(demo) != fingerprint(load_variant(tmp_path / "bos", bos=True))
     assert fingerprint(demo) != fingerprint(load_variant(tmp_path / "chat", chat=True))
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def bot(text):
+    return {"role": "assistant", "content": text}
+
+
+def expected_scores(encoder, texts):
+    """`encode_many` + `fit` one text at a time: what scoring must agree with."""
+    return [fit(encode_many(encoder.tokenizer, [text])[0], encoder.max_length, encoder.truncation,
+                encoder.tokenizer.bos_token_id) for text in texts]
+
+
+def test_encode_texts_keeps_order_and_names_each_drop(demo):
+    short, long = " 1. fig", " 1. fig 2. lime 3. kiwi 4. plum 5. pear"
+    encoder = GroupEncoder(demo, max_length=len(encode(demo, PROMPT, long).ids) - 1, truncation="drop")
+    texts = [(PROMPT, short), (PROMPT, ""), (PROMPT, long), ("", " 2. lime"), (PROMPT, " \n\t"), (PROMPT, short)]
+    scored = encoder.encode_texts(texts)
+    assert [reason for _, reason in scored] == [None, "empty", "too_long", None, "empty", None]
+    assert scored[0] == (encode(demo, PROMPT, short).ids, None) and scored[5] == scored[0]
+    kept = [0, 3, 5]
+    assert [scored[i] for i in kept] == expected_scores(encoder, [texts[i] for i in kept])
+    assert scored[2] == (None, "too_long") and expected_scores(encoder, [texts[2]]) == [(None, "too_long")]
+
+
+def test_encode_texts_with_chat_messages(chat):
+    encoder = GroupEncoder(chat, max_length=64, truncation="drop")
+    prompt = (user("Name 2 fruits."),)
+    texts = [
+        (prompt, (bot("1. fig 2. lime"),)),
+        (prompt, ()),
+        ([user("Name 2 fruits.")], [bot("1. fig")]),  # lists, as JSON gives them, encode like tuples
+        (prompt, (bot("1. fig"), user("more?"), bot("  "))),
+        ((), (bot("1. kiwi"),)),
+        (PROMPT, " 1. fig"),  # plain text beside messages in one call
+    ]
+    scored = encoder.encode_texts(texts)
+    assert [reason for _, reason in scored] == [None, "empty", None, "empty", None, None]
+    kept = [0, 2, 4, 5]
+    assert [scored[i] for i in kept] == expected_scores(encoder, [texts[i] for i in kept])
+    assert scored[2][0] == encode(chat, prompt, (bot("1. fig"),)).ids
+
+
+def test_encode_texts_reports_truncation_and_the_truncation_drops(tmp_path, demo):
+    encoded = encode(demo, PROMPT, " 1. fig 2. lime 3. kiwi")
+    cut = GroupEncoder(demo, max_length=encoded.prompt_tokens + 3, truncation="truncate_response")
+    assert cut.encode_texts([(PROMPT, " 1. fig 2. lime 3. kiwi")]) == [
+        (encoded.ids[: encoded.prompt_tokens + 2] + [demo.eos_token_id], "truncated")]
+    prompt_only = GroupEncoder(demo, max_length=encoded.prompt_tokens, truncation="truncate_response")
+    assert prompt_only.encode_texts([(PROMPT, " 1. fig 2. lime 3. kiwi")]) == [(None, "prompt_too_long")]
+    response_only = GroupEncoder(load_variant(tmp_path, bos=True), max_length=4, truncation="truncate_prompt")
+    assert response_only.encode_texts([(PROMPT, " 1. fig 2. lime 3. kiwi")]) == [(None, "response_too_long")]
+
+
+class CountingTokenizer:
+    """A tokenizer that counts its encoding calls, for checking that texts are encoded in batches."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_encode_texts_encodes_all_texts_in_one_batched_pass(demo):
+    counting = CountingTokenizer(demo)
+    encoder = GroupEncoder(counting, max_length=1024, truncation="drop")
+    texts = [(f"User: Name {n} fruits.\nAssistant:", " 1. fig" * n) for n in range(1, 30)]
+    assert all(reason is None for _, reason in encoder.encode_texts(texts))
+    assert counting.calls <= 2  # the full texts, then their prompts

@@ -27,7 +27,13 @@ from megatron_rm import parallel
 from megatron_rm.config import DataConfig, ParallelConfig, RMConfig, RunConfig, TrainConfig, validate
 from megatron_rm.data import Batch, load_tokenizer, pad_id
 from megatron_rm.parallel import Layout
-from megatron_rm.training.data_setup import eval_micro_batches, load_splits, sampler_for, train_micro_batches
+from megatron_rm.training.data_setup import (
+    MicroBatching,
+    eval_micro_batches,
+    load_splits,
+    sampler_for,
+    train_micro_batches,
+)
 from tests.conftest import tiny_model_config
 
 STEPS = 6
@@ -71,20 +77,21 @@ def collect(cfg: RMConfig, layout: Layout) -> dict:
     """This rank's micro-batches of every step, and its evaluation micro-batches. Collective."""
     pad = pad_id(load_tokenizer(cfg.model.tokenizer))
     run_dir = Path(cfg.run.dir)
-    train_split, eval_split, _ = load_splits(cfg, run_dir)
+    train_split, eval_split, _ = load_splits(cfg.data, cfg.model.tokenizer, run_dir)
     assert eval_split is None
-    sampler = sampler_for(train_split, cfg)
+    sampler = sampler_for(train_split, cfg.data, cfg.train)
     steps = []
     for step in range(STEPS):
-        batches = train_micro_batches(train_split, sampler, step, layout, cfg, pad)
+        batches = train_micro_batches(train_split, sampler, step, layout, MicroBatching.of(cfg.data, MICRO_BATCH, pad))
         steps.append([record(b) for b in batches])
 
     # The same file split by prompt; reuses the store rank 0 built above.
     held_out = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_fraction=EVAL_FRACTION))
-    _, eval_split, report = load_splits(held_out, run_dir)
-    evals = [record(b) for chunk in eval_micro_batches(eval_split, layout, held_out, pad) for b in chunk]
+    _, eval_split, report = load_splits(held_out.data, cfg.model.tokenizer, run_dir)
+    eval_batching = MicroBatching.of(held_out.data, MICRO_BATCH, pad)
+    evals = [record(b) for chunk in eval_micro_batches(eval_split, layout, eval_batching) for b in chunk]
     return {
-        "layout": dataclasses.asdict(layout),
+        "layout": layout.place(),
         "num_groups": len(train_split.store),
         "steps_per_epoch": sampler.steps_per_epoch,
         "steps": steps,

@@ -20,6 +20,8 @@ from megatron_rm.data.sampler import GroupSampler
 from tests.conftest import DEMO, REPO, torchrun
 from tests.distributed import batching_worker as worker
 
+pytestmark = pytest.mark.slow  # real torchrun jobs
+
 WORKER = REPO / "tests" / "distributed" / "batching_worker.py"
 # name: (batching, tp, processes); dp = processes / tp. The *_1rank runs are this pytest
 # process as a one-rank job (no torchrun start-up: megatron's import alone takes seconds).
@@ -88,7 +90,7 @@ def runs(tmp_path_factory, expected, single_rank) -> dict:
     (batching, tp, out), *rest = distributed
     torchrun(4, WORKER, "--data", str(data), "--out", out, "--batching", batching, "--tp", tp,
              *[arg for run in rest for arg in ("--then", *run)], timeout=300)
-    for name, (batching, tp, nproc) in JOBS.items():
+    for name, (batching, _tp, nproc) in JOBS.items():
         out = root / name
         if nproc == 1:
             results[name] = [worker.collect(worker.config(data, out, batching), single_rank)]

@@ -1,6 +1,7 @@
 """TP1, TP2, PP2, TP2xPP2 and DP2 agree from one checkpoint: rewards, broadcast, training.
 
-Each layout is a real torchrun job over gloo running parity_worker.py.
+Real torchrun jobs over gloo run parity_worker.py: one rank makes the checkpoint and the
+single-process reference, one 2-rank job runs TP2, PP2 and DP2 in turn, and a 4-rank job TP2xPP2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 
 from tests.conftest import REPO, torchrun
 
+pytestmark = pytest.mark.slow  # real torchrun jobs
+
 WORKER = REPO / "tests" / "distributed" / "parity_worker.py"
 # name: (tp, pp, processes)
 LAYOUTS = {"tp2": (2, 1, 2), "pp2": (1, 2, 2), "tp2pp2": (2, 2, 4), "dp2": (1, 1, 2)}
@@ -21,10 +24,11 @@ LAYOUTS = {"tp2": (2, 1, 2), "pp2": (1, 2, 2), "tp2pp2": (2, 2, 4), "dp2": (1, 1
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     checkpoint = root / "checkpoint"
-    torchrun(1, WORKER, "--checkpoint", str(checkpoint), "--out", str(root / "tp1"), "--create")
-    for name, (tp, pp, nproc) in LAYOUTS.items():
-        torchrun(nproc, WORKER, "--tp", str(tp), "--pp", str(pp), "--checkpoint", str(checkpoint),
-                 "--out", str(root / name))
+    torchrun(1, WORKER, "--checkpoint", str(checkpoint), "--layout", "1", "1", str(root / "tp1"), "--create")
+    for nproc in sorted({nproc for _, _, nproc in LAYOUTS.values()}):
+        layouts = [("--layout", str(tp), str(pp), str(root / name))
+                   for name, (tp, pp, n) in LAYOUTS.items() if n == nproc]
+        torchrun(nproc, WORKER, "--checkpoint", str(checkpoint), *[arg for layout in layouts for arg in layout])
     results = {}
     for name in ["tp1", *LAYOUTS]:
         results[name] = [json.loads(p.read_text()) for p in sorted((root / name).glob("rank*.json"))]
@@ -54,6 +58,17 @@ def test_rewards_match_single_rank_reference(runs, layout):
         for padding in ("rewards_right", "rewards_left", "rewards_packed"):
             torch.testing.assert_close(_tensor(rank[padding]), reference, rtol=1e-5, atol=0,
                                        msg=f"{layout} rank {rank['layout']['rank']} {padding}")
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_collected_token_values_match_single_rank_reference(runs, layout):
+    """Forward-only collection of a per-token tensor (what a critic's values or a policy's
+    log-probabilities will be), broadcast from the last stage with its shape."""
+    reference = _tensor(runs["tp1"][0]["token_values"])
+    assert reference.numel() > 100 and reference.std() > 0
+    for rank in runs[layout]:
+        torch.testing.assert_close(_tensor(rank["token_values"]), reference, rtol=1e-5, atol=1e-6,
+                                   msg=f"{layout} rank {rank['layout']['rank']}")
 
 
 @pytest.mark.parametrize("layout", ["pp2", "tp2pp2"])

@@ -13,18 +13,17 @@ import json
 
 import pytest
 import torch
-
-import megatron_rm  # noqa: F401  (its warning filters apply before megatron-core's import-time notices)
 from megatron.core import tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
+import megatron_rm  # noqa: F401  (its warning filters apply before megatron-core's import-time notices)
 from megatron_rm import runtime
 from megatron_rm.config import ParallelConfig
 from megatron_rm.data import load_tokenizer
 from megatron_rm.losses import bradley_terry_loss
-from megatron_rm.model import build_reward_model, transformer_config
+from megatron_rm.model import build_reward_model, sdpa_attention, transformer_config
 from megatron_rm.model.inputs import causal_padding_mask, position_ids
 from megatron_rm.model.layer_spec import (
     layer_implementation,
@@ -32,7 +31,6 @@ from megatron_rm.model.layer_spec import (
     transformer_layer_spec,
     uses_transformer_engine,
 )
-from megatron_rm.model import sdpa_attention
 from megatron_rm.model.sdpa_attention import SDPAttention
 from tests.conftest import REPO, tiny_model_config, torchrun
 
@@ -163,6 +161,7 @@ def test_sdpa_rewards_and_gradients_match_local(single_rank, monkeypatch, overri
     assert result["packed"]["documents"] == 5
 
 
+@pytest.mark.slow
 def test_sdpa_rewards_and_gradients_match_local_at_tp2(tmp_path):
     torchrun(2, REPO / "tests" / "model" / "sdpa_parity_worker.py", str(tmp_path), timeout=300)
     for rank in (0, 1):

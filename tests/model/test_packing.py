@@ -11,12 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-import megatron_rm  # noqa: F401  (its warning filters apply before megatron-core's import-time notices)
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
+import megatron_rm  # noqa: F401  (its warning filters apply before megatron-core's import-time notices)
 from megatron_rm.config import ParallelConfig, padded_vocab_size
 from megatron_rm.data import load_tokenizer
 from megatron_rm.model import RewardModel, build_reward_model, transformer_config
@@ -209,7 +208,9 @@ def test_packed_and_unpacked_give_the_same_head_gradient(models, path):
         model.zero_grad()
         _rewards(model, *_layout(documents, LAYOUTS[name])).sum().backward()
         gradients[name] = model.reward_head.weight.grad.clone()
-    assert _max_relative_difference(gradients["two rows"], gradients["one per row"]) < 1e-5
+    # Relative to the gradient's scale: an entry that sums to nearly 0 has no meaningful relative error.
+    difference = (gradients["two rows"] - gradients["one per row"]).abs().max()
+    assert difference / gradients["one per row"].abs().max() < 1e-5
     model.zero_grad()
 
 

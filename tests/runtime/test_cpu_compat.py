@@ -76,6 +76,7 @@ def test_megatron_optimizer_uses_the_cpu_clip():
     assert mcore_optimizer.clip_grad_by_total_norm_fp32 is cpu_compat.clip_grad_by_total_norm
 
 
+@pytest.mark.slow
 def test_nothing_is_redirected_when_cuda_is_present():
     # A fresh interpreter that believes CUDA is there: enable() must leave torch and megatron alone.
     script = textwrap.dedent("""

@@ -15,6 +15,8 @@ from megatron_rm.data import GroupStore
 from tests.conftest import DEMO, PYTHON, REPO, run_command, torchrun
 from tests.convert.hf_models import save_model
 
+pytestmark = pytest.mark.slow  # real torchrun jobs
+
 TOOL = str(REPO / "tools" / "train_rm.py")
 TO_MEGATRON = str(REPO / "tools" / "convert_hf_to_megatron.py")
 TO_HF = str(REPO / "tools" / "convert_megatron_to_hf.py")
@@ -137,7 +139,7 @@ def test_trains_from_a_converted_checkpoint_with_no_model_override(small_eval, t
     assert (model["family"], model["add_qkv_bias"], model["ffn_hidden_size"]) == ("qwen2", True, 96)
     assert [r["step"] for r in _rows(run_dir) if r["split"] == "train"] == [1, 2]
     saved = json.loads((run_dir / "checkpoints" / "step_2" / "megatron_rm.json").read_text())
-    assert saved["model"]["tokenizer"] == "tokenizer"
+    assert saved["models"]["model"]["config"]["tokenizer"] == "tokenizer"
     assert (run_dir / "checkpoints" / "step_2" / "tokenizer" / "tokenizer.json").is_file()
 
 
@@ -150,7 +152,8 @@ BAD_INPUT = {
     # Every invalid value (negative lr, warm-up beyond the run, ...) is covered in tests/test_config.py;
     # one of them here shows the message reaching the command line.
     "unknown_loss": (["loss.type=hinge"], "loss.type='hinge' must be one of", None),
-    "kwise_on_pairs": (["loss.type=plackett_luce"], "loss.type=plackett_luce ranks K-wise groups, and every group is a pair", None),
+    "kwise_on_pairs": (["loss.type=plackett_luce"],
+                       "loss.type=plackett_luce ranks K-wise groups, and every group is a pair", None),
     # Adam moves every weight by ~lr: step 2 overflows, then each step is skipped until the guard stops.
     "diverging": (["train.lr=1e30", "train.lr_warmup_steps=0", "train.max_skipped=2"],
                   "step 4: 3 steps in a row had a non-finite loss or gradient norm", None),
@@ -186,7 +189,8 @@ def _mixed_rows() -> list[str]:
         lines.append(json.dumps({"prompt": f"User: Name {i % 4 + 3} colors.\nAssistant:",
                                  "responses": [" 1. red", " 1. red 2. blue 3. teal", " 1. red 2. blue"],
                                  "ranking": [1, 2, 0]}))
-    lines += ["{oops", json.dumps({"prompt": "p", "chosen": "a"}), json.dumps({"prompt": "p", "chosen": 1, "rejected": "b"})]
+    lines += ["{oops", json.dumps({"prompt": "p", "chosen": "a"}),
+              json.dumps({"prompt": "p", "chosen": 1, "rejected": "b"})]
     lines += [json.dumps({"prompt": "User: go\nAssistant:", "chosen": " 1. fig" * 40, "rejected": " 1. fig"})] * 2
     return lines
 
@@ -213,7 +217,7 @@ def test_mixed_data_packed_with_a_prompt_split(tmp_path):
     assert len(train) == 3 and all(0.9 < r["padding_efficiency"] <= 1.0 for r in train)
     # Each step has 8 groups; a K-wise group of three contributes three pairs.
     assert all(8 <= r["pairs"] <= 24 for r in train)
-    sampler = json.loads((run_dir / "checkpoints" / "step_3" / "megatron_rm.json").read_text())["training"]["sampler"]
+    sampler = json.loads((run_dir / "checkpoints" / "step_3" / "megatron_rm.json").read_text())["state"]["sampler"]
     assert sampler["consumed_samples"] == 24 and sampler["num_groups"] == split["train_groups"]
 
 

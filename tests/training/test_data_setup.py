@@ -8,7 +8,7 @@ import pytest
 from megatron_rm.config import RMConfig
 from megatron_rm.data.store import GroupStore, StoreWriter
 from megatron_rm.training import data_setup
-from megatron_rm.training.data_setup import Split, eval_micro_batches
+from megatron_rm.training.data_setup import MicroBatching, Split, eval_micro_batches
 
 
 @pytest.mark.parametrize("batching", ["bucket", "pack"])
@@ -26,7 +26,8 @@ def test_eval_chunks_cover_every_group_once_in_equal_numbers(tmp_path, monkeypat
     dp = 3
     seen, chunk_counts = [], []
     for rank in range(dp):
-        chunks = list(eval_micro_batches(split, SimpleNamespace(dp=dp, dp_rank=rank), cfg, pad=0))
+        batching = MicroBatching.of(cfg.data, cfg.train.micro_batch_size, pad_id=0)
+        chunks = list(eval_micro_batches(split, SimpleNamespace(dp=dp, dp_rank=rank), batching))
         chunk_counts.append(len(chunks))
         for batch in (b for chunk in chunks for b in chunk):
             assert batch.num_pairs == batch.num_documents // 2

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import DEMO, PYTHON, REPO, TORCHRUN, child_env, run_command, torchrun
 
+pytestmark = pytest.mark.slow  # real torchrun jobs
+
 TOOL = str(REPO / "tools" / "train_rm.py")
 STEPS = 24
 COMPARED = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "grad_norm", "lr")
@@ -148,7 +150,7 @@ def test_sigterm_saves_and_exits_cleanly(eval_file, tmp_path):
     assert step < STEPS
     assert _latest(run_dir) == f"step_{step}"
     saved = json.loads((run_dir / "checkpoints" / f"step_{step}" / "megatron_rm.json").read_text())
-    assert saved["step"] == step and saved["training"]["sampler"]["consumed_samples"] == 16 * step
+    assert saved["step"] == step and saved["state"]["sampler"]["consumed_samples"] == 16 * step
     # The one traceback is torchrun's own report of the signal it relayed.
     assert output.count("Traceback") == output.count("SignalException: Process") == 1, output[-4000:]
 

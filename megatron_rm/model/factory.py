@@ -1,6 +1,12 @@
-"""Build this rank's slice of the reward model from the typed config."""
+"""The one place models are built from the typed config: training, scoring and checkpoint
+conversion all call `build_reward_model`, so a converted checkpoint is exactly what training
+saves (same keys, shapes, rope scaling). A second GPTModel-based model (the policy) reuses
+`transformer_config` and `model.layer_spec` the same way."""
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +17,6 @@ from megatron_rm import runtime
 from megatron_rm.config import ModelConfig, ParallelConfig, padded_vocab_size
 from megatron_rm.model.layer_spec import transformer_layer_spec, uses_transformer_engine
 from megatron_rm.model.reward_model import RewardModel
-
 
 RECOMPUTE = {
     "none": {},
@@ -72,21 +77,36 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, precision: 
 
 
 def build_reward_model(model: ModelConfig, parallel: ParallelConfig, vocab_size: int,
-                       precision: str = "fp32", recompute: str = "none") -> RewardModel:
+                       precision: str = "fp32", recompute: str = "none", *,
+                       meta_dtype: torch.dtype | None = None) -> RewardModel:
     """This rank's pipeline stage of the reward model, on this rank's device. Under bf16 the
-    layers hold bf16 weights (the optimizer keeps fp32 masters); the reward head stays fp32."""
-    reward_model = RewardModel(
-        transformer_config(model, parallel, precision, recompute),
-        transformer_layer_spec(model),
-        padded_vocab_size(vocab_size, model),
-        model.max_sequence_length,
-        num_labels=model.num_labels,
-        head_bias=model.head_bias,
-        head_init_std=model.head_init_std,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
-        position_embedding_type=model.position_embedding_type,
-        rotary_base=model.rotary_base,
-        rope_scaling=model.rope_scaling,
-    )
-    return reward_model.to(runtime.device())
+    layers hold bf16 weights (the optimizer keeps fp32 masters); the reward head stays fp32.
+
+    `vocab_size` is the tokenizer's (padded here). With `meta_dtype` the model is built on the
+    meta device with parameters of that dtype, allocating and initialising nothing: conversion
+    takes its checkpoint keys and shapes from it. That build uses megatron's local layer names,
+    the names the conversion tables map, and never touches a GPU.
+    """
+    if meta_dtype is not None:
+        model = dataclasses.replace(model, transformer_impl="local")
+    config = transformer_config(model, parallel, precision, recompute)
+    if meta_dtype is not None:
+        config.params_dtype = meta_dtype
+        config.use_cpu_initialization = True
+        config.perform_initialization = False
+    with torch.device("meta") if meta_dtype is not None else contextlib.nullcontext():
+        reward_model = RewardModel(
+            config,
+            transformer_layer_spec(model),
+            padded_vocab_size(vocab_size, model),
+            model.max_sequence_length,
+            num_labels=model.num_labels,
+            head_bias=model.head_bias,
+            head_init_std=model.head_init_std,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+            position_embedding_type=model.position_embedding_type,
+            rotary_base=model.rotary_base,
+            rope_scaling=model.rope_scaling,
+        )
+    return reward_model if meta_dtype is not None else reward_model.to(runtime.device())

@@ -1,12 +1,22 @@
 """What a checkpoint folder holds besides its tensors, and how folders appear complete.
 
-A megatron-rm checkpoint is a dist_checkpointing folder plus `megatron_rm.json`:
-the step, the model's architecture (a ModelConfig), the padded vocabulary, the
-stored dtype, the sampler's position and, where known, reward statistics and
-the Hugging Face source. Its tokenizer lives in `tokenizer/` inside it, so a
-checkpoint trains, converts and scores on its own wherever it is copied.
-Training (`training/checkpoint.py`) and conversion (`convert/`) both read and
-write through this module.
+A megatron-rm checkpoint is a dist_checkpointing folder plus `megatron_rm.json`
+(format 2):
+
+    step        the optimizer steps taken
+    models      name -> {config (a ModelConfig), padded_vocab_size, dtype, prefix (of the
+                model's tensor keys), optimizer (whether its optimizer tensors are saved),
+                scheduler (its learning-rate schedule, or null)}
+    state       name -> state_dict() of each object a run restores (sampler, skip guard,
+                KL controller, ...); absent in a checkpoint that only holds weights
+    layout      {tp, pp, dp} of the run that saved (RNG states restore only at the same)
+    ...         reward statistics, the Hugging Face source, ...
+
+Its tokenizer lives in `tokenizer/` inside it, so a checkpoint trains, converts
+and scores on its own wherever it is copied. Format 1 (one unnamed model, its
+tensors unprefixed, its run state under "training") is read as format 2 by
+`read_metadata`, so older checkpoints load everywhere. Training, PPO and
+conversion all read and write through this module.
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint import FileSystemReader
@@ -27,24 +39,40 @@ from megatron_rm.config import ModelConfig
 from megatron_rm.errors import CheckpointError, DamagedCheckpoint
 
 METADATA = "megatron_rm.json"
+FORMAT = 2
+DEFAULT_MODEL = "model"
+"""The name of a run's one model (a reward model's training run, a converted checkpoint)."""
 TOKENIZER_DIR = "tokenizer"
 STEP_DIR = re.compile(r"step_(\d+)$")
 LATEST = "latest"
 """A run's checkpoints folder names its newest complete checkpoint in this file, written last."""
 
 
+T = TypeVar("T")
+
+
+def first_usable(found: list[Path], use: Callable[[Path], T], warn: Callable[[str], None]) -> tuple[Path, T]:
+    """`use` the first checkpoint of `found` (best first) that is not damaged: (it, what `use`
+    returned). A damaged one is reported through `warn` and the next one tried; when the
+    last one is damaged too, its error is raised. The one fallback routine for every reader."""
+    for i, directory in enumerate(found):
+        try:
+            return directory, use(directory)
+        except DamagedCheckpoint as error:
+            if i + 1 == len(found):
+                raise
+            warn(f"warning: {error}\nwarning: falling back to {found[i + 1]}")
+    raise CheckpointError("no checkpoint to use")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder, or the checkpoint a run's checkpoints folder points at (`latest`,
     else its newest complete step_<N>), after `verify`; see `candidates`."""
-    found = candidates(path)
-    for directory in found[:-1]:
-        try:
-            verify(directory)
-            return directory
-        except DamagedCheckpoint as error:
-            warnings.warn(f"{error}; falling back to an older checkpoint", stacklevel=2)
-    verify(found[-1])
-    return found[-1]
+    return first_usable(candidates(path), verify, _warn)[0]
 
 
 def candidates(path: str | Path) -> list[Path]:
@@ -112,32 +140,83 @@ def prune(checkpoints_dir: Path, keep: int) -> list[Path]:
     return removed
 
 
-def write_metadata(directory: Path, *, step: int, model: ModelConfig, padded_vocab_size: int,
-                   dtype: str = "float32", **extra) -> None:
-    """`extra`: sampler state, reward statistics, the conversion source (JSON values)."""
-    metadata = {"step": step, "padded_vocab_size": padded_vocab_size, "dtype": dtype,
-                "model": dataclasses.asdict(model), **extra}
+@dataclasses.dataclass
+class ModelEntry:
+    """One named model of a checkpoint, as `megatron_rm.json` records it."""
+
+    config: ModelConfig
+    padded_vocab_size: int
+    dtype: str = "float32"
+    prefix: str = ""
+    """Prefix of the model's tensor keys (its name and a dot; empty in format 1)."""
+    optimizer: bool = False
+    """Whether its optimizer's state is saved (tensors keyed by the model's parameters)."""
+    scheduler: dict | None = None
+
+    def as_json(self) -> dict:
+        return {**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)}
+
+
+def write_metadata(directory: Path, *, step: int, models: dict[str, ModelEntry], **extra) -> None:
+    """`extra`: run state (`state`, `layout`), reward statistics, the conversion source (JSON values)."""
+    metadata = {"format": FORMAT, "step": step, "models": {name: entry.as_json() for name, entry in models.items()},
+                **extra}
     (directory / METADATA).write_text(json.dumps(metadata, indent=2))
 
 
 def read_metadata(directory: Path) -> dict:
+    """The checkpoint's metadata in format 2 (format 1 is converted on reading)."""
     path = directory / METADATA
     try:
-        return json.loads(path.read_text())
+        metadata = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise DamagedCheckpoint(f"{path}: unreadable checkpoint metadata: {error}") from None
+    if metadata.get("format", 1) == 1:
+        metadata = _from_format_1(metadata)
+    if metadata["format"] != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {metadata['format']} is newer than this "
+                              f"megatron-rm reads ({FORMAT})")
+    return metadata
 
 
-def model_config(directory: Path, metadata: dict) -> ModelConfig:
-    """The checkpoint's ModelConfig; a relative tokenizer path found inside it points there."""
+def _from_format_1(old: dict) -> dict:
+    """Format 1: one model, its tensors unprefixed and its optimizer's under `optimizer.`; a training
+    checkpoint's scheduler, sampler, skipped steps and layout under "training"."""
+    training = old.pop("training", None)
+    model = {"config": old.pop("model"), "padded_vocab_size": old.pop("padded_vocab_size"),
+             "dtype": old.pop("dtype", "float32"), "prefix": "", "optimizer": False, "scheduler": None}
+    new = {**old, "format": FORMAT, "models": {"model": model}}
+    if training is not None:
+        model.update(optimizer=training["optimizer"], scheduler=training["scheduler"])
+        new["state"] = {"sampler": training["sampler"],
+                        "skip_guard": {"total": training["skipped_steps"], "in_a_row": 0}}
+        new["layout"] = training["layout"]
+    return new
+
+
+def model_entry(directory: Path, metadata: dict, name: str | None = None) -> ModelEntry:
+    """Model `name` of the checkpoint (None: its only model); a relative tokenizer path found inside
+    the checkpoint points there."""
+    models = metadata["models"]
+    if name is None:
+        if len(models) != 1:
+            raise CheckpointError(f"{directory} holds models {', '.join(models)}; name the one to load")
+        name = next(iter(models))
+    if name not in models:
+        raise CheckpointError(f"{directory} has no model {name!r} (it holds {', '.join(models)})")
+    entry = dict(models[name])
     try:
-        model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), metadata["model"]))
+        model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), entry.pop("config")))
     except Exception as error:  # omegaconf's validation errors name the field
         raise CheckpointError(f"{directory / METADATA}: bad model config: {error}") from None
     inside = directory / model.tokenizer
     if not Path(model.tokenizer).is_absolute() and inside.is_dir():
         model.tokenizer = str(inside.resolve())
-    return model
+    return ModelEntry(model, **entry)
+
+
+def model_config(directory: Path, metadata: dict, name: str | None = None) -> ModelConfig:
+    return model_entry(directory, metadata, name).config
 
 
 @contextlib.contextmanager

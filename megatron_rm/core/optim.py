@@ -1,4 +1,6 @@
-"""megatron-core DDP, optimizer and learning-rate schedule, and one guarded optimizer step."""
+"""megatron-core DDP, optimizer and learning-rate schedule for one model, and one guarded
+optimizer step. A run with several trained models builds one of each per model, each from
+its own OptimizerConfig."""
 
 from __future__ import annotations
 
@@ -8,33 +10,35 @@ from dataclasses import dataclass
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer import optimizer as mcore_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_rm.config import RMConfig
+from megatron_rm.config import OptimizerConfig
+from megatron_rm.core.schedule import run_objective
 from megatron_rm.errors import TrainingError
-from megatron_rm.training.step import run_pair_batches
+from megatron_rm.parallel import Layout
 
 
-def build_optimizer(model, cfg: RMConfig, total_steps: int):
-    """(DDP-wrapped model, megatron optimizer, learning-rate scheduler).
+def build_optimizer(model, t: OptimizerConfig, total_steps: int, *, precision: str = "fp32",
+                    use_distributed_optimizer: bool = False):
+    """(DDP-wrapped model, megatron optimizer, learning-rate scheduler) for a run of `total_steps`.
 
     megatron's default parameter groups already exempt norms, biases and every
     other 1-D parameter from weight decay (`wd_mult=0`); the scheduler applies it.
     """
-    t = cfg.train
     ddp_model = DistributedDataParallel(
         model.config,
         DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+            use_distributed_optimizer=use_distributed_optimizer,
         ),
         model,
     )
     model.config.finalize_model_grads_func = finalize_model_grads
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(
+        MegatronOptimizerConfig(
             optimizer="adam",
             decoupled_weight_decay=t.optimizer == "adamw",
             lr=t.lr,
@@ -45,18 +49,19 @@ def build_optimizer(model, cfg: RMConfig, total_steps: int):
             adam_eps=t.adam_eps,
             # Clipping happens in `train_step`, after the non-finite check.
             clip_grad=0.0,
-            bf16=t.precision == "bf16",
-            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+            bf16=precision == "bf16",
+            use_distributed_optimizer=use_distributed_optimizer,
         ),
         [ddp_model],
     )
-    decay_steps = max(total_steps, t.lr_warmup_steps + 1)
+    warmup = t.warmup_steps(total_steps)
+    decay_steps = max(total_steps, warmup + 1)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
         max_lr=t.lr,
         min_lr=t.min_lr if t.lr_decay_style != "constant" else t.lr,
-        lr_warmup_steps=t.lr_warmup_steps,
+        lr_warmup_steps=warmup,
         lr_decay_steps=decay_steps,
         lr_decay_style=t.lr_decay_style,
         start_wd=t.weight_decay,
@@ -70,7 +75,7 @@ def build_optimizer(model, cfg: RMConfig, total_steps: int):
 @dataclass
 class StepResult:
     sums: torch.Tensor
-    """Metric sums over every data-parallel rank (see `training.objective`)."""
+    """Metric sums over every data-parallel rank (see `megatron_rm.objectives`)."""
     grad_norm: float
     """Global gradient norm before clipping (TP, PP and DP), NaN or inf when skipped for it."""
     skipped: bool
@@ -78,7 +83,7 @@ class StepResult:
     """The learning rate this step used."""
 
 
-def train_step(ddp_model, optimizer, scheduler, objective, batches, clip_grad: float) -> StepResult:
+def train_step(ddp_model, optimizer, scheduler, objective, batches, clip_grad: float, layout: Layout) -> StepResult:
     """One optimizer step over this rank's micro-batches.
 
     A non-finite loss or gradient norm skips the update: every rank sees the same
@@ -88,10 +93,10 @@ def train_step(ddp_model, optimizer, scheduler, objective, batches, clip_grad: f
     lr = optimizer.param_groups[0]["lr"]
     ddp_model.zero_grad_buffer()
     optimizer.zero_grad()
-    sums = run_pair_batches([ddp_model], batches, objective, forward_only=False)
+    sums = run_objective([ddp_model], batches, objective, layout, forward_only=False)
     optimizer.prepare_grads()
     grad_norm = float(optimizer.get_grad_norm())
-    skipped = not (math.isfinite(grad_norm) and math.isfinite(objective.loss_of(sums)))
+    skipped = not (math.isfinite(grad_norm) and objective.loss_is_finite(sums))
     if not skipped:
         if clip_grad > 0:
             # Through the module attribute: on the CPU it is cpu_compat's rescale.
@@ -104,10 +109,16 @@ def train_step(ddp_model, optimizer, scheduler, objective, batches, clip_grad: f
 class SkipGuard:
     """Counts skipped steps; more than `max_in_a_row` consecutive ones stop the run."""
 
-    def __init__(self, max_in_a_row: int, skipped_total: int = 0):
+    def __init__(self, max_in_a_row: int):
         self.max_in_a_row = max_in_a_row
-        self.total = skipped_total
+        self.total = 0
         self.in_a_row = 0
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.in_a_row = state["total"], state.get("in_a_row", 0)
 
     def record(self, step: int, result: StepResult) -> None:
         if not result.skipped:

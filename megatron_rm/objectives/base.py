@@ -1,0 +1,186 @@
+"""What every training objective shares: the forward call, megatron's loss function, the metric sums.
+
+`Objective.__call__(batch, output)` is the `loss_func` megatron's schedule calls
+on the last pipeline stage: it returns (loss sum, number of loss terms, {"sums":
+metric sums}). With `calculate_per_token_loss` megatron divides gradients by the
+loss terms of the whole global batch (pairs, groups, labelled values: each
+objective counts its own), so the loss is a true mean however the terms are
+split into micro-batches and ranks.
+
+The metric sums are one float64 vector laid out by named fields
+(`metrics.SumLayout`); it adds up across micro-batches and data-parallel ranks,
+and `summarize` divides once at the end, so every mean is weighted by its true
+count. An objective that records more than the common fields extends
+`metric_fields`, `metric_sums` and `summarize`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from megatron_rm import metrics
+from megatron_rm.config import DataConfig, LossConfig, ParallelConfig
+from megatron_rm.errors import DataError
+from megatron_rm.model.reward_model import forward_documents
+
+CALIBRATION_BINS = 10
+
+
+class Objective(ABC):
+    """One `loss.type`: its forward call, loss, metric sums, and what data and settings it needs."""
+
+    token_values = False
+    """Whether the model returns every token's value instead of each document's reward."""
+    trains_attributes = False
+    """Whether the loss trains model.num_labels attributes; otherwise one scalar reward."""
+    centers_rewards = False
+    """Whether the loss takes loss.centering_coef."""
+
+    def __init__(self, loss: LossConfig, num_labels: int):
+        self.type = loss.type
+        self.centering_coef = loss.centering_coef
+        self.num_labels = num_labels
+        self.layout = metrics.SumLayout(self.metric_fields())
+        self.size = self.layout.size
+        """Length of the metric sums vector."""
+
+    # --- the loss ---------------------------------------------------------------------------
+
+    def forward(self, model, batch) -> torch.Tensor:
+        """The model's output for `batch`: each document's reward, or every token's value."""
+        return forward_documents(model, batch, token_values=self.token_values)
+
+    def rewards(self, batch, output: torch.Tensor) -> torch.Tensor:
+        """(documents, num_labels) rewards from the model's `output`, in layout order."""
+        return output
+
+    @abstractmethod
+    def loss(self, batch, output: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the loss's terms, number of terms as a tensor).
+
+        A batch without terms gives a zero sum that is still part of the graph
+        (`no_terms`), so megatron's backward pass runs the same on every rank.
+        """
+
+    def __call__(self, batch, output: torch.Tensor):
+        rewards = self.rewards(batch, output)
+        loss_sum, terms = self.loss(batch, output, rewards)
+        sums = self.layout.pack(self.metric_sums(batch, rewards, loss_sum, terms))
+        return loss_sum, terms.to(torch.int), {"sums": sums}
+
+    # --- metric sums ------------------------------------------------------------------------
+
+    def metric_fields(self) -> dict[str, int]:
+        """Name and width of every field of the metric sums."""
+        return {
+            "tokens": 1,
+            "padded_tokens": 1,
+            "squared_lengths": 1,
+            "loss": 1,
+            "loss_terms": 1,
+            **metrics.PAIR_FIELDS,
+            "calibration": 3 * CALIBRATION_BINS,  # count, confidence, correct per bin
+            **metrics.reward_moment_fields(self.num_labels),
+        }
+
+    def metric_sums(self, batch, rewards: torch.Tensor, loss_sum: torch.Tensor,
+                    terms: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """This micro-batch's sums by field name. Pair fields come from the batch's
+        comparisons whatever the loss; a batch without comparisons adds 0 pairs."""
+        chosen, rejected = chosen_and_rejected(batch, rewards)
+        return {
+            "tokens": batch.tokens,
+            "padded_tokens": batch.padded_tokens,
+            # Attention FLOPs grow with each document's length squared.
+            "squared_lengths": (batch.document_lengths.double() ** 2).sum(),
+            "loss": loss_sum,
+            "loss_terms": terms,
+            **metrics.pair_sums(chosen, rejected),
+            "calibration": metrics.calibration_sums(chosen, rejected, bins=CALIBRATION_BINS),
+            **metrics.reward_moment_sums(rewards),
+        }
+
+    def loss_of(self, sums: torch.Tensor) -> float:
+        """Mean loss per term from summed metric sums; NaN without loss terms."""
+        fields = self.layout.unpack(sums)
+        terms = float(fields["loss_terms"])
+        return float(fields["loss"]) / terms if terms else float("nan")
+
+    def loss_is_finite(self, sums: torch.Tensor) -> bool:
+        """False when the summed loss is inf or NaN; a step without loss terms (single responses
+        under a pairwise loss) has nothing to be non-finite."""
+        return not float(self.layout.unpack(sums)["loss_terms"]) or math.isfinite(self.loss_of(sums))
+
+    def summarize(self, sums: torch.Tensor) -> dict:
+        """Means from summed metric sums.
+
+        `loss` is absent without loss terms; the pair metrics (pairs, accuracy,
+        margin, chosen/rejected reward, ece) are absent without pairs. Reward
+        mean and std are per label for several labels, a float for one.
+        """
+        fields = self.layout.unpack(sums)
+        tokens, padded = float(fields["tokens"]), float(fields["padded_tokens"])
+        summary = {
+            "documents": int(fields["documents"]),
+            "tokens": int(tokens),
+            # Real tokens over the token slots the model processed: what batching wasted on padding.
+            "padding_efficiency": tokens / padded if padded else 1.0,
+            "squared_lengths": float(fields["squared_lengths"]),
+        }
+        if float(fields["loss_terms"]):
+            summary["loss"] = self.loss_of(sums)
+        pair_means = metrics.summarize(fields)
+        if pair_means:
+            summary.update(pair_means, ece=metrics.expected_calibration_error(fields["calibration"]))
+        mean, std = metrics.reward_mean_std(fields)
+        if self.num_labels == 1:
+            mean, std = mean[0], std[0]
+        summary["reward_mean"], summary["reward_std"] = mean, std
+        return summary
+
+    # --- what the loss needs ----------------------------------------------------------------
+
+    def check_data(self, store, path) -> None:
+        """Refuse training data (a GroupStore read from `path`) that cannot feed this loss."""
+        problem = self.data_problem(store)
+        if problem:
+            raise DataError(f"loss.type={self.type} {problem}: {path}")
+
+    @abstractmethod
+    def data_problem(self, store) -> str | None:
+        """What `store` lacks for this loss, naming the data key; None when it can feed it."""
+
+    def config_problems(self, data: DataConfig, parallel: ParallelConfig) -> list[str]:
+        """Settings this loss cannot run with, each naming its keys and values."""
+        problems = []
+        if self.num_labels != 1 and not self.trains_attributes:
+            problems.append(f"model.num_labels={self.num_labels}: loss.type={self.type} trains a scalar reward "
+                            "(model.num_labels=1; loss.type=regression trains several attributes)")
+        if not self.centering_coef >= 0:
+            problems.append(f"loss.centering_coef={self.centering_coef} must be >= 0")
+        elif self.centering_coef > 0 and not self.centers_rewards:
+            problems.append(f"loss.centering_coef={self.centering_coef} applies to loss.type=bradley_terry "
+                            f"or margin, not {self.type}")
+        return problems
+
+
+def comparisons(batch) -> torch.Tensor:
+    """(pairs, 2) document indices (better, worse); (0, 2) for documents compared with nothing."""
+    if batch.comparisons is None:
+        return torch.zeros((0, 2), dtype=torch.long, device=batch.input_ids.device)
+    return batch.comparisons
+
+
+def chosen_and_rejected(batch, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pairs,) first-label rewards of each pair's better and worse document."""
+    pairs = comparisons(batch)
+    return rewards[pairs[:, 0], 0], rewards[pairs[:, 1], 0]
+
+
+def no_terms(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loss of no terms: 0, still depending on the model's output, so backward runs and
+    every parameter gets a zero gradient."""
+    return rewards[:0].sum(), torch.tensor(0, device=rewards.device)

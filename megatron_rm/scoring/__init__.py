@@ -1,0 +1,1 @@
+"""Using a reward model: scoring document batches at any TP/PP layout."""
