@@ -21,12 +21,13 @@ def main() -> None:
     parser.add_argument("--out-dir", required=True, help="Hugging Face folder to create (must not exist)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help="saved dtype (default: the checkpoint's)")
     parser.add_argument("--max-shard-size-gb", type=float, default=5.0, help="safetensors shard limit")
+    parser.add_argument("--model", help="which model of a checkpoint holding several (default: its only one)")
     args = parser.parse_args()
     start = time.perf_counter()
     try:
         exit_on_usage_error(lambda: export_hf(
             args.megatron_dir, args.out_dir, dtype=args.dtype,
-            max_shard_bytes=int(args.max_shard_size_gb * 2**30)), rank=0)
+            max_shard_bytes=int(args.max_shard_size_gb * 2**30), model_name=args.model), rank=0)
     finally:
         parallel.shutdown()
     print(f"wrote {args.out_dir} in {time.perf_counter() - start:.1f} s")

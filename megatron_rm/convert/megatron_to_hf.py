@@ -19,16 +19,17 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
 
 def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
-              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, model_name: str | None = None) -> Path:
     """Write `out_dir` for `AutoModelForSequenceClassification.from_pretrained`; returns it.
 
     `megatron_dir` is a converted checkpoint, a training checkpoint, or a run's
     `checkpoints/` folder (its newest complete one). `dtype` (fp32 or bf16)
-    defaults to the checkpoint's stored dtype.
+    defaults to the checkpoint's stored dtype. `model_name` names one model of a checkpoint that
+    holds several (default: its only model).
     """
     directory = resolve(megatron_dir)
     metadata = read_metadata(directory)
-    entry = model_entry(directory, metadata)
+    entry = model_entry(directory, metadata, model_name)
     model = entry.config
     stored = getattr(torch, entry.dtype)
     target = DTYPES[dtype] if dtype else stored

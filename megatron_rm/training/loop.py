@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from megatron_rm import parallel, runtime
-from megatron_rm.config import RMConfig, padded_vocab_size, validate, warmup_problem
+from megatron_rm.config import RMConfig, TrainConfig, padded_vocab_size, validate, warmup_problem
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
 from megatron_rm.core.optim import SkipGuard, build_optimizer, train_step
@@ -64,7 +64,7 @@ def train(cfg: RMConfig) -> dict | None:
     train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir)
     objective.check_data(train_split.store, cfg.data.train_path)
     sampler = sampler_for(train_split, cfg.data, t)
-    total = total_steps(cfg, sampler.steps_per_epoch)
+    total = total_steps(t, sampler.steps_per_epoch)
     if is_logger:
         write_report(report, run_dir)
         say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type} "
@@ -151,9 +151,8 @@ def train(cfg: RMConfig) -> dict | None:
     return summary
 
 
-def total_steps(cfg: RMConfig, steps_per_epoch: int) -> int:
+def total_steps(t: TrainConfig, steps_per_epoch: int) -> int:
     """train.max_steps, else train.epochs (default 1) whole epochs."""
-    t = cfg.train
     if t.max_steps is not None:
         return t.max_steps
     total = (t.epochs or 1) * steps_per_epoch

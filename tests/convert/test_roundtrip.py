@@ -100,3 +100,30 @@ def test_reward_statistics_travel_with_the_model(single_rank, tmp_path):
     export_hf(tmp_path / "megatron", tmp_path / "back")
     exported = json.loads((tmp_path / "back" / "config.json").read_text())
     assert exported["reward_normalization"] == {"mean": [0.25], "std": [1.5]}
+
+
+def test_a_format_1_checkpoint_exports_and_comes_back_with_the_same_weights(single_rank, tmp_path):
+    """A checkpoint of the previous format (one unnamed model) exports; importing the export
+    gives a format-2 checkpoint whose weights equal the original's, bit for bit."""
+    from megatron_rm.config import ParallelConfig
+    from megatron_rm.core import checkpoint
+    from megatron_rm.core.checkpoint_files import model_entry
+    from megatron_rm.model import build_reward_model
+    from tests.core.test_checkpoint import FORMAT_1
+
+    export_hf(FORMAT_1, tmp_path / "hf")
+    assert _load_classifier(tmp_path / "hf").config.num_labels == 1
+    import_hf(tmp_path / "hf", tmp_path / "back")
+    assert read_metadata(tmp_path / "back")["models"]["model"]["prefix"] == "model."
+    weights = []
+    for folder in (FORMAT_1, tmp_path / "back"):
+        entry = model_entry(folder, read_metadata(folder))
+        model = build_reward_model(entry.config, ParallelConfig(), entry.padded_vocab_size)
+        checkpoint.load(folder, {"model": checkpoint.ModelState(model, entry.config, entry.padded_vocab_size)})
+        weights.append({name: p.detach().clone() for name, p in model.named_parameters()})
+    assert weights[0].keys() == weights[1].keys()
+    # The embedding's padding rows beyond the vocabulary are not exported (nor ever read).
+    rows = entry.config.vocab_size
+    embedding = "embedding.word_embeddings.weight"
+    weights[0][embedding], weights[1][embedding] = weights[0][embedding][:rows], weights[1][embedding][:rows]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from megatron.core import parallel_state
 
 from megatron_rm import parallel
