@@ -310,19 +310,18 @@ def _choice(key: str, value, allowed) -> list[str]:
     return [] if value in allowed else [f"{key}={value!r} must be one of {', '.join(allowed)}"]
 
 
-def _at_least(minimum: int, **values) -> list[str]:
-    """`key=value` pairs (dots spelt `__`) that must be >= minimum."""
-    return [f"{key.replace('__', '.')}={value} must be >= {minimum}"
-            for key, value in values.items() if not value >= minimum]
+def _at_least(minimum: int, values: dict[str, int]) -> list[str]:
+    """A problem for each `key: value` below `minimum`."""
+    return [f"{key}={value} must be >= {minimum}" for key, value in values.items() if not value >= minimum]
 
 
 def data_problems(d: DataConfig, prefix: str = "data") -> list[str]:
     problems = (_choice(f"{prefix}.truncation", d.truncation, TRUNCATION_MODES)
                 + _choice(f"{prefix}.on_invalid", d.on_invalid, ("error", "skip"))
                 + _choice(f"{prefix}.batching", d.batching, ("bucket", "pack")))
-    problems += [f"{prefix}.{name}={value} must be >= 1" for name, value in (
-        ("pad_to_multiple_of", d.pad_to_multiple_of), ("max_length", d.max_length),
-        ("preprocess_workers", d.preprocess_workers)) if not value >= 1]
+    problems += _at_least(1, {f"{prefix}.pad_to_multiple_of": d.pad_to_multiple_of,
+                              f"{prefix}.max_length": d.max_length,
+                              f"{prefix}.preprocess_workers": d.preprocess_workers})
     if not 0.0 <= d.eval_fraction < 1.0:
         problems.append(f"{prefix}.eval_fraction={d.eval_fraction} must be in [0, 1)")
     if d.eval_fraction > 0 and d.eval_path:
@@ -369,11 +368,10 @@ def warmup_problem(o: OptimizerConfig, total_steps: int, prefix: str, length: st
 def loop_problems(t: LoopConfig, prefix: str, cuda: bool) -> list[str]:
     problems = (_choice(f"{prefix}.precision", t.precision, ("fp32", "bf16"))
                 + _choice(f"{prefix}.recompute", t.recompute, ("none", "selective", "full")))
-    problems += [f"{prefix}.{name}={value} must be >= 1" for name, value in (
-        ("global_batch_size", t.global_batch_size), ("micro_batch_size", t.micro_batch_size),
-        ("log_interval", t.log_interval)) if not value >= 1]
-    if t.max_skipped < 0:
-        problems.append(f"{prefix}.max_skipped={t.max_skipped} must be >= 0")
+    problems += _at_least(1, {f"{prefix}.global_batch_size": t.global_batch_size,
+                              f"{prefix}.micro_batch_size": t.micro_batch_size,
+                              f"{prefix}.log_interval": t.log_interval})
+    problems += _at_least(0, {f"{prefix}.max_skipped": t.max_skipped})
     if t.max_steps is not None:
         if t.max_steps < 0:
             problems.append(f"{prefix}.max_steps={t.max_steps} must be >= 0 (0: evaluate only)")
@@ -424,7 +422,7 @@ def model_problems(m: ModelConfig, prefix: str, *, cuda: bool, te_available: boo
 def layout_problems(m: ModelConfig, p: ParallelConfig, world_size: int, vocab_size: int, *,
                     prefix: str = "model", cuda: bool, te_available: bool) -> list[str]:
     """Every reason `m` cannot be split `p.tp` x `p.pp` ways on `world_size` ranks."""
-    problems = _at_least(1, parallel__tp=p.tp, parallel__pp=p.pp)
+    problems = _at_least(1, {"parallel.tp": p.tp, "parallel.pp": p.pp})
     if problems:
         return problems
     model_parallel = p.tp * p.pp
@@ -483,9 +481,8 @@ def problems(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, 
     m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
     found = (loop_problems(t, "train", cuda) + optimizer_problems(t, "train") + data_problems(d)
              + model_problems(m, "model", cuda=cuda, te_available=te_available, vocab_size=vocab_size))
-    found += [f"{key}={value} must be >= 0" for key, value in (
-        ("eval.interval", cfg.eval.interval), ("checkpoint.save_interval", cfg.checkpoint.save_interval),
-        ("checkpoint.keep", cfg.checkpoint.keep)) if not value >= 0]
+    found += _at_least(0, {"eval.interval": cfg.eval.interval, "checkpoint.save_interval": cfg.checkpoint.save_interval,
+                           "checkpoint.keep": cfg.checkpoint.keep})
     if cfg.eval.micro_batch_size is not None and cfg.eval.micro_batch_size < 1:
         found.append(f"eval.micro_batch_size={cfg.eval.micro_batch_size} must be >= 1 or null")
     if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:

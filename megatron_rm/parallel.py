@@ -38,6 +38,10 @@ class Layout:
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp - 1
 
+    def sizes(self) -> dict:
+        """{tp, pp, dp}: what a checkpoint records to tell whether per-rank state restores here."""
+        return {"tp": self.tp, "pp": self.pp, "dp": self.dp}
+
     def place(self) -> dict:
         """This rank's coordinates in the grid, as plain values (for logs and reports)."""
         return {name: getattr(self, name) for name in ("world_size", "rank", "tp", "pp", "dp", "tp_rank", "pp_rank",

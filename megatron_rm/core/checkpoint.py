@@ -115,7 +115,7 @@ def save(checkpoints_dir: str | Path, step: int, models: dict[str, ModelState], 
                    for name, model in models.items()}
         if objects is not None:
             extra["state"] = {name: obj.state_dict() for name, obj in objects.items()}
-            extra["layout"] = {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}
+            extra["layout"] = layout.sizes()
         write_metadata(staging, step=step, models=entries, **extra)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -193,7 +193,7 @@ def restore_schedulers(metadata: dict, models: dict[str, ModelState]) -> None:
 
 def restore_rng(directory: Path, metadata: dict, layout: Layout) -> bool:
     """Restore this rank's RNG states if the checkpoint was saved at this layout."""
-    if metadata.get("layout") != {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp}:
+    if metadata.get("layout") != layout.sizes():
         return False
     states = torch.load(directory / RNG_DIR / f"rank_{dist.get_rank():05d}.pt", weights_only=False)
     random.setstate(states["python"])

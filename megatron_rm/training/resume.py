@@ -10,7 +10,7 @@ from typing import Any
 
 from megatron_rm.config import CheckpointConfig
 from megatron_rm.core import checkpoint
-from megatron_rm.core.checkpoint_files import candidates, first_usable, read_metadata, verify
+from megatron_rm.core.checkpoint_files import candidates, first_usable, read_metadata
 from megatron_rm.errors import CheckpointError
 from megatron_rm.parallel import Layout
 
@@ -54,11 +54,10 @@ def restore(source: Source | None, models: dict[str, checkpoint.ModelState], obj
         return 0
     resume = resume and source.resume
 
-    def load(directory: Path) -> dict:
-        verify(directory)
-        return checkpoint.load(directory, models, optimizers=resume and load_optimizer)
-
-    directory, metadata = first_usable(source.candidates, load, say)
+    # checkpoint.load verifies the folder before reading it (a damaged one falls back here).
+    directory, metadata = first_usable(
+        source.candidates, lambda directory: checkpoint.load(directory, models, optimizers=resume and load_optimizer),
+        say)
     if not resume or "state" not in metadata:
         say(f"loaded weights from {directory} (step {metadata['step']}); this run starts at step 0")
         return 0
