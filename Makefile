@@ -23,6 +23,9 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+# tests/scoring/test_report.py runs rewardbench's own formulas; its dependencies are heavy, and the
+# wheel also installs top-level `tests` and `scripts` packages, so it goes to a folder of its own.
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/rewardbench "rewardbench==0.1.4"
 	touch $(STAMP)
 
 demo: install

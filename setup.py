@@ -28,6 +28,13 @@ setup(
         "jinja2>=3.1",
         # run.dir/tensorboard event files (logging.tensorboard, on by default).
         "tensorboard>=2.14",
+        # tools/eval_rm.py --plot: reliability diagram and reward histograms.
+        "matplotlib>=3.7",
+        # tools/serve_rm.py. fastapi 0.132 checks that JSON bodies say Content-Type: application/json
+        # (no cross-site form posts to a local server); the server subclasses uvicorn's signal
+        # capture (Server.capture_signals, since 0.29) so that a SIGTERM ends it with status 0.
+        "fastapi>=0.132,<1",
+        "uvicorn>=0.29,<1",
     ],
     extras_require={
         # Fused kernels and sequence parallelism on NVIDIA GPUs; used when importable.
@@ -35,6 +42,11 @@ setup(
         "te": ["transformer-engine[pytorch]>=2.9,<2.12"],
         # Weights & Biases logging (logging.wandb=true); offline mode needs no network.
         "wandb": ["wandb>=0.17"],
-        "test": ["pytest>=8", "wandb>=0.17", "ruff>=0.6"],
+        # megatron_rm.scoring.verl returns verl's own DataProto inside a verl job and a tensordict
+        # TensorDict (what a DataProto's .batch holds) elsewhere. verl itself comes from the user's
+        # verl environment: 0.9 pins tensordict<=0.10 and transformers>=5.5, where we need <5.
+        "verl": ["tensordict>=0.10,<1"],
+        # tensordict: the adapter's TensorDict in tests (0.15 needs torch>=2.11).
+        "test": ["pytest>=8", "wandb>=0.17", "ruff>=0.6", "tensordict>=0.10,<1"],
     },
 )

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from transformers import PreTrainedTokenizerBase
 
-from megatron_rm.config import padded_vocab_size
+from megatron_rm.config import ModelConfig, padded_vocab_size
 from megatron_rm.convert import megatron_io
-from megatron_rm.convert.families import HEAD_RULES, Shapes, to_megatron
+from megatron_rm.convert.families import FAMILIES, HEAD_RULES, Shapes, to_megatron
 from megatron_rm.convert.hf_config import DTYPES, TORCH_DTYPE_NAMES, model_config
 from megatron_rm.convert.safetensors_io import SafetensorsFolder
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
@@ -22,17 +24,62 @@ IGNORED = ("lm_head.weight",)
 """Source tensors deliberately left out: a causal LM's vocabulary head."""
 
 
-def import_hf(hf_dir: str | Path, out_dir: str | Path, *, num_labels: int | None = None,
-              dtype: str | None = None, head_init_std: float | None = None, seed: int = 0,
-              tokenizer_dir: str | Path | None = None) -> Path:
-    """Convert `hf_dir` into a checkpoint at `out_dir`; returns `out_dir`.
+@dataclass
+class HFSource:
+    """A Hugging Face folder read as our reward model: its config, tokenizer and, on demand,
+    its tensors under our parameter names (whole, TP1/PP1)."""
+
+    hf_dir: Path
+    hf: dict
+    """config.json."""
+    model: ModelConfig
+    tokenizer: PreTrainedTokenizerBase
+    padded_vocab_size: int
+    dtype: torch.dtype
+    """The dtype the trunk is converted to; the reward head is fp32 either way."""
+    has_score: bool
+    """Whether the folder has a `score` head (else a new one is drawn)."""
+    weights: SafetensorsFolder
+    head_seed: int
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(parameter name, whole tensor) one at a time, so at most one converted tensor is held."""
+        shapes = Shapes.of(self.model)
+        generator = torch.Generator().manual_seed(self.head_seed)
+        for rule in FAMILIES[self.model.family].rules_for(self.model.num_layers, self.model.head_bias):
+            stored = megatron_io.parameter_dtype(rule.megatron, self.dtype)
+            if rule.megatron in HEAD_RULES and not self.has_score:
+                yield rule.megatron, _new_head(rule.megatron, self.model, generator)
+                continue
+            parts = [self.weights.read(name).to(stored) for name in rule.hf]
+            yield rule.megatron, to_megatron(rule.kind, parts, shapes, rows=self.padded_vocab_size)
+
+    def reward_normalization(self) -> dict | None:
+        """Reward mean/std saved with the model: ours (`reward_normalization`), or OpenRLHF's
+        `mean`/`std` config keys (its reward trainer stores the eval set's statistics there)."""
+        if self.hf.get("reward_normalization"):
+            return self.hf["reward_normalization"]
+        if isinstance(self.hf.get("mean"), (int, float)) and isinstance(self.hf.get("std"), (int, float)):
+            return {"mean": [float(self.hf["mean"])], "std": [float(self.hf["std"])]}
+        return None
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def open_hf(hf_dir: str | Path, *, num_labels: int | None = None, dtype: str | None = None,
+            head_init_std: float | None = None, seed: int = 0,
+            tokenizer_dir: str | Path | None = None) -> HFSource:
+    """Read and check `hf_dir` (config, tokenizer, tensor names and dtypes) without converting a tensor.
 
     A `*ForSequenceClassification` source keeps its `score` head (and `num_labels`);
     a `*ForCausalLM` source gets a new head of `num_labels` outputs (default 1) drawn
     from N(0, head_init_std) with `seed`. `dtype` (fp32 or bf16) defaults to the
-    source's; the reward head is stored in fp32 either way.
+    source's.
     """
-    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing (not a Hugging Face model folder)")
@@ -75,32 +122,29 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, num_labels: int | None
     target = DTYPES[dtype] if dtype else source_dtype
     if target not in (torch.float32, torch.bfloat16):
         raise CheckpointError(f"{hf_dir}: weights are {source_dtype}; pass --dtype fp32 or --dtype bf16")
-    padded = padded_vocab_size(len(tokenizer), model)
-    shapes = Shapes.of(model)
+    return HFSource(hf_dir, hf, model, tokenizer, padded_vocab_size(len(tokenizer), model), target,
+                    has_score, weights, seed)
 
-    tensors = {}
-    generator = torch.Generator().manual_seed(seed)
-    for rule in rules:
-        stored = megatron_io.parameter_dtype(rule.megatron, target)
-        if rule.megatron in HEAD_RULES and not has_score:
-            tensors[rule.megatron] = _new_head(rule.megatron, model, generator)
-            continue
-        parts = [weights.read(name).to(stored) for name in rule.hf]
-        tensors[rule.megatron] = to_megatron(rule.kind, parts, shapes, rows=padded)
 
+def import_hf(hf_dir: str | Path, out_dir: str | Path, **options) -> Path:
+    """Convert `hf_dir` into a checkpoint at `out_dir` (options: see `open_hf`); returns `out_dir`."""
+    source = open_hf(hf_dir, **options)
+    model = source.model
+    tensors = dict(source.tensors())
     with atomic_folder(out_dir) as staging:
-        megatron_io.save(tensors, staging, model, padded, target)
+        megatron_io.save(tensors, staging, model, source.padded_vocab_size, source.dtype)
         del tensors
-        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-        source = {"hf_dir": str(hf_dir.resolve()), "architectures": hf.get("architectures"),
-                  "head": "score" if has_score else "new"}
-        entry = ModelEntry(model, padded, TORCH_DTYPE_NAMES[target], prefix=f"{DEFAULT_MODEL}.")
-        write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, source=source,
-                       reward_normalization=hf.get("reward_normalization"))
+        source.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        origin = {"hf_dir": str(source.hf_dir.resolve()), "architectures": source.hf.get("architectures"),
+                  "head": "score" if source.has_score else "new"}
+        entry = ModelEntry(model, source.padded_vocab_size, TORCH_DTYPE_NAMES[source.dtype],
+                           prefix=f"{DEFAULT_MODEL}.")
+        write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, source=origin,
+                       reward_normalization=source.reward_normalization())
         (staging / "model.yaml").write_text(
-            f"# Derived from {config_path}; tokenizer is relative to this folder.\n"
+            f"# Derived from {source.hf_dir / 'config.json'}; tokenizer is relative to this folder.\n"
             + yaml.safe_dump(asdict(model), sort_keys=False))
-    return out_dir
+    return Path(out_dir)
 
 
 def _new_head(name: str, model, generator: torch.Generator) -> torch.Tensor:

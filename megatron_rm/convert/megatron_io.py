@@ -102,3 +102,42 @@ def load(directory: Path, model: ModelConfig, padded_vocab: int, dtype: torch.dt
 
 def parameter_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     return HEAD_DTYPE if name.startswith("reward_head.") else dtype
+
+
+def load_whole(module: torch.nn.Module, tensors) -> None:
+    """Copy whole (TP1/PP1) parameters into this rank's stage and tensor-parallel shard of `module`.
+
+    `tensors` yields (parameter name, whole tensor), as `HFSource.tensors` does, so a Hugging
+    Face folder loads at any layout without a checkpoint on disk. Each parameter's place in
+    the whole tensor comes from megatron's own sharding metadata (`sharded_state_dict`: global
+    offsets, including the swiglu gate/up split of `linear_fc1`), so it is exactly the slice a
+    checkpoint saved at TP1/PP1 would reshard to. Layers are numbered globally by
+    `layer_number`; a pipeline stage takes only its own.
+    """
+    local = {}
+    for name, entry in module.sharded_state_dict(prefix="").items():
+        if isinstance(entry, ShardedObject):
+            continue
+        local[_global_name(module, name)] = entry
+    missing = set(local)
+    for name, whole in tensors:
+        entry = local.get(name)
+        if entry is None:
+            continue  # another pipeline stage's parameter
+        missing.discard(name)
+        pieces = entry.build() if isinstance(entry, ShardedTensorFactory) else entry
+        with torch.no_grad():
+            for piece in _parts(pieces):
+                where = tuple(slice(offset, offset + size) for offset, size in
+                              zip(piece.global_offset[piece.prepend_axis_num:], piece.data.shape))
+                piece.data.copy_(whole[where])
+    if missing:
+        raise AssertionError(f"no tensor given for {sorted(missing)[:8]}")
+
+
+def _global_name(module: torch.nn.Module, name: str) -> str:
+    """`decoder.layers.<local index>.…` -> the layer's index in the whole model."""
+    parts = name.split(".")
+    if parts[:2] == ["decoder", "layers"]:
+        parts[2] = str(module.decoder.layers[int(parts[2])].layer_number - 1)
+    return ".".join(parts)

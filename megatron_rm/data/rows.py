@@ -49,38 +49,46 @@ class RowProblem:
         return f"{where}: {self.message}"
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
+    """A row problem found while parsing: the reason (one of REASONS), field and message."""
+
     def __init__(self, reason: str, field: str | None, message: str):
         self.reason, self.field, self.message = reason, field, message
 
 
-def parse_row(raw: RawRow, keys: RowKeys = RowKeys()) -> Comparison | RowProblem:
-    """The row as a Comparison, or the first problem found in it."""
+def parse_row(raw: RawRow, keys: RowKeys = RowKeys(), *, scoring: bool = False) -> Comparison | RowProblem:
+    """The row as a Comparison, or the first problem found in it.
+
+    `scoring`: the row is only to be scored, so its responses keep the row's order (a
+    `ranking` is neither needed nor applied), one response is enough in `responses`
+    (best-of-N with N = 1) and repeated responses are allowed (samples of a policy repeat).
+    """
     try:
-        return _comparison(_decode(raw.payload), keys, raw.location)
-    except _Invalid as invalid:
+        return _comparison(decode(raw.payload), keys, raw.location, scoring)
+    except Invalid as invalid:
         return RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
 
 
-def _decode(payload) -> dict:
+def decode(payload) -> dict:
+    """A row's JSON object (a JSON Lines row arrives as bytes); `Invalid` when it is none."""
     if isinstance(payload, bytes):
         try:
             line = payload.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise _Invalid("invalid_json", None, f"not valid UTF-8 (byte {error.start + 1} of the line)") from None
+            raise Invalid("invalid_json", None, f"not valid UTF-8 (byte {error.start + 1} of the line)") from None
         try:
             payload = json.loads(line)
         except json.JSONDecodeError as error:
-            raise _Invalid("invalid_json", None, f"invalid JSON ({error.msg} at column {error.colno})") from None
+            raise Invalid("invalid_json", None, f"invalid JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(payload, dict):
-        raise _Invalid("not_an_object", None, f"expected a JSON object, got {_type_name(payload)}")
+        raise Invalid("not_an_object", None, f"expected a JSON object, got {_type_name(payload)}")
     return payload
 
 
-def _comparison(row: dict, keys: RowKeys, location: str) -> Comparison:
+def _comparison(row: dict, keys: RowKeys, location: str, scoring: bool) -> Comparison:
     # A key holding null counts as absent: merged Parquet / datasets schemas fill missing keys with None.
     if row.get(keys.response) is not None:
-        return _single_response(row, keys, location)
+        return _single_response(row, keys, location, scoring)
     if row.get(keys.chosen) is not None or row.get(keys.responses) is None:
         names = [keys.chosen, keys.rejected]
         texts = [_required(row, name) for name in names]
@@ -88,16 +96,18 @@ def _comparison(row: dict, keys: RowKeys, location: str) -> Comparison:
         margin = _margin(row.get(keys.margin), keys.margin)
     else:
         texts = row[keys.responses]
-        if not isinstance(texts, list) or len(texts) < 2:
+        fewest = 1 if scoring else 2
+        if not isinstance(texts, list) or len(texts) < fewest:
             got = f"{len(texts)} response(s)" if isinstance(texts, list) else _type_name(texts)
-            raise _Invalid("wrong_type", keys.responses, f"expected a list of at least 2 responses, got {got}")
+            raise Invalid("wrong_type", keys.responses,
+                          f"expected a list of at least {fewest} responses, got {got}")
         names = [f"{keys.responses}[{index}]" for index in range(len(texts))]
-        order = _ranking(row.get(keys.ranking), len(texts), keys.ranking)
+        order = list(range(len(texts))) if scoring else _ranking(row.get(keys.ranking), len(texts), keys.ranking)
         if row.get(keys.margin) is not None:
-            raise _Invalid("bad_margin", keys.margin, "a margin applies to pairs only, not to ranked responses")
+            raise Invalid("bad_margin", keys.margin, "a margin applies to pairs only, not to ranked responses")
         margin = None
-    prompt, responses = _texts(row.get(keys.prompt), keys.prompt, texts, names)
-    labels = _labels(row.get(keys.labels), len(texts), keys.labels)
+    prompt, responses = _texts(row.get(keys.prompt), keys.prompt, texts, names, distinct=not scoring)
+    labels = None if scoring else _labels(row.get(keys.labels), len(texts), keys.labels)
     return Comparison(
         prompt=prompt,
         responses=tuple(responses[index] for index in order),
@@ -107,53 +117,54 @@ def _comparison(row: dict, keys: RowKeys, location: str) -> Comparison:
     )
 
 
-def _single_response(row: dict, keys: RowKeys, location: str) -> Comparison:
+def _single_response(row: dict, keys: RowKeys, location: str, scoring: bool) -> Comparison:
     """A pointwise row: one response and its labels, nothing to compare it with."""
     for other in (keys.chosen, keys.rejected, keys.responses):
         if row.get(other) is not None:
-            raise _Invalid("mixed_shapes", other,
+            raise Invalid("mixed_shapes", other,
                            f"a row with '{keys.response}' (a single response) cannot also have '{other}'")
     if row.get(keys.margin) is not None:
-        raise _Invalid("bad_margin", keys.margin, "a margin applies to pairs only, not to a single response")
+        raise Invalid("bad_margin", keys.margin, "a margin applies to pairs only, not to a single response")
     if row.get(keys.ranking) is not None:
-        raise _Invalid("bad_ranking", keys.ranking, "a ranking orders several responses, not a single response")
+        raise Invalid("bad_ranking", keys.ranking, "a ranking orders several responses, not a single response")
     prompt, responses = _texts(row.get(keys.prompt), keys.prompt, [row[keys.response]], [keys.response])
-    labels = _single_labels(row.get(keys.labels), keys.labels)
+    labels = None if scoring else _single_labels(row.get(keys.labels), keys.labels)
     return Comparison(prompt=prompt, responses=tuple(responses), source=location,
                       labels=None if labels is None else (labels,))
 
 
 def _required(row: dict, name: str):
     if name not in row:
-        raise _Invalid("missing_field", name, "missing")
+        raise Invalid("missing_field", name, "missing")
     if row[name] is None:
-        raise _Invalid("missing_field", name, "is null; a value is required")
+        raise Invalid("missing_field", name, "is null; a value is required")
     return row[name]
 
 
-def _texts(prompt, prompt_name: str, texts: list, names: list[str]) -> tuple:
-    """The prompt and responses, all strings or all message tuples, checked for emptiness and repeats."""
+def _texts(prompt, prompt_name: str, texts: list, names: list[str], distinct: bool = True) -> tuple:
+    """The prompt and responses, all strings or all message tuples, checked for emptiness and
+    (when `distinct`) repeats."""
     for text, name in zip(texts, names):
         if not isinstance(text, (str, list)):
-            raise _Invalid("wrong_type", name, f"expected a string or a list of messages, got {_type_name(text)}")
+            raise Invalid("wrong_type", name, f"expected a string or a list of messages, got {_type_name(text)}")
         if type(text) is not type(texts[0]):
-            raise _Invalid("wrong_type", name, f"expected {_type_name(texts[0])} like '{names[0]}', "
+            raise Invalid("wrong_type", name, f"expected {_type_name(texts[0])} like '{names[0]}', "
                                                f"got {_type_name(text)}")
         if isinstance(text, str) and not text.strip():
-            raise _Invalid("empty_response", name, "empty response")
+            raise Invalid("empty_response", name, "empty response")
     if isinstance(texts[0], str):
         if prompt is None:
             prompt = ""
         if not isinstance(prompt, str):
-            raise _Invalid("wrong_type", prompt_name, f"expected a string like the responses, got {_type_name(prompt)}")
+            raise Invalid("wrong_type", prompt_name, f"expected a string like the responses, got {_type_name(prompt)}")
         responses = texts
     else:
         responses = [_messages(text, name) for text, name in zip(texts, names)]
         for response, name in zip(responses, names):
             if not response:
-                raise _Invalid("empty_response", name, "no messages")
+                raise Invalid("empty_response", name, "no messages")
             if not response[-1]["content"].strip():
-                raise _Invalid("empty_response", f"{name}[{len(response) - 1}].content",
+                raise Invalid("empty_response", f"{name}[{len(response) - 1}].content",
                                "the final message is empty")
         if isinstance(prompt, str) and prompt.strip():
             prompt = ({"role": "user", "content": prompt},)
@@ -162,12 +173,12 @@ def _texts(prompt, prompt_name: str, texts: list, names: list[str]) -> tuple:
         elif prompt is None or isinstance(prompt, str):
             prompt, responses = _shared_prefix(responses, names)
         else:
-            raise _Invalid("wrong_type", prompt_name,
+            raise Invalid("wrong_type", prompt_name,
                            f"expected a string or a list of messages, got {_type_name(prompt)}")
-    for later in range(len(responses)):
+    for later in range(len(responses) if distinct else 0):
         for earlier in range(later):
             if responses[later] == responses[earlier]:
-                raise _Invalid("identical_responses", names[later], f"the same as '{names[earlier]}'")
+                raise Invalid("identical_responses", names[later], f"the same as '{names[earlier]}'")
     return prompt, responses
 
 
@@ -176,14 +187,14 @@ def _messages(value: list, name: str) -> tuple:
     for index, message in enumerate(value):
         field = f"{name}[{index}]"
         if not isinstance(message, dict):
-            raise _Invalid("bad_messages", field,
+            raise Invalid("bad_messages", field,
                            f"expected a message object with 'role' and 'content', got {_type_name(message)}")
         if message.get("role") not in ROLES:
             problem = "missing" if message.get("role") is None else f"unknown role {message['role']!r}"
-            raise _Invalid("bad_messages", f"{field}.role", f"{problem} (expected one of {', '.join(ROLES)})")
+            raise Invalid("bad_messages", f"{field}.role", f"{problem} (expected one of {', '.join(ROLES)})")
         if not isinstance(message.get("content"), str):
             got = "missing" if "content" not in message else _type_name(message["content"])
-            raise _Invalid("bad_messages", f"{field}.content", f"expected a string, got {got}")
+            raise Invalid("bad_messages", f"{field}.content", f"expected a string, got {got}")
         # Extra keys (name, tool_calls, ...) are dropped: the chat template gets role and content only.
         messages.append({"role": message["role"], "content": message["content"]})
     return tuple(messages)
@@ -204,9 +215,9 @@ def _shared_prefix(responses: list[tuple], names: list[str]) -> tuple[tuple, lis
             continue
         for other in range(len(rest)):
             if other != later and rest[other] == response:
-                raise _Invalid("identical_responses", names[max(later, other)],
+                raise Invalid("identical_responses", names[max(later, other)],
                                f"the same as '{names[min(later, other)]}'")
-        raise _Invalid("empty_response", names[later],
+        raise Invalid("empty_response", names[later],
                        "every message is shared with another response (so is part of the prompt); none is left")
     return responses[0][:shared], rest
 
@@ -215,20 +226,20 @@ def _margin(value, name: str) -> float | None:
     if value is None:
         return None
     if not _is_number(value):
-        raise _Invalid("bad_margin", name, f"expected a number, got {_type_name(value)}")
+        raise Invalid("bad_margin", name, f"expected a number, got {_type_name(value)}")
     if not math.isfinite(value):
-        raise _Invalid("bad_margin", name, f"expected a finite number, got {value}")
+        raise Invalid("bad_margin", name, f"expected a finite number, got {value}")
     return float(value)
 
 
 def _ranking(value, count: int, name: str) -> list[int]:
     expected = f"a list ordering the {count} responses best first, e.g. {list(range(count))}"
     if value is None:
-        raise _Invalid("bad_ranking", name, f"missing; expected {expected}")
+        raise Invalid("bad_ranking", name, f"missing; expected {expected}")
     if not isinstance(value, list) or not all(type(index) is int for index in value):
-        raise _Invalid("bad_ranking", name, f"expected {expected} (whole numbers), got {value!r}")
+        raise Invalid("bad_ranking", name, f"expected {expected} (whole numbers), got {value!r}")
     if sorted(value) != list(range(count)):
-        raise _Invalid("bad_ranking", name, f"expected {expected} (each index once), got {value!r}")
+        raise Invalid("bad_ranking", name, f"expected {expected} (each index once), got {value!r}")
     return value
 
 
@@ -237,13 +248,13 @@ def _labels(value, count: int, name: str) -> list[tuple[float, ...]] | None:
         return None
     if not isinstance(value, list) or len(value) != count:
         got = len(value) if isinstance(value, list) else _type_name(value)
-        raise _Invalid("bad_labels", name, f"expected a list with one entry per response ({count}), got {got}")
+        raise Invalid("bad_labels", name, f"expected a list with one entry per response ({count}), got {got}")
     labels = []
     for index, entry in enumerate(value):
         field = f"{name}[{index}]"
         labels.append(_label_values(entry, field))
         if len(labels[-1]) != len(labels[0]):
-            raise _Invalid("bad_labels", field, f"has {len(entry)} values but {name}[0] has {len(labels[0])}")
+            raise Invalid("bad_labels", field, f"has {len(entry)} values but {name}[0] has {len(labels[0])}")
     return labels
 
 
@@ -254,7 +265,7 @@ def _single_labels(value, name: str) -> tuple[float, ...] | None:
     if isinstance(value, list):
         return _label_values(value, name)
     if not _is_number(value):
-        raise _Invalid("bad_labels", name,
+        raise Invalid("bad_labels", name,
                        f"expected a number or a list of numbers (null where missing), got {_type_name(value)}")
     return (_label(value, name),)
 
@@ -263,7 +274,7 @@ def _label_values(entry, field: str) -> tuple[float, ...]:
     """One response's attribute values: a non-empty list of finite numbers, null (NaN) where missing."""
     if not isinstance(entry, list) or not entry:
         got = "an empty list" if entry == [] else _type_name(entry)
-        raise _Invalid("bad_labels", field, f"expected a non-empty list of numbers (null where missing), got {got}")
+        raise Invalid("bad_labels", field, f"expected a non-empty list of numbers (null where missing), got {got}")
     return tuple(_label(number, f"{field}[{position}]") for position, number in enumerate(entry))
 
 
@@ -271,7 +282,7 @@ def _label(number, field: str) -> float:
     if number is None:
         return math.nan
     if not (_is_number(number) and math.isfinite(number)):
-        raise _Invalid("bad_labels", field, f"expected a finite number or null, got {number!r}")
+        raise Invalid("bad_labels", field, f"expected a finite number or null, got {number!r}")
     return float(number)
 
 

@@ -90,8 +90,15 @@ def _ids(tokenizer, texts: list[tuple[str, bool]]) -> list[list[int]]:
         if positions:
             encoded = tokenizer([texts[i][0] for i in positions], add_special_tokens=special)["input_ids"]
             for i, ids in zip(positions, encoded):
-                out[i] = ids
+                out[i] = _single_bos(tokenizer, ids)
     return out
+
+
+def _single_bos(tokenizer, ids: list[int]) -> list[int]:
+    """A text that already starts with the BOS token (a decoded prompt, or a chat-templated
+    string handed to a server) gets no second one from the tokenizer."""
+    bos = tokenizer.bos_token_id
+    return ids[1:] if bos is not None and ids[:2] == [bos, bos] else ids
 
 
 def _ended(tokenizer, ids: list[int], prompt_ids: list[int]) -> Encoded:
@@ -108,7 +115,7 @@ def _ended(tokenizer, ids: list[int], prompt_ids: list[int]) -> Encoded:
     return Encoded(ids, shared)
 
 
-def _blank(response: Text) -> bool:
+def blank(response: Text) -> bool:
     """Nothing to score: a whitespace-only text, no messages, or a whitespace-only final message."""
     if isinstance(response, str):
         return not response.strip()
@@ -161,7 +168,7 @@ class GroupEncoder:
         are exactly those training stores for the same text. All texts share one
         batched tokenizer pass (`encode_many`).
         """
-        scored = [index for index, (_, response) in enumerate(texts) if not _blank(response)]
+        scored = [index for index, (_, response) in enumerate(texts) if not blank(response)]
         fitted = [self._fit(one) for one in encode_many(self.tokenizer, [texts[index] for index in scored])]
         out: list[tuple[list[int] | None, str | None]] = [(None, "empty")] * len(texts)
         for index, result in zip(scored, fitted):

@@ -247,3 +247,15 @@ def test_problem_log_without_more_says_no_more():
     log = ProblemLog(shown=2)
     log.add(problem(1))
     assert "more" not in log.error_message("train.jsonl")
+
+
+def test_rows_to_score_keep_their_order_and_may_repeat_or_stand_alone():
+    row = {"prompt": "p", "responses": [" b", " a", " b"], "ranking": [1, 0, 2]}
+    scored = parse_row(RawRow(WHERE, json.dumps(row).encode()), scoring=True)
+    assert scored.responses == (" b", " a", " b")  # a ranking is not applied, repeats are allowed
+    alone = parse_row(RawRow(WHERE, json.dumps({"prompt": "p", "responses": [" a"]}).encode()), scoring=True)
+    assert alone.responses == (" a",)
+    for training in (row, {"prompt": "p", "responses": [" a"]}):
+        assert isinstance(parse(training), RowProblem)
+    empty = parse_row(RawRow(WHERE, json.dumps({"prompt": "p", "responses": [" a", " "]}).encode()), scoring=True)
+    assert (empty.reason, empty.field) == ("empty_response", "responses[1]")

@@ -1,0 +1,97 @@
+"""Evaluating a reward model on a preference set: every row's responses scored, then the
+report (`scoring.report`: accuracy with ties wrong, margin, calibration per subset, and
+RewardBench's section scores when the subsets are RewardBench's).
+
+Rows are validated and tokenized exactly as for training (`data.rows.parse_row`, the
+model's tokenizer); each response is scored as its own document, so a row's rewards are
+the ones `score_rm.py` and the server give for the same texts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch.distributed as dist
+
+from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, decode, parse_row
+from megatron_rm.data.sources import RawRow, iter_raw_rows
+from megatron_rm.errors import DataError
+from megatron_rm.scoring.report import EvaluatedGroup, Report, evaluate
+from megatron_rm.scoring.scorer import Scorer, broadcast_sequences
+
+SUBSET_KEY = "subset"
+
+
+@dataclass
+class EvalInput:
+    """The rows of a preference set that can be scored, and a count of those that cannot."""
+
+    sequences: list[list[int]] = field(default_factory=list)
+    """Every kept row's responses, best first, back to back."""
+    groups: list[tuple[str | None, int]] = field(default_factory=list)
+    """Per kept row: its subset and how many responses it has."""
+    rows: int = 0
+    problems: ProblemLog = field(default_factory=ProblemLog)
+    """Invalid rows (bad fields), by reason."""
+    dropped: Counter = field(default_factory=Counter)
+    """Valid rows that cannot be scored (too long under the length policy, ...), by reason."""
+
+
+def read_preferences(path: str, scorer: Scorer, keys: RowKeys = RowKeys(), on_invalid: str = "error") -> EvalInput:
+    """Parse, validate and tokenize every row of `path` (pairs or rankings, optional `subset`)."""
+    found = EvalInput()
+    for raw in iter_raw_rows(path):
+        found.rows += 1
+        parsed = parse_row(raw, keys)
+        if isinstance(parsed, RowProblem):
+            found.problems.add(parsed)
+            continue
+        if len(parsed.responses) < 2:
+            found.problems.add(RowProblem(raw.location, keys.response, "wrong_type",
+                                          "a single response has nothing to be compared with"))
+            continue
+        encoded = scorer.encoder.texts([(parsed.prompt, response) for response in parsed.responses])
+        failed = next((one for one in encoded if one.ids is None), None)
+        if failed is not None:
+            found.dropped[failed.reason] += 1
+            continue
+        found.sequences.extend(one.ids for one in encoded)
+        found.groups.append((_subset(raw), len(encoded)))
+    if found.problems.total and on_invalid == "error":
+        raise DataError(found.problems.error_message(path).replace("data.on_invalid=skip", "--on-invalid skip"))
+    if not found.groups:
+        raise DataError(f"{path}: no row to evaluate ({found.rows} read, {found.problems.total} invalid, "
+                        f"dropped: {dict(found.dropped) or 'none'})")
+    return found
+
+
+def _subset(raw: RawRow) -> str | None:
+    value = decode(raw.payload).get(SUBSET_KEY)
+    return None if value is None else str(value)
+
+
+def evaluate_file(path: str, scorer: Scorer, *, on_invalid: str = "error",
+                  bins: int = 10) -> tuple[Report, dict] | None:
+    """The report for `path` and what was read, on rank 0 (None elsewhere). Collective: every
+    rank calls it; rank 0 reads the file and hands the token ids to the others."""
+    found, problem = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            found = read_preferences(path, scorer, on_invalid=on_invalid)
+        except DataError as error:
+            problem = [str(error)]
+    dist.broadcast_object_list(problem, src=0)  # a message rank 0 wrote: every rank stops alike
+    if problem[0] is not None:
+        raise DataError(problem[0])
+    rewards = scorer.score(broadcast_sequences(found.sequences if found else None))
+    if found is None:
+        return None
+    first_label = rewards[:, 0].tolist()  # preferences compare the first label
+    evaluated, start = [], 0
+    for subset, size in found.groups:
+        evaluated.append(EvaluatedGroup(subset, first_label[start:start + size]))
+        start += size
+    counts = {"rows": found.rows, "evaluated": len(found.groups), "invalid": found.problems.total,
+              "invalid_by_reason": dict(found.problems.counts), "dropped": dict(found.dropped)}
+    return evaluate(evaluated, bins=bins), counts

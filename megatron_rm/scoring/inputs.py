@@ -1,0 +1,103 @@
+"""What gets scored, as token ids: (prompt, response) texts, chat conversations, whole
+strings or ids given by the caller, all through training's tokenization (`data.tokenize`).
+
+An input longer than the limit follows one explicit policy:
+- `error`: it is refused (a row error, a 4xx for a request) and nothing is cut;
+- `truncate_prompt`: the prompt's oldest tokens are cut (a leading BOS stays), the whole
+  response and its EOS are kept and the input is flagged `truncated`; when the response
+  alone does not fit, it is refused.
+A reward is therefore never read in the middle of a response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from megatron_rm.data.records import Text
+from megatron_rm.data.tokenize import blank, encode_many, fit
+
+LENGTH_POLICIES = ("error", "truncate_prompt")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One input's ids (ending in EOS), or why it cannot be scored."""
+
+    ids: list[int] | None
+    truncated: bool = False
+    error: str | None = None
+    """Why there are no ids: a sentence naming the problem."""
+    reason: str | None = None
+    """The error's kind, for counting: "empty", "too_long" or "bad_input_ids"."""
+
+
+class InputEncoder:
+    """Turns scoring inputs into ids under one length policy; the tokenizer is the model's own."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, policy: str = "error"):
+        if policy not in LENGTH_POLICIES:
+            raise ValueError(f"length policy {policy!r} must be one of {', '.join(LENGTH_POLICIES)}")
+        if max_length < 2:
+            raise ValueError(f"max_length={max_length} leaves no room for a response and its EOS")
+        self.tokenizer, self.max_length, self.policy = tokenizer, max_length, policy
+
+    def texts(self, texts: list[tuple[Text, Text]]) -> list[Encoded]:
+        """(prompt, response) pairs: strings are joined as prompt + response with the tokenizer's
+        special tokens; message tuples are rendered with its chat template (training's rule)."""
+        out: list[Encoded | None] = [None] * len(texts)
+        kept = []
+        for index, (_, response) in enumerate(texts):
+            if blank(response):
+                out[index] = Encoded(None, error="empty response: nothing to score", reason="empty")
+            else:
+                kept.append(index)
+        for index, encoded in zip(kept, encode_many(self.tokenizer, [texts[i] for i in kept])):
+            out[index] = self._fit(encoded)
+        return out
+
+    def whole_texts(self, texts: list[str]) -> list[Encoded]:
+        """Strings that already hold prompt and response (OpenRLHF's queries, vLLM's `input`);
+        with no prompt boundary known, an over-long one is refused under either policy."""
+        return self.texts([("", text) for text in texts])
+
+    def messages(self, conversations: list[tuple]) -> list[Encoded]:
+        """Whole conversations (message tuples): the final message is the response."""
+        return self.texts([(conversation[:-1], conversation[-1:]) for conversation in conversations])
+
+    def token_ids(self, sequences: list[list[int]]) -> list[Encoded]:
+        """Ids made by the caller with this model's tokenizer; they end in exactly one EOS, as
+        every scored text does, so a missing one is appended and repeats are removed."""
+        return [self._ids(list(ids)) for ids in sequences]
+
+    def _ids(self, ids: list) -> Encoded:
+        vocab = len(self.tokenizer)
+        for position, token in enumerate(ids):
+            if type(token) is not int or not 0 <= token < vocab:
+                return Encoded(None, error=f"input_ids[{position}]={token!r} is not a token id "
+                                           f"(a whole number in [0, {vocab}))", reason="bad_input_ids")
+        eos = self.tokenizer.eos_token_id
+        while ids and ids[-1] == eos:
+            ids.pop()
+        if not ids:
+            return Encoded(None, error="input_ids holds no token besides EOS: nothing to score", reason="empty")
+        ids.append(eos)
+        if len(ids) > self.max_length:
+            return Encoded(None, error=self._too_long(len(ids)), reason="too_long")
+        return Encoded(ids)
+
+    def _fit(self, encoded) -> Encoded:
+        truncation = "drop" if self.policy == "error" else "truncate_prompt"
+        ids, status = fit(encoded, self.max_length, truncation, self.tokenizer.bos_token_id)
+        if ids is None:
+            return Encoded(None, error=self._too_long(len(encoded.ids), status), reason="too_long")
+        return Encoded(ids, truncated=status == "truncated")
+
+    def _too_long(self, length: int, status: str | None = None) -> str:
+        message = f"{length} tokens exceed the limit of {self.max_length}"
+        if status == "response_too_long":
+            return message + ": the response alone does not fit (only the prompt may be cut)"
+        if self.policy == "error":
+            return message + " (length policy 'error'; 'truncate_prompt' cuts the prompt's oldest tokens)"
+        return message + " (no prompt to cut)"

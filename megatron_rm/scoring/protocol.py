@@ -1,0 +1,219 @@
+"""The wire side of the reward server: what each request may hold, what it means as scoring
+inputs, and the response and error bodies, for the contracts RLHF frameworks already call.
+
+- OpenRLHF's remote reward model: `POST /get_reward`.
+- vLLM's `POST /classify` (what verl's reward loop calls) and `POST /pooling` with task
+  classify; vLLM's response shapes, ids and `usage` block.
+- OpenAI's model list, and our native `POST /score` (training's row shapes).
+
+Nothing here knows about ranks or batches (that is `serving_loop`), as megatron-core keeps
+its typed inference interface apart from its server. Every request model forbids unknown
+fields, so a misspelt option is refused rather than silently ignored; the fields accepted
+and not used are the documented ones (OpenRLHF's `prompts`/`labels`, vLLM's `model`).
+Items are checked with training's own row validation (`data.rows.parse_row`), so a row
+that trains is a row that scores, and a problem is named the way training names it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from megatron_rm.data.rows import RowKeys, RowProblem, parse_row
+from megatron_rm.data.sources import RawRow
+from megatron_rm.scoring.inputs import Encoded, InputEncoder
+
+CLASSIFY_TASK = "classify"
+ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError",
+               413: "PayloadTooLargeError", 415: "UnsupportedMediaTypeError", 422: "UnprocessableEntityError",
+               500: "InternalServerError", 503: "ServiceUnavailableError"}
+
+
+class RequestProblem(Exception):
+    """A request the server refuses: the HTTP status, a message naming the field, and the field."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """The one error shape of every endpoint (OpenAI's, which vLLM also answers with)."""
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "Error"), "param": param,
+                      "code": status}}
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScoreItem(_Request):
+    """One native item: `prompt` + `response` as a training row has them (strings or message
+    lists), or `messages`, one whole conversation whose final message is the response."""
+
+    prompt: Any = None
+    response: Any = None
+    messages: Any = None
+
+    def texts(self, where: str) -> tuple:
+        if (self.response is None) == (self.messages is None):
+            raise RequestProblem(422, f"{where}: give 'response' (with an optional 'prompt') or 'messages', "
+                                      "exactly one of them", where)
+        if self.messages is None:
+            return _parsed(RawRow(where, {"prompt": self.prompt, "response": self.response}), RowKeys())
+        if self.prompt is not None:
+            raise RequestProblem(422, f"{where}.prompt: not allowed with 'messages' (the turns before the "
+                                      "final message are the prompt)", f"{where}.prompt")
+        return conversation(self.messages, where)
+
+
+class ScoreRequest(_Request):
+    items: list[ScoreItem] = Field(min_length=1)
+
+    def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
+        _within(len(self.items), max_items, "items")
+        names = [f"items[{i}]" for i in range(len(self.items))]
+        return encoder.texts([item.texts(name) for item, name in zip(self.items, names)]), names
+
+
+class RewardRequest(_Request):
+    """OpenRLHF's call: whole prompt+response strings. `prompts` and `labels` are sent by its
+    client and accepted, but not read (OpenRLHF's own server ignores them too)."""
+
+    query: list[StrictStr] = Field(min_length=1)
+    prompts: list[Any] | None = None
+    labels: list[Any] | None = None
+
+    def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
+        _within(len(self.query), max_items, "query")
+        return encoder.whole_texts(self.query), [f"query[{i}]" for i in range(len(self.query))]
+
+
+class ClassifyRequest(_Request):
+    """vLLM's classify request. `model` is accepted and not checked: verl sends its own path
+    to the reward model, which need not be the name this server gives it."""
+
+    model: StrictStr | None = None
+    input: StrictStr | list[StrictStr] | None = None
+    messages: list[Any] | None = None
+    use_activation: StrictBool | None = None
+    activation: StrictBool | None = None
+    """Legacy alias of use_activation (verl before 0.9 sends it)."""
+    softmax: StrictBool | None = None
+    """Legacy alias of use_activation."""
+    truncate_prompt_tokens: StrictInt | None = None
+    """Refused when set: over-long inputs follow the server's one length policy."""
+
+    def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
+        """The inputs (whole strings, or one conversation) as ids, and their names for errors."""
+        if self.truncate_prompt_tokens is not None:
+            raise RequestProblem(422, "truncate_prompt_tokens is not supported: over-long inputs follow the "
+                                      "server's --length-policy (error, or truncate_prompt which keeps the "
+                                      "whole response)", "truncate_prompt_tokens")
+        if (self.input is None) == (self.messages is None):
+            raise RequestProblem(422, "give 'input' (a string or a list of strings) or 'messages' (one "
+                                      "conversation), exactly one of them", "input")
+        if self.messages is not None:
+            return encoder.texts([conversation(self.messages, "")]), ["messages"]
+        if isinstance(self.input, str):
+            return encoder.whole_texts([self.input]), ["input"]
+        if not self.input:
+            raise RequestProblem(422, "input: an empty list; nothing to score", "input")
+        _within(len(self.input), max_items, "input")
+        return encoder.whole_texts(self.input), [f"input[{i}]" for i in range(len(self.input))]
+
+    def use_activation_resolved(self) -> bool:
+        """vLLM's default is on; the legacy aliases mean the same and must not contradict it."""
+        given = {name: value for name in ("use_activation", "activation", "softmax")
+                 if (value := getattr(self, name)) is not None}
+        if len(set(given.values())) > 1:
+            raise RequestProblem(422, f"{' and '.join(given)} disagree ({given}); send use_activation only",
+                                 "use_activation")
+        return next(iter(given.values()), True)
+
+
+class PoolingRequest(ClassifyRequest):
+    """vLLM's pooling request; a sequence reward model serves task `classify` only."""
+
+    task: StrictStr = CLASSIFY_TASK
+
+
+def conversation(messages, where: str) -> tuple:
+    """(prompt turns, final message) of one chat, validated as training validates `messages`."""
+    name = f"{where}.messages" if where else "messages"
+    if not isinstance(messages, list):
+        raise RequestProblem(422, f"{name}: expected a list of messages", name)
+    return _parsed(RawRow(where, {"messages": messages}), RowKeys(response="messages"))
+
+
+def _parsed(raw: RawRow, keys: RowKeys) -> tuple:
+    parsed = parse_row(raw, keys, scoring=True)
+    if isinstance(parsed, RowProblem):
+        field = ".".join(part for part in (parsed.location, parsed.field) if part)
+        raise RequestProblem(422, f"{field}: {parsed.message}", field)
+    return parsed.prompt, parsed.responses[0]
+
+
+def _within(count: int, max_items: int, field: str) -> None:
+    """Checked before anything is tokenized: the limit bounds the work one request can ask for."""
+    if count > max_items:
+        raise RequestProblem(422, f"{field}: {count} items exceed the server's limit of {max_items} per request "
+                                  "(--max-items); split the request", field)
+
+
+def checked(encoded: list[Encoded], names: list[str]) -> list[list[int]]:
+    """Every input's ids; a 422 naming the first input that cannot be scored (empty, too long)."""
+    for item, name in zip(encoded, names):
+        if item.ids is None:
+            raise RequestProblem(422, f"{name}: {item.error}", name)
+    return [item.ids for item in encoded]
+
+
+def activate(rewards: torch.Tensor) -> torch.Tensor:
+    """vLLM's classify activation: a sigmoid for one label, a softmax across several."""
+    return rewards.sigmoid() if rewards.shape[-1] == 1 else rewards.softmax(-1)
+
+
+def per_item(rewards: torch.Tensor) -> list:
+    """A float per item for a one-label model, else a list per item."""
+    return rewards[:, 0].tolist() if rewards.shape[-1] == 1 else rewards.tolist()
+
+
+def score_response(rewards: torch.Tensor, normalized: torch.Tensor | None, truncated: list[bool]) -> dict:
+    return {"rewards": per_item(rewards), "rewards_normalized": None if normalized is None else per_item(normalized),
+            "truncated": truncated}
+
+
+def reward_response(rewards: torch.Tensor) -> dict:
+    """OpenRLHF's reply: `scores` equal `rewards`, as its own server sends them."""
+    values = rewards.tolist()
+    return {"rewards": values, "scores": values, "extra_logs": {}}
+
+
+def classify_response(model: str, rewards: torch.Tensor, activation: bool, sequences: list[list[int]]) -> dict:
+    probs = activate(rewards) if activation else rewards
+    data = [{"index": index, "label": f"LABEL_{int(row.argmax())}", "probs": row.tolist(),
+             "num_classes": rewards.shape[-1]} for index, row in enumerate(probs)]
+    return _listing("classify", model, data, sequences)
+
+
+def pooling_response(model: str, rewards: torch.Tensor, activation: bool, sequences: list[list[int]]) -> dict:
+    values = activate(rewards) if activation else rewards
+    data = [{"index": index, "object": "pooling", "data": row.tolist()} for index, row in enumerate(values)]
+    return _listing("pool", model, data, sequences)
+
+
+def _listing(kind: str, model: str, data: list[dict], sequences: list[list[int]]) -> dict:
+    tokens = sum(len(ids) for ids in sequences)
+    return {"id": f"{kind}-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model,
+            "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
+                                    "prompt_tokens_details": None}}
+
+
+def models_response(model: str, created: int, max_length: int) -> dict:
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": created,
+                                        "owned_by": "megatron-rm", "max_model_len": max_length}]}

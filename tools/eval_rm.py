@@ -1,0 +1,61 @@
+"""Evaluate a reward model on a preference set: accuracy (ties wrong), margin and calibration
+per subset and overall, and RewardBench's section scores and leaderboard average when the
+subsets are RewardBench's.
+
+    python tools/eval_rm.py --model runs/demo/checkpoints --input examples/demo/data/eval.jsonl
+    torchrun --nproc-per-node 2 tools/eval_rm.py --model ckpt/llama-rm --tp 2 --input rewardbench.parquet \
+        --output report.json --plot report.png
+
+Rows are pairs (`prompt`, `chosen`, `rejected`) or rankings (`responses` + `ranking`), with
+an optional `subset` field, in any format training reads (.jsonl, .json, .parquet, saved
+datasets). Invalid rows stop the run (`--on-invalid skip` counts and leaves them out); rows
+too long for the length policy are left out and counted.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from megatron_rm import parallel
+from megatron_rm.errors import UsageError
+from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
+from megatron_rm.scoring.evaluation import evaluate_file
+from megatron_rm.scoring.report import format_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--input", required=True, help="the preference set")
+    parser.add_argument("--output", type=Path, help="write the report as JSON here")
+    parser.add_argument("--plot", type=Path, help="write a reliability diagram and reward histograms here (.png)")
+    parser.add_argument("--on-invalid", choices=("error", "skip"), default="error")
+    parser.add_argument("--bins", type=int, default=10, help="confidence bins for calibration")
+    args = parser.parse_args()
+    try:
+        result = evaluate_file(args.input, scorer_from_arguments(args), on_invalid=args.on_invalid, bins=args.bins)
+    except UsageError as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        parallel.shutdown()
+    if result is None:
+        return
+    report, counts = result
+    print(format_table(report))
+    print(f"{counts['evaluated']} of {counts['rows']} rows evaluated; invalid {counts['invalid']} "
+          f"{counts['invalid_by_reason'] or ''}; dropped {counts['dropped'] or 0}".rstrip())
+    if args.output:
+        args.output.write_text(json.dumps({"model": args.model, "input": args.input, **counts,
+                                           **report.to_dict()}, indent=2) + "\n")
+    if args.plot:
+        from megatron_rm.scoring.plots import plot_report
+
+        plot_report(report, args.plot)
+
+
+if __name__ == "__main__":
+    main()

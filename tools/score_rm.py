@@ -1,0 +1,62 @@
+"""Score every row of a file with a reward model, keeping the rows' fields and order.
+
+    python tools/score_rm.py --model runs/demo/checkpoints --input examples/demo/data/eval.jsonl \
+        --output scored.jsonl
+    torchrun --standalone --nproc-per-node 2 tools/score_rm.py --model ckpt/llama-rm --tp 2 \
+        --input rows.parquet --output scored.parquet --on-invalid skip
+
+Input: any format training reads (.jsonl, .json, .parquet, a saved dataset, a folder of
+files), with rows `{prompt, response}`, `{messages}` or `{input_ids}` (-> `reward`),
+`{prompt, chosen, rejected}` (-> `chosen_reward`, `rejected_reward`) or
+`{prompt, responses}` (-> `rewards`, `best`); see megatron_rm/scoring/rows.py. Output:
+JSON Lines or Parquet by its extension. Rerunning with the same --output resumes after the
+rows already written. dp = world size / (tp * pp); rank 0 reads and writes.
+"""
+
+import argparse
+import os
+import sys
+
+from megatron_rm import parallel
+from megatron_rm.data.sources import iter_raw_rows
+from megatron_rm.errors import UsageError
+from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
+from megatron_rm.scoring.batch_job import ON_INVALID, score_file
+from megatron_rm.scoring.output import ScoreOutput
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--input", required=True, help="the rows to score")
+    parser.add_argument("--output", required=True, help="scored rows (.jsonl or .parquet)")
+    parser.add_argument("--on-invalid", choices=ON_INVALID, default="error",
+                        help="error: stop at the first chunk with invalid rows; skip: write them with an "
+                             "'error' field instead of rewards")
+    parser.add_argument("--chunk-rows", type=int, default=1024,
+                        help="rows read, scored and written per step (what a rerun may redo)")
+    args = parser.parse_args()
+    if args.chunk_rows < 1:
+        parser.error(f"--chunk-rows {args.chunk_rows} must be >= 1")
+    try:
+        # Checked on every rank before the (slow) model load; the file system is shared, as for --model.
+        ScoreOutput(args.output)
+        iter_raw_rows(args.input)
+        summary = score_file(scorer_from_arguments(args), args.input, args.output, on_invalid=args.on_invalid,
+                             chunk_rows=args.chunk_rows)
+    except UsageError as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        parallel.shutdown()
+    if summary is None:
+        return
+    if summary.complete:
+        print(f"{args.output} is already complete ({summary.skipped} rows): nothing to score")
+        return
+    print(summary.line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Serve a reward model over HTTP: OpenRLHF's /get_reward, vLLM's /classify and /pooling (what
+verl's reward loop calls), OpenAI's /v1/models, /health and a native /score.
+
+    python tools/serve_rm.py --model runs/demo/checkpoints
+    torchrun --nproc-per-node 2 tools/serve_rm.py --model ckpt/llama-rm --tp 2 --port 8000
+    torchrun --nproc-per-node 8 tools/serve_rm.py --model hf/Skywork-Reward-Llama-3.1-8B --tp 2 --pp 2 \\
+        --precision bf16 --host 0.0.0.0
+
+    curl -s localhost:8000/score -H 'content-type: application/json' \\
+        -d '{"items": [{"prompt": "What is 2+2?", "response": "4"}]}'
+
+OpenRLHF: `--reward.remote_url http://HOST:PORT/get_reward` (add --normalize here to get the
+rewards normalised by the model's stored statistics, as OpenRLHF's own server does with
+--reward.normalize_enable). verl: its reward loop's vLLM client posts to http://HOST:PORT/classify.
+
+Rank 0 serves HTTP and gathers concurrent requests into batches (--batch-wait-ms, up to
+--max-batch-tokens and --max-batch-requests; `--batch-wait-ms 0 --max-batch-requests 1` scores
+one request at a time); every rank runs each forward, and the dp = world / (tp * pp) replicas
+share it. Once it accepts connections it prints `serving MODEL on http://HOST:PORT (tp= pp= dp=)`
+(with --port 0 the port is a free one). It binds to 127.0.0.1 unless --host says otherwise.
+SIGTERM or Ctrl-C to rank 0 finishes the requests in flight, stops the other ranks and exits 0.
+torchrun passes a SIGTERM on to every rank: the others wait for rank 0's stop and the job ends
+the same way, though torchrun itself reports the signal with status 1.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+import uvicorn
+
+from megatron_rm import parallel
+from megatron_rm.errors import UsageError
+from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
+from megatron_rm.scoring.scorer import Scorer
+from megatron_rm.scoring.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS, Server, build_app, listen
+from megatron_rm.scoring.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, Lead, follow
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    group.add_argument("--port", type=int, default=8000, help="0: a free port (the ready line names it)")
+    group.add_argument("--served-model-name", help="the model's name in responses (default: --model)")
+    group.add_argument("--normalize", action="store_true",
+                       help="/get_reward returns rewards normalised by the model's stored statistics")
+    group.add_argument("--max-batch-tokens", type=int, default=BatchLimits.max_tokens,
+                       help="tokens gathered into one forward (a larger request goes alone)")
+    group.add_argument("--max-batch-requests", type=int, default=None,
+                       help="requests gathered into one forward (default: no limit)")
+    group.add_argument("--batch-wait-ms", type=float, default=BatchLimits.wait_s * 1000,
+                       help="how long a batch's first request waits for others to join it")
+    group.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="inputs per request")
+    group.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="request body size")
+    group.add_argument("--idle-tick-s", type=float, default=IDLE_TICK_S,
+                       help="while idle, wake the other ranks this often (keep it under the process "
+                            "group's timeout)")
+    args = parser.parse_args()
+    for name in ("max_batch_tokens", "max_batch_requests", "max_items", "max_body_bytes", "port"):
+        value, lowest = getattr(args, name), 0 if name == "port" else 1
+        if value is not None and value < lowest:
+            parser.error(f"--{name.replace('_', '-')}={value} must be >= {lowest}")
+    if args.batch_wait_ms < 0 or args.idle_tick_s <= 0:
+        parser.error("--batch-wait-ms must be >= 0 and --idle-tick-s > 0")
+    return args
+
+
+def serve(scorer: Scorer, args: argparse.Namespace) -> None:
+    """Rank 0: the HTTP server until a signal; closing the app's batcher stops the other ranks."""
+    lead = Lead(scorer)
+    try:
+        sock = listen(args.host, args.port)
+    except UsageError:
+        lead.stop()
+        raise
+    limits = BatchLimits(max_tokens=args.max_batch_tokens, max_requests=args.max_batch_requests,
+                         wait_s=args.batch_wait_ms / 1000)
+    name = args.served_model_name or scorer.model.name
+    app = build_app(scorer, Batcher(lead, limits, idle_tick_s=args.idle_tick_s), name=name,
+                    normalize=args.normalize, max_items=args.max_items, max_body_bytes=args.max_body_bytes)
+    layout = scorer.model.layout
+    host, port = sock.getsockname()[:2]
+    address = f"[{host}]" if ":" in host else host
+
+    def ready():
+        print(f"serving {name} on http://{address}:{port} (tp={layout.tp} pp={layout.pp} dp={layout.dp})",
+              flush=True)
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    Server(config, on_ready=ready).run(sockets=[sock])
+
+
+def main() -> None:
+    args = arguments()
+    try:
+        scorer = scorer_from_arguments(args)
+        if args.normalize and scorer.model.normalization is None:  # checked on every rank: all stop alike
+            raise UsageError(f"--normalize: {args.model} stores no reward statistics to normalise with")
+        if scorer.model.layout.rank == 0:
+            serve(scorer, args)
+        else:
+            # Rank 0 decides when the job stops (after the requests in flight): a signal here
+            # would leave it broadcasting to a rank that is gone.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+            follow(scorer)
+    except UsageError as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        parallel.shutdown()
+
+
+# dist_checkpointing starts spawned helper processes that re-import this file.
+if __name__ == "__main__":
+    main()
