@@ -38,17 +38,17 @@ class EvalInput:
     """Valid rows that cannot be scored (too long under the length policy, ...), by reason."""
 
 
-def read_preferences(path: str, scorer: Scorer, keys: RowKeys = RowKeys(), on_invalid: str = "error") -> EvalInput:
+def read_preferences(path: str, scorer: Scorer, keys: RowKeys | None = None, on_invalid: str = "error") -> EvalInput:
     """Parse, validate and tokenize every row of `path` (pairs or rankings, optional `subset`)."""
     found = EvalInput()
     for raw in iter_raw_rows(path):
         found.rows += 1
-        parsed = parse_row(raw, keys)
+        parsed = parse_row(raw, keys or RowKeys())
         if isinstance(parsed, RowProblem):
             found.problems.add(parsed)
             continue
         if len(parsed.responses) < 2:
-            found.problems.add(RowProblem(raw.location, keys.response, "wrong_type",
+            found.problems.add(RowProblem(raw.location, (keys or RowKeys()).response, "wrong_type",
                                           "a single response has nothing to be compared with"))
             continue
         encoded = scorer.encoder.texts([(parsed.prompt, response) for response in parsed.responses])

@@ -64,7 +64,7 @@ class ScoringModel:
         return self.config.num_labels
 
 
-def load_model(path: str | Path, parallel_config: ParallelConfig = ParallelConfig(), *,
+def load_model(path: str | Path, parallel_config: ParallelConfig | None = None, *,
                precision: str = "fp32", model_name: str | None = None, seed: int = 0) -> ScoringModel:
     """The model at `path` on this job (process groups are created here when absent).
 
@@ -72,13 +72,13 @@ def load_model(path: str | Path, parallel_config: ParallelConfig = ParallelConfi
     head drawn from `seed`), a checkpoint folder, or a run's `checkpoints/` folder (its newest
     complete checkpoint). `model_name` picks one model of a checkpoint that holds several.
     """
-    path = Path(path)
+    path, parallel_config = Path(path), parallel_config or ParallelConfig()
     if not path.exists():
         raise CheckpointError(f"{path}: no such model folder")
     hf = is_hf_folder(path)
     if hf:
         source = open_hf(path, seed=seed)
-        config, tokenizer, dtype = source.model, source.tokenizer, source.dtype
+        config, tokenizer = source.model, source.tokenizer
         stored_normalization, where = source.reward_normalization(), path / "config.json"
     else:
         directory = resolve(path)
