@@ -55,11 +55,11 @@ def _warn(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def exit_on_usage_error(run, rank: int) -> None:
-    """Call `run()`; a UsageError (the same on every rank) is printed once, by rank 0,
+def exit_on_usage_error(run, rank: int):
+    """`run()`'s result; a UsageError (the same on every rank) is printed once, by rank 0,
     without a traceback, and every rank exits with status 2."""
     try:
-        run()
+        return run()
     except UsageError as error:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)

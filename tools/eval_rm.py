@@ -15,11 +15,10 @@ too long for the length policy are left out and counted.
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from megatron_rm import parallel
-from megatron_rm.errors import UsageError
+from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
 from megatron_rm.scoring.evaluation import evaluate_file
 from megatron_rm.scoring.report import format_table
@@ -35,11 +34,9 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=10, help="confidence bins for calibration")
     args = parser.parse_args()
     try:
-        result = evaluate_file(args.input, scorer_from_arguments(args), on_invalid=args.on_invalid, bins=args.bins)
-    except UsageError as error:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        result = exit_on_usage_error(lambda: evaluate_file(args.input, scorer_from_arguments(args),
+                                                           on_invalid=args.on_invalid, bins=args.bins),
+                                     rank=int(os.environ.get("RANK", "0")))
     finally:
         parallel.shutdown()
     if result is None:

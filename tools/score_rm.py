@@ -15,11 +15,10 @@ rows already written. dp = world size / (tp * pp); rank 0 reads and writes.
 
 import argparse
 import os
-import sys
 
 from megatron_rm import parallel
+from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.data.sources import iter_raw_rows
-from megatron_rm.errors import UsageError
 from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
 from megatron_rm.scoring.batch_job import ON_INVALID, score_file
 from megatron_rm.scoring.output import ScoreOutput
@@ -38,16 +37,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.chunk_rows < 1:
         parser.error(f"--chunk-rows {args.chunk_rows} must be >= 1")
-    try:
+    def run():
         # Checked on every rank before the (slow) model load; the file system is shared, as for --model.
         ScoreOutput(args.output)
         iter_raw_rows(args.input)
-        summary = score_file(scorer_from_arguments(args), args.input, args.output, on_invalid=args.on_invalid,
-                             chunk_rows=args.chunk_rows)
-    except UsageError as error:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        return score_file(scorer_from_arguments(args), args.input, args.output, on_invalid=args.on_invalid,
+                          chunk_rows=args.chunk_rows)
+
+    try:
+        summary = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))
     finally:
         parallel.shutdown()
     if summary is None:

@@ -26,11 +26,11 @@ the same way, though torchrun itself reports the signal with status 1.
 import argparse
 import os
 import signal
-import sys
 
 import uvicorn
 
 from megatron_rm import parallel
+from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.errors import UsageError
 from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
 from megatron_rm.scoring.scorer import Scorer
@@ -95,7 +95,8 @@ def serve(scorer: Scorer, args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = arguments()
-    try:
+
+    def run():
         scorer = scorer_from_arguments(args)
         if args.normalize and scorer.model.normalization is None:  # checked on every rank: all stop alike
             raise UsageError(f"--normalize: {args.model} stores no reward statistics to normalise with")
@@ -107,10 +108,9 @@ def main() -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
             follow(scorer)
-    except UsageError as error:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+
+    try:
+        exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))
     finally:
         parallel.shutdown()
 
