@@ -11,6 +11,11 @@ connections send `--requests` /score requests in all, one item each, with long-t
 lengths (log-normal word counts, the same texts in the same order for both). Prints a
 markdown table (requests/s, p50 and p99 latency, forwards run) and the throughput ratio,
 and checks that both servers gave the same rewards. Target: a ratio of at least 3.
+
+For scale it also prints the ceiling batching has on this machine without HTTP: the same
+texts scored in process, `--clients` at a time against one at a time. Where one forward is
+compute-bound (a CPU), batching saves only the per-forward overhead and the ratio stays near
+that ceiling; where it is latency-bound (a GPU), a batch costs little more than one request.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import numpy as np
 import requests
 import torch
 import transformers
+
+from megatron_rm.scoring.load import load_model
+from megatron_rm.scoring.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("reward model score answer question policy sample token batch forward layer tensor pipeline "
@@ -91,6 +99,20 @@ def load(url: str, pairs: list[tuple[str, str]], clients: int) -> dict:
             "rewards": [reward for _, reward in results]}
 
 
+def in_process(folder: Path, pairs: list[tuple[str, str]], clients: int) -> float:
+    """Seconds to score every pair one at a time / `clients` at a time, with no server."""
+    scorer = Scorer(load_model(folder))
+    sequences = [encoded.ids for encoded in scorer.encoder.texts(pairs)]
+    scorer.score(sequences[:clients])  # warm up
+    seconds = {}
+    for size in (1, clients):
+        start = time.perf_counter()
+        for first in range(0, len(sequences), size):
+            scorer.score(sequences[first:first + size])
+        seconds[size] = time.perf_counter() - start
+    return seconds[1] / seconds[clients]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=320)
@@ -116,6 +138,7 @@ def main() -> None:
             finally:
                 job.terminate()
                 job.wait()
+        ceiling = in_process(Path(workdir) / "rm", pairs, args.clients)
     batched, alone = results.values()
     print(f"{args.requests} requests of {lengths[0]:.0f} tokens at the median, {lengths[1]:.0f} at p99, "
           f"{args.clients} clients, Llama hidden {args.hidden} x {args.layers} layers, "
@@ -124,7 +147,8 @@ def main() -> None:
     for key in ("requests/s", "p50 latency (ms)", "p99 latency (ms)", "forwards"):
         cells = [f"{result[key]:.1f}" if key != "forwards" else str(result[key]) for result in results.values()]
         print(f"| {key} | {' | '.join(cells)} |")
-    print(f"\nthroughput ratio: {batched['requests/s'] / alone['requests/s']:.2f}x (target >= 3)")
+    print(f"\nthroughput ratio: {batched['requests/s'] / alone['requests/s']:.2f}x (target >= 3); "
+          f"in process, without HTTP, {args.clients} at a time score {ceiling:.2f}x as fast as one at a time")
     torch.testing.assert_close(torch.tensor(batched["rewards"]), torch.tensor(alone["rewards"]), rtol=1e-4, atol=1e-5)
     print("rewards: the same under both (rtol 1e-4)")
 

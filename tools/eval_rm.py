@@ -43,8 +43,8 @@ def main() -> None:
         return
     report, counts = result
     print(format_table(report))
-    print(f"{counts['evaluated']} of {counts['rows']} rows evaluated; invalid {counts['invalid']} "
-          f"{counts['invalid_by_reason'] or ''}; dropped {counts['dropped'] or 0}".rstrip())
+    print(f"{counts['evaluated']} of {counts['rows']} rows evaluated; invalid: {_counts(counts['invalid_by_reason'])}; "
+          f"dropped: {_counts(counts['dropped'])}")
     if args.output:
         args.output.write_text(json.dumps({"model": args.model, "input": args.input, **counts,
                                            **report.to_dict()}, indent=2) + "\n")
@@ -52,6 +52,10 @@ def main() -> None:
         from megatron_rm.scoring.plots import plot_report
 
         plot_report(report, args.plot)
+
+
+def _counts(by_reason: dict) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in by_reason.items()) or "none"
 
 
 if __name__ == "__main__":

@@ -311,11 +311,19 @@ class ProblemLog:
         if len(self.first) < self.shown:
             self.first.append(problem)
 
-    def error_message(self, path) -> str:
+    def by_reason(self) -> str:
+        """`reason count, ...`, most frequent first (ties in REASONS' order, then by name)."""
+        def rank(item):
+            reason, count = item
+            return -count, REASONS.index(reason) if reason in REASONS else len(REASONS), reason
+        return ", ".join(f"{reason} {count}" for reason, count in sorted(self.counts.items(), key=rank))
+
+    def error_message(self, where, hint: str = "set data.on_invalid=skip to skip them") -> str:
+        """The first few problems with file:line and field, how many more, the count by reason
+        and `hint` (what to do)."""
         lines = [str(problem) for problem in self.first]
         if self.total > len(self.first):
             lines.append(f"... and {self.total - len(self.first)} more")
-        by_reason = sorted(self.counts.items(), key=lambda item: (-item[1], REASONS.index(item[0])))
-        lines.append("by reason: " + ", ".join(f"{reason} {count}" for reason, count in by_reason))
+        lines.append("by reason: " + self.by_reason())
         shown = "\n  ".join(lines)
-        return f"{path}: {self.total} invalid row(s):\n  {shown}\nset data.on_invalid=skip to skip them"
+        return f"{where}: {self.total} invalid row(s):\n  {shown}\n{hint}"

@@ -24,7 +24,7 @@ from megatron_rm.data.sources import FILE_FORMATS, iter_raw_rows
 from megatron_rm.errors import DataError, UsageError
 from megatron_rm.scoring.batching import padding_efficiency, plan
 from megatron_rm.scoring.output import ScoreOutput
-from megatron_rm.scoring.rows import by_reason, error_fields, prepare_rows, problem_message, scored_fields
+from megatron_rm.scoring.rows import error_fields, prepare_rows, scored_fields
 from megatron_rm.scoring.scorer import Scorer, broadcast_sequences
 
 ON_INVALID = ("error", "skip")
@@ -49,7 +49,7 @@ class Summary:
     def line(self) -> str:
         invalid = f"{self.problems.total} invalid"
         if self.problems.total:
-            invalid += f" (by reason: {by_reason(self.problems)})"
+            invalid += f" (by reason: {self.problems.by_reason()})"
         seconds = max(self.seconds, 1e-9)
         efficiency = self.tokens / self.slots if self.slots else 1.0
         return (f"scored {self.scored} rows, {invalid}; {self.tokens} tokens in {self.seconds:.1f} s: "
@@ -159,8 +159,8 @@ class _Reader:
             where = f"rows {written + 1}-{written + len(raws)}"
             if written:
                 where += f"; rows 1-{written} are in {self.output.path} and a rerun resumes after them"
-            raise DataError(problem_message(problems, f"{self.input_path} ({where})",
-                                            "pass --on-invalid skip to write them with an 'error' field instead"))
+            raise DataError(problems.error_message(f"{self.input_path} ({where})",
+                                                  "pass --on-invalid skip to write them with an 'error' field instead"))
         for problem in invalid:
             self.summary.problems.add(problem)
         lengths = [len(ids) for ids in self.sequences()]

@@ -119,7 +119,7 @@ def _metrics(groups: Sequence[EvaluatedGroup], bins: int):
 def _reliability(calibration: torch.Tensor) -> list[ReliabilityBin]:
     per_bin = calibration.view(-1, 3).tolist()
     width = 0.5 / len(per_bin)
-    return [ReliabilityBin(lower=0.5 + b * width, upper=0.5 + (b + 1) * width, count=int(count),
+    return [ReliabilityBin(lower=round(0.5 + b * width, 12), upper=round(0.5 + (b + 1) * width, 12), count=int(count),
                            confidence=confidence / count if count else math.nan,
                            accuracy=correct / count if count else math.nan)
             for b, (count, confidence, correct) in enumerate(per_bin)]

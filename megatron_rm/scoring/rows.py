@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron_rm.data.rows import Invalid, ProblemLog, RowKeys, RowProblem, decode, parse_row
+from megatron_rm.data.rows import Invalid, RowKeys, RowProblem, decode, parse_row
 from megatron_rm.data.sources import RawRow
 from megatron_rm.scoring.inputs import Encoded, InputEncoder
 
@@ -136,19 +136,3 @@ def _rewards(shape: str, rewards: torch.Tensor, suffix: str) -> dict:
     if shape == LIST:
         return {f"rewards{suffix}": values}
     return {f"reward{suffix}": values[0]}
-
-
-def problem_message(problems: ProblemLog, where: str, hint: str) -> str:
-    """Invalid rows, in the style of training's `ProblemLog.error_message`: the first few with
-    file:line and field, how many more, the count by reason, and what to do."""
-    lines = [str(problem) for problem in problems.first]
-    if problems.total > len(problems.first):
-        lines.append(f"... and {problems.total - len(problems.first)} more")
-    lines.append("by reason: " + by_reason(problems))
-    shown = "\n  ".join(lines)
-    return f"{where}: {problems.total} invalid row(s):\n  {shown}\n{hint}"
-
-
-def by_reason(problems: ProblemLog) -> str:
-    counts = sorted(problems.counts.items(), key=lambda item: (-item[1], item[0]))
-    return ", ".join(f"{reason} {count}" for reason, count in counts)

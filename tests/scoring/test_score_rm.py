@@ -120,7 +120,9 @@ def test_skip_writes_error_rows_in_place_and_counts_them(setup, tmp_path):
     assert summary.scored == 1 and summary.problems.counts == {"empty_response": 1, "bad_input_ids": 1,
                                                                "too_long": 1, "mixed_shapes": 2, "wrong_type": 1,
                                                                "invalid_json": 1}
-    assert summary.line().startswith("scored 1 rows, 7 invalid (by reason: mixed_shapes 2, bad_input_ids 1, ")
+    # Most frequent first; ties in training's order of reasons, then the encoder's by name.
+    assert summary.line().startswith("scored 1 rows, 7 invalid (by reason: mixed_shapes 2, invalid_json 1, "
+                                     "wrong_type 1, empty_response 1, bad_input_ids 1, too_long 1); ")
 
 
 
