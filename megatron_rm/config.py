@@ -79,6 +79,9 @@ class ModelConfig:
     """Reward head outputs: 1 for a scalar reward, more for multi-attribute heads."""
     head_bias: bool = False
     head_init_std: float = 0.02
+    tie_word_embeddings: bool = False
+    """Policy models: the output layer is the input embedding (Hugging Face's
+    `tie_word_embeddings`, as in Qwen2-0.5B or Llama-3.2-1B). A reward model has no output layer."""
     make_vocab_size_divisible_by: int = 128
     """The embedding is padded to a multiple of this, independent of TP, so a
     checkpoint loads at any tensor-parallel size that divides the padded size."""
@@ -188,6 +191,14 @@ class LossConfig:
 
 
 @dataclass
+class SFTLossConfig(LossConfig):
+    type: str = "sft"
+    """sft: the mean negative log-likelihood of every response token (and the EOS ending the
+    response) given the tokens before it; prompt tokens are context, never targets. The only
+    loss `tools/train_sft.py` trains; the reward losses belong to `tools/train_rm.py`."""
+
+
+@dataclass
 class LoggingConfig:
     progress: bool = True
     """Rank 0 prints a progress line every train.log_interval steps (step, loss, accuracy, lr,
@@ -294,6 +305,15 @@ class RMConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+@dataclass
+class SFTConfig(RMConfig):
+    """Supervised fine-tuning of a policy (`tools/train_sft.py`): the reward-model run's keys, with
+    a next-token loss. A group is one example (a prompt and the response to imitate), so
+    `train.global_batch_size` and `train.micro_batch_size` count examples."""
+
+    loss: SFTLossConfig = field(default_factory=SFTLossConfig)
 
 
 def padded_vocab_size(tokenizer_size: int, model: ModelConfig) -> int:
@@ -503,12 +523,14 @@ def problems(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, 
     return found
 
 
-def validate(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int) -> None:
+def validate(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int,
+             model_kind: str = "reward") -> None:
     """Raise ConfigError listing every reason `cfg` cannot run on this launch: `problems` and its
-    loss's own (each objective knows what it needs, so they live with it)."""
+    loss's own (each objective knows what it needs, so they live with it). `model_kind` is what
+    the run trains (reward or policy); a loss that trains the other kind is refused."""
     from megatron_rm.objectives import objective_problems  # objectives import this module
 
     found = problems(cfg, world_size, cuda=cuda, te_available=te_available, vocab_size=vocab_size)
-    found += objective_problems(cfg.loss, cfg.model.num_labels, cfg.data, cfg.parallel)
+    found += objective_problems(cfg.loss, cfg.model.num_labels, cfg.data, cfg.parallel, model_kind=model_kind)
     if found:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(found))

@@ -127,3 +127,23 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def broadcast_sequences(sequences: list[list[int]] | None, src: int = 0) -> list[list[int]]:
+    """Rank `src`'s sequences on every rank (others pass None), as two tensors: lengths, then ids.
+    Only integers cross the wire: nothing a client sent is unpickled anywhere."""
+    device = runtime.device()
+    count = torch.tensor([len(sequences) if dist.get_rank() == src else 0], dtype=torch.int64, device=device)
+    dist.broadcast(count, src)
+    if dist.get_rank() == src:
+        lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.int64, device=device)
+    else:
+        lengths = torch.empty(int(count), dtype=torch.int64, device=device)
+    dist.broadcast(lengths, src)
+    total = int(lengths.sum())
+    if dist.get_rank() == src:
+        flat = torch.tensor([t for ids in sequences for t in ids], dtype=torch.int64, device=device)
+    else:
+        flat = torch.empty(total, dtype=torch.int64, device=device)
+    dist.broadcast(flat, src)
+    return [piece.tolist() for piece in flat.cpu().split(lengths.cpu().tolist())]

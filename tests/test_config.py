@@ -14,7 +14,7 @@ import megatron_rm.cli
 from megatron_rm.config import ModelConfig, RMConfig, validate
 from megatron_rm.errors import ConfigError
 
-VOCAB = 284  # the demo tokenizer's size
+VOCAB = 327  # the demo tokenizer's size
 
 
 def check(cfg: RMConfig, world_size: int = 1, *, cuda: bool = False, te_available: bool = False,
@@ -103,17 +103,17 @@ def test_global_batch_not_divisible_by_micro_batch_times_dp():
 
 
 def test_padded_vocab_not_divisible_by_tp():
-    cfg = make(model=dict(make_vocab_size_divisible_by=100, num_attention_heads=8), parallel=dict(tp=8))
-    padded = math.ceil(VOCAB / 100) * 100  # 300, and 300 % 8 != 0
+    cfg = make(model=dict(make_vocab_size_divisible_by=30, num_attention_heads=8), parallel=dict(tp=8))
+    padded = math.ceil(VOCAB / 30) * 30  # 330, and 330 % 8 != 0
     lines = problems(cfg, 8)
     line = the_problem(lines, "padded vocabulary")
-    for value in (str(padded), str(VOCAB), "parallel.tp=8", "make_vocab_size_divisible_by=100"):
+    for value in (str(padded), str(VOCAB), "parallel.tp=8", "make_vocab_size_divisible_by=30"):
         assert value in line
     assert len(lines) == 1
 
 
 def test_padded_vocab_divisible_by_tp_is_fine():
-    # the default multiple of 128 pads 284 to 384, which tp=8 divides
+    # the default multiple of 128 pads 327 to 384, which tp=8 divides
     check(make(model=dict(num_attention_heads=8), parallel=dict(tp=8)), 8)
 
 

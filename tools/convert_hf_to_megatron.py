@@ -1,10 +1,13 @@
-"""Convert a Hugging Face Llama / Mistral / Qwen2 model into a megatron-rm reward-model checkpoint.
+"""Convert a Hugging Face Llama / Mistral / Qwen2 model into a megatron-rm checkpoint (reward model or policy).
 
     python tools/convert_hf_to_megatron.py --hf-dir llama-3.1-8b --out-dir ckpt/llama-rm --dtype bf16
     torchrun --nproc-per-node 8 tools/train_rm.py checkpoint.load=ckpt/llama-rm parallel.tp=4 parallel.pp=2
+    python tools/convert_hf_to_megatron.py --model-kind policy --hf-dir llama-3.1-8b-instruct --out-dir ckpt/policy
 
-`*ForSequenceClassification` sources keep their `score` head; `*ForCausalLM` sources get a
-new reward head. The checkpoint loads at any TP/PP and carries its model config and tokenizer.
+As a reward model (the default), `*ForSequenceClassification` sources keep their `score` head and
+`*ForCausalLM` sources get a new reward head. As a policy (`--model-kind policy`), a
+`*ForCausalLM` source keeps its `lm_head` (or its tied embedding) as the output layer. The
+checkpoint loads at any TP/PP and carries its model config, its kind and its tokenizer.
 """
 
 import argparse
@@ -19,6 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hf-dir", required=True, help="folder with config.json, safetensors and tokenizer")
     parser.add_argument("--out-dir", required=True, help="checkpoint folder to create (must not exist)")
+    parser.add_argument("--model-kind", choices=["reward", "policy"], default="reward",
+                        help="reward: a reward head (score, or a new one); policy: the causal LM's lm_head")
     parser.add_argument("--num-labels", type=int, help="reward outputs of a new head (default 1)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help="stored dtype (default: the source's)")
     parser.add_argument("--head-init-std", type=float, help="std of a new head (default: initializer_range)")
@@ -28,7 +33,7 @@ def main() -> None:
     start = time.perf_counter()
     try:
         exit_on_usage_error(lambda: import_hf(
-            args.hf_dir, args.out_dir, num_labels=args.num_labels, dtype=args.dtype,
+            args.hf_dir, args.out_dir, kind=args.model_kind, num_labels=args.num_labels, dtype=args.dtype,
             head_init_std=args.head_init_std, seed=args.seed, tokenizer_dir=args.tokenizer_dir), rank=0)
     finally:
         parallel.shutdown()

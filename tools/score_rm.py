@@ -18,10 +18,11 @@ import os
 
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
+from megatron_rm.core.file_job import ON_INVALID
+from megatron_rm.core.row_output import RowOutput
 from megatron_rm.data.sources import iter_raw_rows
 from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
-from megatron_rm.scoring.batch_job import ON_INVALID, score_file
-from megatron_rm.scoring.output import ScoreOutput
+from megatron_rm.scoring.batch_job import score_file
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         parser.error(f"--chunk-rows {args.chunk_rows} must be >= 1")
     def run():
         # Checked on every rank before the (slow) model load; the file system is shared, as for --model.
-        ScoreOutput(args.output)
+        RowOutput(args.output)
         iter_raw_rows(args.input)
         return score_file(scorer_from_arguments(args), args.input, args.output, on_invalid=args.on_invalid,
                           chunk_rows=args.chunk_rows)

@@ -3,7 +3,8 @@
     python examples/demo/train_tokenizer.py      # writes examples/demo/tokenizer/
 
 It loads through `transformers.AutoTokenizer` like any real model's tokenizer,
-so the demo exercises the same code path. Digits are split one per token.
+so the demo exercises the same code path. Digits are split one per token, and decoding
+gives back the exact text.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ def texts(data_dir: Path):
 
 def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    tokenizer.decoder = decoders.BPEDecoder()
+    # Spaces become part of the next token ("▁word"), so decoding gives back the exact text
+    # (generated responses are decoded, then scored as text); "never" adds no leading space.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
+        pre_tokenizers.Digits(individual_digits=True),
+    ])
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()))
     tokenizer.train_from_iterator(texts(data_dir), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL)

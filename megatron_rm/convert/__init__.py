@@ -1,4 +1,5 @@
-"""Hugging Face <-> megatron-rm checkpoint conversion (Llama, Mistral, Qwen2 and their reward heads).
+"""Hugging Face <-> megatron-rm checkpoint conversion (Llama, Mistral, Qwen2), as reward models
+(`score` heads) or policies (causal LMs).
 
 `import_hf` and `export_hf` load on first use: `megatron_rm.config` reads the family
 tables (`convert.families`) for the names `model.family` accepts, and the converters

@@ -1,8 +1,10 @@
 """Weight-name tables, one per Hugging Face family: the single source of truth for conversion.
 
-Each rule names one parameter of our reward model (megatron-core's local-spec
-names; the checkpoint's sharded keys follow from the model) and the Hugging
-Face tensors it is made of, with how they combine:
+One table serves both kinds of model we convert: the reward model
+(`*ForSequenceClassification`, its `score` head) and the policy (`*ForCausalLM`,
+its `lm_head`). Each rule names one parameter of our model (megatron-core's
+local-spec names; the checkpoint's sharded keys follow from the model) and the
+Hugging Face tensors it is made of, with how they combine:
 
 - copy:      the same tensor under another name;
 - qkv:       q, k and v projections interleaved per query group, the layout of
@@ -10,13 +12,17 @@ Face tensors it is made of, with how they combine:
              so that a tensor-parallel split along rows keeps whole groups;
 - gate_up:   SwiGLU's gate and up projections stacked [gate; up] into `linear_fc1`
              (megatron applies the activation to the first half);
-- embedding: the vocabulary, padded with zero rows to the model's padded size on
-             import and cut back on export.
+- embedding: a (vocabulary, hidden) matrix, the input embedding or the policy's
+             output layer, padded with zero rows to the model's padded size on
+             import and cut back to the real vocabulary on export, so padding
+             rows never reach a Hugging Face folder.
 
-`{i}` stands for the layer number. Hugging Face names are those of
-`*ForSequenceClassification` (`model.` trunk, `score` head); `*ForCausalLM` shares
-the trunk and its `lm_head` is not imported. Adding a family is adding a table
-here and its config translation in `hf_config.py`.
+`{i}` stands for the layer number. The trunk (`model.` in Hugging Face) is common
+to both kinds; a rule marked `only` belongs to one kind's head: `score` for a
+reward model, `lm_head` for a policy. A policy with tied embeddings
+(`tie_word_embeddings`) has no `lm_head` rule: its output layer is the embedding,
+both in Hugging Face and in megatron (`share_embeddings_and_output_weights`).
+Adding a family is adding a table here and its config translation in `hf_config.py`.
 """
 
 from __future__ import annotations
@@ -32,14 +38,24 @@ if TYPE_CHECKING:  # config reads FAMILIES from here, so this module must not im
     from megatron_rm.config import ModelConfig
 
 
+REWARD, POLICY = "reward", "policy"
+"""The kinds of model a checkpoint holds (`ModelEntry.kind`) and a table's rules serve."""
+MODEL_KINDS = (REWARD, POLICY)
+OUTPUT_LAYER = "output_layer.weight"
+"""The policy's output layer: a tensor of its own unless the embeddings are tied."""
+
+
 @dataclass(frozen=True)
 class Rule:
     megatron: str
     hf: tuple[str, ...]
     kind: str = "copy"
+    only: str | None = None
+    """The model kind whose head this rule maps (None: the trunk, common to both)."""
 
     def for_layer(self, layer: int) -> Rule:
-        return Rule(self.megatron.format(i=layer), tuple(n.format(i=layer) for n in self.hf), self.kind)
+        return Rule(self.megatron.format(i=layer), tuple(n.format(i=layer) for n in self.hf), self.kind,
+                    self.only)
 
     @property
     def per_layer(self) -> bool:
@@ -53,11 +69,20 @@ class Family:
     """Class-name stem: `<stem>ForSequenceClassification`, `<stem>ForCausalLM`."""
     rules: tuple[Rule, ...]
 
-    def rules_for(self, num_layers: int, head_bias: bool) -> list[Rule]:
-        """Every rule of a model with `num_layers` layers, in checkpoint order."""
+    def rules_for(self, num_layers: int, head_bias: bool, model_kind: str = REWARD,
+                  tied: bool = False) -> list[Rule]:
+        """Every rule of a `model_kind` model with `num_layers` layers, in checkpoint order.
+
+        `head_bias`: the reward head has a bias; `tied`: the policy's output layer is the
+        embedding (no output-layer tensor of its own, on either side).
+        """
+        if model_kind not in MODEL_KINDS:
+            raise ValueError(f"model kind {model_kind!r}: expected one of {', '.join(MODEL_KINDS)}")
         expanded = []
         for rule in self.rules:
-            if rule.megatron == "reward_head.bias" and not head_bias:
+            if rule.only not in (None, model_kind):
+                continue
+            if (rule.megatron == "reward_head.bias" and not head_bias) or (rule.megatron == OUTPUT_LAYER and tied):
                 continue
             layers = range(num_layers) if rule.per_layer else [None]
             expanded.extend(rule.for_layer(i) if i is not None else rule for i in layers)
@@ -81,8 +106,11 @@ _QKV_BIAS = Rule("decoder.layers.{i}.self_attention.linear_qkv.bias",
                   "model.layers.{i}.self_attn.v_proj.bias"), "qkv")
 _FINAL = (
     Rule("decoder.final_layernorm.weight", ("model.norm.weight",)),
-    Rule("reward_head.weight", ("score.weight",)),
-    Rule("reward_head.bias", ("score.bias",)),
+    # The policy's vocabulary-parallel output layer: padded like the embedding, since
+    # megatron gives it the same padded vocabulary (its extra columns' logits are masked).
+    Rule(OUTPUT_LAYER, ("lm_head.weight",), "embedding", only=POLICY),
+    Rule("reward_head.weight", ("score.weight",), only=REWARD),
+    Rule("reward_head.bias", ("score.bias",), only=REWARD),
 )
 
 LLAMA = Family("llama", "Llama", (_EMBEDDING, *_LAYER, *_FINAL))

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from megatron_rm.config import ROPE_SCALING_TYPES, ModelConfig, RopeScalingConfig
-from megatron_rm.convert.families import FAMILIES, Family, Shapes, family
+from megatron_rm.convert.families import FAMILIES, POLICY, REWARD, Family, Shapes, family
 from megatron_rm.errors import CheckpointError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -21,8 +21,9 @@ TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch
 
 
 def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool,
-                 head_init_std: float | None) -> tuple[Family, ModelConfig]:
-    """Our architecture for the Hugging Face config `hf` (read from `source`)."""
+                 head_init_std: float | None, tie_word_embeddings: bool = False) -> tuple[Family, ModelConfig]:
+    """Our architecture for the Hugging Face config `hf` (read from `source`);
+    `tie_word_embeddings`: a policy whose output layer is its embedding."""
     fam = family(hf.get("model_type"), str(source))
 
     def refuse(field: str, why: str) -> None:
@@ -64,8 +65,19 @@ def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool,
         num_labels=num_labels,
         head_bias=head_bias,
         head_init_std=head_init_std if head_init_std is not None else hf.get("initializer_range", 0.02),
+        tie_word_embeddings=tie_word_embeddings,
     )
     return fam, model
+
+
+def ties_embeddings(hf: dict) -> bool:
+    """Whether the causal LM of config `hf` uses its input embedding as its output layer.
+
+    An absent `tie_word_embeddings` means the family's default, as `from_pretrained` reads it.
+    """
+    if "tie_word_embeddings" in hf:
+        return bool(hf["tie_word_embeddings"])
+    return bool(transformers.AutoConfig.for_model(hf["model_type"]).tie_word_embeddings)
 
 
 def _rope_scaling(scaling: dict | None, source: Path) -> RopeScalingConfig | None:
@@ -88,10 +100,11 @@ def _rope_scaling(scaling: dict | None, source: Path) -> RopeScalingConfig | Non
     )
 
 
-def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_token_id: int,
+def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_token_id: int | None,
               bos_token_id: int | None, eos_token_id: int | None,
-              reward_normalization: dict | None) -> transformers.PretrainedConfig:
-    """The `*ForSequenceClassification` config of `model` (any checkpoint we wrote)."""
+              reward_normalization: dict | None, model_kind: str = REWARD) -> transformers.PretrainedConfig:
+    """The Hugging Face config of `model` (any checkpoint we wrote): `*ForSequenceClassification`
+    for a reward model, `*ForCausalLM` for a policy (`model_kind`)."""
     fam = FAMILIES.get(model.family)
     problems = [f"model.{name}={getattr(model, name)!r} (export needs {want!r})"
                 for name, want in (("normalization", "RMSNorm"), ("activation", "swiglu"),
@@ -105,8 +118,9 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
     if problems:
         raise CheckpointError("this model has no Hugging Face counterpart:\n  " + "\n  ".join(problems))
     shapes = Shapes.of(model)
+    policy = model_kind == POLICY
     fields = dict(
-        architectures=[f"{fam.architecture}ForSequenceClassification"],
+        architectures=[f"{fam.architecture}{'ForCausalLM' if policy else 'ForSequenceClassification'}"],
         vocab_size=vocab_size,
         hidden_size=model.hidden_size,
         intermediate_size=model.ffn_hidden_size,
@@ -120,18 +134,19 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
         rope_theta=model.rotary_base,
         rope_scaling=_hf_rope_scaling(model.rope_scaling),
         initializer_range=model.init_method_std,
-        tie_word_embeddings=False,
-        num_labels=model.num_labels,
+        tie_word_embeddings=policy and model.tie_word_embeddings,
         pad_token_id=pad_token_id,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         torch_dtype=TORCH_DTYPE_NAMES[dtype],
     )
+    if not policy:  # a causal LM's config keeps transformers' default label count
+        fields["num_labels"] = model.num_labels
     if fam.model_type == "mistral":
         fields["sliding_window"] = model.sliding_window
     if fam.model_type == "qwen2":
         fields["use_sliding_window"] = False
-    if reward_normalization:
+    if reward_normalization and not policy:
         fields["reward_normalization"] = reward_normalization
     return transformers.AutoConfig.for_model(fam.model_type, **fields)
 

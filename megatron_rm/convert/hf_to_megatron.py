@@ -1,4 +1,6 @@
-"""Import a Hugging Face Llama / Mistral / Qwen2 folder as our reward-model checkpoint."""
+"""Import a Hugging Face Llama / Mistral / Qwen2 folder as our checkpoint: a reward model
+(the default: a `score` head kept, or a new one for a causal LM) or a policy (a causal LM,
+its `lm_head` or tied embedding as the output layer)."""
 
 from __future__ import annotations
 
@@ -13,21 +15,23 @@ from transformers import PreTrainedTokenizerBase
 
 from megatron_rm.config import ModelConfig, padded_vocab_size
 from megatron_rm.convert import megatron_io
-from megatron_rm.convert.families import FAMILIES, HEAD_RULES, Shapes, to_megatron
-from megatron_rm.convert.hf_config import DTYPES, TORCH_DTYPE_NAMES, model_config
+from megatron_rm.convert.families import FAMILIES, HEAD_RULES, MODEL_KINDS, POLICY, REWARD, Shapes, to_megatron
+from megatron_rm.convert.hf_config import DTYPES, TORCH_DTYPE_NAMES, model_config, ties_embeddings
 from megatron_rm.convert.safetensors_io import SafetensorsFolder
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
 from megatron_rm.data import load_tokenizer
 from megatron_rm.errors import CheckpointError
 
-IGNORED = ("lm_head.weight",)
-"""Source tensors deliberately left out: a causal LM's vocabulary head."""
+IGNORED = {REWARD: ("lm_head.weight",), POLICY: ()}
+"""Source tensors deliberately left out of each kind: a reward model drops a causal LM's
+vocabulary head. (A policy with tied embeddings also drops an `lm_head.weight` saved beside
+them: transformers ties it to the embedding when it loads, so it is never used.)"""
 
 
 @dataclass
 class HFSource:
-    """A Hugging Face folder read as our reward model: its config, tokenizer and, on demand,
-    its tensors under our parameter names (whole, TP1/PP1)."""
+    """A Hugging Face folder read as our reward model or policy (`kind`): its config, tokenizer
+    and, on demand, its tensors under our parameter names (whole, TP1/PP1)."""
 
     hf_dir: Path
     hf: dict
@@ -41,12 +45,18 @@ class HFSource:
     """Whether the folder has a `score` head (else a new one is drawn)."""
     weights: SafetensorsFolder
     head_seed: int
+    kind: str = REWARD
+    """reward or policy: which head the tensors come with."""
+
+    def rules(self):
+        return FAMILIES[self.model.family].rules_for(self.model.num_layers, self.model.head_bias, self.kind,
+                                                     self.model.tie_word_embeddings)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(parameter name, whole tensor) one at a time, so at most one converted tensor is held."""
         shapes = Shapes.of(self.model)
         generator = torch.Generator().manual_seed(self.head_seed)
-        for rule in FAMILIES[self.model.family].rules_for(self.model.num_layers, self.model.head_bias):
+        for rule in self.rules():
             stored = megatron_io.parameter_dtype(rule.megatron, self.dtype)
             if rule.megatron in HEAD_RULES and not self.has_score:
                 yield rule.megatron, _new_head(rule.megatron, self.model, generator)
@@ -56,7 +66,10 @@ class HFSource:
 
     def reward_normalization(self) -> dict | None:
         """Reward mean/std saved with the model: ours (`reward_normalization`), or OpenRLHF's
-        `mean`/`std` config keys (its reward trainer stores the eval set's statistics there)."""
+        `mean`/`std` config keys (its reward trainer stores the eval set's statistics there).
+        None for a policy, which has no rewards."""
+        if self.kind != REWARD:
+            return None
         if self.hf.get("reward_normalization"):
             return self.hf["reward_normalization"]
         if isinstance(self.hf.get("mean"), (int, float)) and isinstance(self.hf.get("std"), (int, float)):
@@ -69,16 +82,20 @@ def is_hf_folder(path: str | Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def open_hf(hf_dir: str | Path, *, num_labels: int | None = None, dtype: str | None = None,
-            head_init_std: float | None = None, seed: int = 0,
+def open_hf(hf_dir: str | Path, *, kind: str = REWARD, num_labels: int | None = None,
+            dtype: str | None = None, head_init_std: float | None = None, seed: int = 0,
             tokenizer_dir: str | Path | None = None) -> HFSource:
     """Read and check `hf_dir` (config, tokenizer, tensor names and dtypes) without converting a tensor.
 
-    A `*ForSequenceClassification` source keeps its `score` head (and `num_labels`);
-    a `*ForCausalLM` source gets a new head of `num_labels` outputs (default 1) drawn
-    from N(0, head_init_std) with `seed`. `dtype` (fp32 or bf16) defaults to the
-    source's.
+    As a reward model (`kind="reward"`): a `*ForSequenceClassification` source keeps its
+    `score` head (and `num_labels`); a `*ForCausalLM` source gets a new head of `num_labels`
+    outputs (default 1) drawn from N(0, head_init_std) with `seed`. As a policy
+    (`kind="policy"`): a `*ForCausalLM` source, whose output layer is its `lm_head`, or its
+    embedding when `tie_word_embeddings` is set; a reward model's folder is refused.
+    `dtype` (fp32 or bf16) defaults to the source's.
     """
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"model kind {kind!r}: expected one of {', '.join(MODEL_KINDS)}")
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
@@ -90,14 +107,18 @@ def open_hf(hf_dir: str | Path, *, num_labels: int | None = None, dtype: str | N
     weights = SafetensorsFolder(hf_dir)
     names = set(weights.names())
     has_score = "score.weight" in names
-    if has_score:
+    tied = False
+    if kind == POLICY:
+        tied = _policy_checks(hf_dir, hf, names, num_labels, head_init_std)
+    elif has_score:
         score_rows = weights.info("score.weight").shape[0]
         if num_labels is not None and num_labels != score_rows:
             raise CheckpointError(f"--num-labels {num_labels}: {hf_dir} has a score head of "
                                   f"{score_rows} labels; leave --num-labels out to keep it")
         num_labels = score_rows
     family, model = model_config(hf, config_path, num_labels=num_labels or 1,
-                                 head_bias="score.bias" in names, head_init_std=head_init_std)
+                                 head_bias=kind == REWARD and "score.bias" in names,
+                                 head_init_std=head_init_std, tie_word_embeddings=tied)
     tokenizer_source = Path(tokenizer_dir) if tokenizer_dir else hf_dir
     try:
         tokenizer = load_tokenizer(str(tokenizer_source))
@@ -108,9 +129,10 @@ def open_hf(hf_dir: str | Path, *, num_labels: int | None = None, dtype: str | N
         raise CheckpointError(f"{config_path}: vocab_size={model.vocab_size} is smaller than the "
                               f"tokenizer's {len(tokenizer)} tokens ({tokenizer_source})")
 
-    rules = family.rules_for(model.num_layers, model.head_bias)
+    rules = family.rules_for(model.num_layers, model.head_bias, kind, tied)
     wanted = {name for rule in rules if has_score or rule.megatron not in HEAD_RULES for name in rule.hf}
-    missing, unknown = sorted(wanted - names), sorted(names - wanted - set(IGNORED))
+    ignored = set(IGNORED[kind]) | ({"lm_head.weight"} if tied else set())
+    missing, unknown = sorted(wanted - names), sorted(names - wanted - ignored)
     if missing or unknown:
         raise CheckpointError(f"{hf_dir}: tensors do not match a {family.architecture} model with this "
                               f"config.json: missing {missing[:8]}, unexpected {unknown[:8]}")
@@ -123,7 +145,25 @@ def open_hf(hf_dir: str | Path, *, num_labels: int | None = None, dtype: str | N
     if target not in (torch.float32, torch.bfloat16):
         raise CheckpointError(f"{hf_dir}: weights are {source_dtype}; pass --dtype fp32 or --dtype bf16")
     return HFSource(hf_dir, hf, model, tokenizer, padded_vocab_size(len(tokenizer), model), target,
-                    has_score, weights, seed)
+                    has_score, weights, seed, kind)
+
+
+def _policy_checks(hf_dir: Path, hf: dict, names: set[str], num_labels: int | None,
+                   head_init_std: float | None) -> bool:
+    """Refuse what cannot be a policy; returns whether its output layer is the tied embedding."""
+    if num_labels is not None or head_init_std is not None:
+        raise CheckpointError(f"{hf_dir}: --num-labels and --head-init-std describe a reward head; "
+                              "a policy keeps the model's vocabulary head")
+    if "score.weight" in names:
+        raise CheckpointError(f"{hf_dir}: holds a reward model (a `score` head, architectures="
+                              f"{hf.get('architectures')}), not a causal LM; a policy needs a *ForCausalLM "
+                              "folder (this one converts as a reward model: --model-kind reward)")
+    tied = ties_embeddings(hf)
+    if not tied and "lm_head.weight" not in names:
+        raise CheckpointError(f"{hf_dir}: no lm_head.weight and tie_word_embeddings is false in "
+                              "config.json: the folder has no output layer to import as a policy "
+                              "(a trunk saved without its causal-LM head?)")
+    return tied
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, **options) -> Path:
@@ -132,19 +172,26 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, **options) -> Path:
     model = source.model
     tensors = dict(source.tensors())
     with atomic_folder(out_dir) as staging:
-        megatron_io.save(tensors, staging, model, source.padded_vocab_size, source.dtype)
+        megatron_io.save(tensors, staging, model, source.padded_vocab_size, source.dtype, kind=source.kind)
         del tensors
         source.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         origin = {"hf_dir": str(source.hf_dir.resolve()), "architectures": source.hf.get("architectures"),
-                  "head": "score" if source.has_score else "new"}
+                  "head": _head_origin(source)}
         entry = ModelEntry(model, source.padded_vocab_size, TORCH_DTYPE_NAMES[source.dtype],
-                           prefix=f"{DEFAULT_MODEL}.")
+                           prefix=f"{DEFAULT_MODEL}.", kind=source.kind)
         write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, source=origin,
                        reward_normalization=source.reward_normalization())
         (staging / "model.yaml").write_text(
             f"# Derived from {source.hf_dir / 'config.json'}; tokenizer is relative to this folder.\n"
             + yaml.safe_dump(asdict(model), sort_keys=False))
     return Path(out_dir)
+
+
+def _head_origin(source: HFSource) -> str:
+    """Where the checkpoint's head came from: score (kept), new (drawn), lm_head or tied_embedding."""
+    if source.kind == POLICY:
+        return "tied_embedding" if source.model.tie_word_embeddings else "lm_head"
+    return "score" if source.has_score else "new"
 
 
 def _new_head(name: str, model, generator: torch.Generator) -> torch.Tensor:

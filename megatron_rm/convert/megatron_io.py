@@ -24,24 +24,28 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTenso
 
 from megatron_rm import parallel
 from megatron_rm.config import ModelConfig, ParallelConfig
+from megatron_rm.convert.families import OUTPUT_LAYER, POLICY, REWARD
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
-from megatron_rm.model.factory import build_reward_model
+from megatron_rm.model.factory import build_policy_model, build_reward_model
 
+EMBEDDING = "embedding.word_embeddings.weight"
 HEAD_DTYPE = torch.float32
 """The reward head is kept in fp32 whatever the trunk's dtype (see RewardHead)."""
 
 
-def _template(model: ModelConfig, padded_vocab: int, dtype: torch.dtype, prefix: str) -> tuple[dict, dict]:
-    """The sharded state dict of `model` at TP1/PP1 (checkpoint keys prefixed by `prefix`, dict
-    keys the parameter names), its tensors on the meta device and its factories built, and each
-    parameter's whole shape."""
+def _template(model: ModelConfig, padded_vocab: int, dtype: torch.dtype, prefix: str,
+              kind: str) -> tuple[dict, dict]:
+    """The sharded state dict of `model`, a `kind` (reward or policy) model, at TP1/PP1 (checkpoint
+    keys prefixed by `prefix`, dict keys the parameter names), its tensors on the meta device and
+    its factories built, and each parameter's whole shape."""
     if not parallel_state.model_parallel_is_initialized():
         parallel.initialize(ParallelConfig(), seed=0)
     if parallel_state.get_tensor_model_parallel_world_size() != 1 or \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise RuntimeError("conversion runs in one process at TP1/PP1")
-    reward_model = build_reward_model(model, ParallelConfig(), padded_vocab, meta_dtype=dtype)
-    sharded = {name[len(prefix):]: entry for name, entry in reward_model.sharded_state_dict(prefix=prefix).items()}
+    build = {REWARD: build_reward_model, POLICY: build_policy_model}[kind]
+    template = build(model, ParallelConfig(), padded_vocab, meta_dtype=dtype)
+    sharded = {name[len(prefix):]: entry for name, entry in template.sharded_state_dict(prefix=prefix).items()}
     shapes = {name: tuple(entry.data.shape) for name, entry in sharded.items()
               if not isinstance(entry, ShardedObject)}
     built = {name: entry.build() if isinstance(entry, ShardedTensorFactory) else entry
@@ -55,13 +59,13 @@ def _parts(entry) -> list:
 
 
 def save(tensors: dict[str, torch.Tensor], out: Path, model: ModelConfig, padded_vocab: int,
-         dtype: torch.dtype, name: str = DEFAULT_MODEL) -> None:
+         dtype: torch.dtype, name: str = DEFAULT_MODEL, *, kind: str = REWARD) -> None:
     """Write `tensors` (parameter name -> whole tensor) as a dist_checkpointing checkpoint of one
-    model called `name`, laid out as training saves it.
+    `kind` (reward or policy) model called `name`, laid out as training saves it.
 
     `tensors` is emptied as it goes: a factory's pieces replace their parameter.
     """
-    sharded, shapes = _template(model, padded_vocab, dtype, f"{name}.")
+    sharded, shapes = _template(model, padded_vocab, dtype, f"{name}.", kind)
     if set(shapes) != set(tensors):
         raise AssertionError(f"tensors do not match the model: missing {sorted(set(shapes) - set(tensors))}, "
                              f"unexpected {sorted(set(tensors) - set(shapes))}")
@@ -80,10 +84,10 @@ def save(tensors: dict[str, torch.Tensor], out: Path, model: ModelConfig, padded
 
 
 def load(directory: Path, model: ModelConfig, padded_vocab: int, dtype: torch.dtype,
-         prefix: str) -> dict[str, torch.Tensor]:
-    """Every parameter of one model of the checkpoint in `directory` (saved at any TP/PP), whole;
-    `prefix` is that model's key prefix (checkpoint_files.ModelEntry)."""
-    sharded, _ = _template(model, padded_vocab, dtype, prefix)
+         prefix: str, kind: str = REWARD) -> dict[str, torch.Tensor]:
+    """Every parameter of one `kind` model of the checkpoint in `directory` (saved at any TP/PP),
+    whole; `prefix` is that model's key prefix (checkpoint_files.ModelEntry)."""
+    sharded, _ = _template(model, padded_vocab, dtype, prefix, kind)
     for entry in sharded.values():
         if not isinstance(entry, ShardedObject):
             for piece in _parts(entry):
@@ -112,25 +116,29 @@ def load_whole(module: torch.nn.Module, tensors) -> None:
     the whole tensor comes from megatron's own sharding metadata (`sharded_state_dict`: global
     offsets, including the swiglu gate/up split of `linear_fc1`), so it is exactly the slice a
     checkpoint saved at TP1/PP1 would reshard to. Layers are numbered globally by
-    `layer_number`; a pipeline stage takes only its own.
+    `layer_number`; a pipeline stage takes only its own. A tied output layer on a last stage
+    without the embedding (megatron's copy of it there) takes the embedding's tensor, as it
+    does from a checkpoint, where it is saved under the embedding's key.
     """
-    local = {}
+    local: dict[str, list] = {}
     for name, entry in module.sharded_state_dict(prefix="").items():
         if isinstance(entry, ShardedObject):
             continue
-        local[_global_name(module, name)] = entry
+        if name == OUTPUT_LAYER and entry.key == EMBEDDING:
+            name = EMBEDDING
+        local.setdefault(_global_name(module, name), []).append(entry)
     missing = set(local)
     for name, whole in tensors:
-        entry = local.get(name)
-        if entry is None:
+        if name not in local:
             continue  # another pipeline stage's parameter
         missing.discard(name)
-        pieces = entry.build() if isinstance(entry, ShardedTensorFactory) else entry
-        with torch.no_grad():
-            for piece in _parts(pieces):
-                where = tuple(slice(offset, offset + size) for offset, size in
-                              zip(piece.global_offset[piece.prepend_axis_num:], piece.data.shape))
-                piece.data.copy_(whole[where])
+        for entry in local[name]:
+            pieces = entry.build() if isinstance(entry, ShardedTensorFactory) else entry
+            with torch.no_grad():
+                for piece in _parts(pieces):
+                    where = tuple(slice(offset, offset + size) for offset, size in
+                                  zip(piece.global_offset[piece.prepend_axis_num:], piece.data.shape))
+                    piece.data.copy_(whole[where])
     if missing:
         raise AssertionError(f"no tensor given for {sorted(missing)[:8]}")
 

@@ -1,4 +1,5 @@
-"""Export one of our checkpoints (any TP/PP) as a Hugging Face `*ForSequenceClassification` folder."""
+"""Export one of our checkpoints (any TP/PP) as a Hugging Face folder: a reward model as
+`*ForSequenceClassification`, a policy as `*ForCausalLM`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 import torch
 
 from megatron_rm.convert import megatron_io
-from megatron_rm.convert.families import FAMILIES, Shapes, to_hf
+from megatron_rm.convert.families import FAMILIES, POLICY, Shapes, to_hf
 from megatron_rm.convert.hf_config import DTYPES, hf_config
 from megatron_rm.convert.safetensors_io import write_sharded
-from megatron_rm.core.checkpoint_files import atomic_folder, model_entry, read_metadata, resolve
+from megatron_rm.core.checkpoint_files import atomic_folder, model_entry, read_metadata, require_kind, resolve
 from megatron_rm.data import load_tokenizer
 from megatron_rm.errors import CheckpointError
 
@@ -19,40 +20,52 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
 
 def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
-              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, model_name: str | None = None) -> Path:
-    """Write `out_dir` for `AutoModelForSequenceClassification.from_pretrained`; returns it.
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, model_name: str | None = None,
+              kind: str | None = None) -> Path:
+    """Write `out_dir` for `AutoModelForSequenceClassification.from_pretrained` (a reward model)
+    or `AutoModelForCausalLM.from_pretrained` (a policy); returns it.
 
     `megatron_dir` is a converted checkpoint, a training checkpoint, or a run's
     `checkpoints/` folder (its newest complete one). `dtype` (fp32 or bf16)
     defaults to the checkpoint's stored dtype. `model_name` names one model of a checkpoint that
-    holds several (default: its only model).
+    holds several (default: its only model). `kind` (reward or policy), when given, is the kind
+    of model expected: a checkpoint of the other kind is refused.
     """
     directory = resolve(megatron_dir)
     metadata = read_metadata(directory)
     entry = model_entry(directory, metadata, model_name)
+    if kind is not None:
+        require_kind(directory, entry, kind, model_name)
+    policy = entry.kind == POLICY
     model = entry.config
     stored = getattr(torch, entry.dtype)
     target = DTYPES[dtype] if dtype else stored
     tokenizer = load_tokenizer(model.tokenizer)
     vocab_size = model.vocab_size or len(tokenizer)
-    pad_token_id = _reward_pad_token(tokenizer)
-    if pad_token_id >= vocab_size:  # the new pad token needs an embedding row
+    # A causal LM's logits do not depend on the pad token: the tokenizer's stays as it is.
+    pad_token_id = tokenizer.pad_token_id if policy else _reward_pad_token(tokenizer)
+    if pad_token_id is not None and pad_token_id >= vocab_size:  # the new pad token needs an embedding row
         vocab_size = pad_token_id + 1
     config = hf_config(model, vocab_size=vocab_size, dtype=target, pad_token_id=pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       reward_normalization=metadata.get("reward_normalization"))
+                       reward_normalization=metadata.get("reward_normalization"), model_kind=entry.kind)
     padded = entry.padded_vocab_size
     if vocab_size > padded:
         raise CheckpointError(f"{directory}: {vocab_size} tokens need embedding rows beyond the "
                               f"checkpoint's {padded}")
     try:
-        parameters = megatron_io.load(directory, model, padded, stored, entry.prefix)
+        parameters = megatron_io.load(directory, model, padded, stored, entry.prefix, entry.kind)
     except Exception as error:  # megatron raises many kinds; say which checkpoint failed
         raise CheckpointError(f"{directory}: could not load: {error}") from error
 
     shapes = Shapes.of(model)
     hf_tensors = {}
-    for rule in FAMILIES[model.family].rules_for(model.num_layers, model.head_bias):
+    # A tied policy has no output layer of its own: its HF config says so, and transformers
+    # ties `lm_head` to the embedding on loading.
+    rules = FAMILIES[model.family].rules_for(model.num_layers, model.head_bias, entry.kind,
+                                             policy and model.tie_word_embeddings)
+    for rule in rules:
+        # Embedding and output layer are cut to the real vocabulary: padding rows never leave.
         parts = to_hf(rule.kind, parameters.pop(rule.megatron), shapes, rows=vocab_size)
         hf_tensors.update(zip(rule.hf, parts))
     plan = [(name, target, tuple(tensor.shape)) for name, tensor in hf_tensors.items()]

@@ -40,6 +40,7 @@ from megatron_rm.core.checkpoint_files import (
     model_entry,
     prune,
     read_metadata,
+    require_kind,
     resolve,
     write_latest,
     write_metadata,
@@ -53,7 +54,7 @@ from megatron_rm.parallel import Layout
 ARCHITECTURE = (
     "num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
     "ffn_hidden_size", "normalization", "activation", "position_embedding_type",
-    "add_bias_linear", "add_qkv_bias", "num_labels", "head_bias",
+    "add_bias_linear", "add_qkv_bias", "num_labels", "head_bias", "tie_word_embeddings",
 )
 RNG_DIR = "rng"
 
@@ -69,6 +70,8 @@ class ModelState:
     optimizer: Any = None
     scheduler: Any = None
     dtype: str = "float32"
+    kind: str = "reward"
+    """reward or policy: recorded with the weights, and a checkpoint of the other kind is refused."""
 
     def _sharded(self, prefix: str, *, loading: bool, with_optimizer: bool) -> dict:
         state = {"model": self.module.sharded_state_dict(prefix=prefix)}
@@ -111,7 +114,8 @@ def save(checkpoints_dir: str | Path, step: int, models: dict[str, ModelState], 
         entries = {name: ModelEntry(dataclasses.replace(model.config, tokenizer=TOKENIZER_DIR),
                                     model.padded_vocab_size, model.dtype, prefix=f"{name}.",
                                     optimizer=model.optimizer is not None,
-                                    scheduler=model.scheduler.state_dict() if model.scheduler else None)
+                                    scheduler=model.scheduler.state_dict() if model.scheduler else None,
+                                    kind=model.kind)
                    for name, model in models.items()}
         if objects is not None:
             extra["state"] = {name: obj.state_dict() for name, obj in objects.items()}
@@ -126,6 +130,7 @@ def save(checkpoints_dir: str | Path, step: int, models: dict[str, ModelState], 
 
 
 def check_architecture(directory: Path, saved: ModelEntry, model: ModelState) -> None:
+    require_kind(directory, saved, model.kind)
     mismatches = [
         f"model.{name}: checkpoint {getattr(saved.config, name)!r}, this run {getattr(model.config, name)!r}"
         for name in ARCHITECTURE

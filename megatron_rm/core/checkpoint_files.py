@@ -6,7 +6,8 @@ A megatron-rm checkpoint is a dist_checkpointing folder plus `megatron_rm.json`
     step        the optimizer steps taken
     models      name -> {config (a ModelConfig), padded_vocab_size, dtype, prefix (of the
                 model's tensor keys), optimizer (whether its optimizer tensors are saved),
-                scheduler (its learning-rate schedule, or null)}
+                scheduler (its learning-rate schedule, or null), kind (reward or policy;
+                absent, as in checkpoints written before policies existed: reward)}
     state       name -> state_dict() of each object a run restores (sampler, skip guard,
                 KL controller, ...); absent in a checkpoint that only holds weights
     layout      {tp, pp, dp} of the run that saved (RNG states restore only at the same)
@@ -36,6 +37,7 @@ from omegaconf import OmegaConf
 from torch.distributed.checkpoint import FileSystemReader
 
 from megatron_rm.config import ModelConfig
+from megatron_rm.convert.families import MODEL_KINDS, POLICY, REWARD
 from megatron_rm.errors import CheckpointError, DamagedCheckpoint
 
 METADATA = "megatron_rm.json"
@@ -152,9 +154,23 @@ class ModelEntry:
     optimizer: bool = False
     """Whether its optimizer's state is saved (tensors keyed by the model's parameters)."""
     scheduler: dict | None = None
+    kind: str = REWARD
+    """reward (a reward head) or policy (a causal LM's output layer): which model the weights
+    build. Checkpoints that predate policies hold reward models and have no such field."""
 
     def as_json(self) -> dict:
         return {**dataclasses.asdict(self), "config": dataclasses.asdict(self.config)}
+
+
+def require_kind(directory: Path, entry: ModelEntry, wanted: str, name: str | None = None) -> None:
+    """Refuse a checkpoint whose model is not of the `wanted` kind, naming the folder and the kind found."""
+    if entry.kind == wanted:
+        return
+    which = f"model {name!r}" if name else "its model"
+    hint = ("a policy comes from a *ForCausalLM folder converted with --model-kind policy, or from training one"
+            if wanted == POLICY else "a policy loads with megatron_rm.model.loading.load_policy")
+    raise CheckpointError(f"{directory}: {which} is a {entry.kind} model, not a {wanted} model "
+                          f"({METADATA}: kind={entry.kind!r}); {hint}")
 
 
 def write_metadata(directory: Path, *, step: int, models: dict[str, ModelEntry], **extra) -> None:
@@ -205,6 +221,9 @@ def model_entry(directory: Path, metadata: dict, name: str | None = None) -> Mod
     if name not in models:
         raise CheckpointError(f"{directory} has no model {name!r} (it holds {', '.join(models)})")
     entry = dict(models[name])
+    if entry.get("kind", REWARD) not in MODEL_KINDS:
+        raise CheckpointError(f"{directory / METADATA}: model {name!r} has kind={entry['kind']!r} "
+                              f"(expected one of {', '.join(MODEL_KINDS)})")
     try:
         model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), entry.pop("config")))
     except Exception as error:  # omegaconf's validation errors name the field

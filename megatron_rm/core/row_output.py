@@ -1,4 +1,4 @@
-"""Writing scored rows so that an interrupted job can go on where it stopped.
+"""Writing a job's output rows so that an interrupted job can go on where it stopped.
 
 Rows are appended as JSON Lines, one chunk at a time, so what is on disk is always the
 first N rows of the output plus at most one torn line; a rerun cuts that line and skips
@@ -21,7 +21,7 @@ OUTPUT_FORMATS = (".jsonl", ".parquet")
 BLOCK = 1 << 20
 
 
-class ScoreOutput:
+class RowOutput:
     """The output file of one job. `resume()` first, then `write` chunks, then `finish()`."""
 
     def __init__(self, path: str | Path):
@@ -56,13 +56,13 @@ class ScoreOutput:
             return
         with self.lines.open(encoding="utf-8") as lines:
             rows = [json.loads(line) for line in lines]
-        # Every key of every row: an error row and a scored row have different fields.
+        # Every key of every row: an error row and a done row have different fields.
         keys = list(dict.fromkeys(key for row in rows for key in row))
         try:
             table = pa.table({key: [row.get(key) for row in rows] for key in keys})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise DataError(f"{self.path}: the scored rows do not fit one Parquet schema ({error}); "
-                            f"they are kept in {self.lines}, or score to a .jsonl output") from None
+            raise DataError(f"{self.path}: the output rows do not fit one Parquet schema ({error}); "
+                            f"they are kept in {self.lines}, or write a .jsonl output") from None
         staging = self.path.with_name(self.path.name + ".tmp")
         pq.write_table(table, staging)
         os.replace(staging, self.path)

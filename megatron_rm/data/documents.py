@@ -31,6 +31,9 @@ class Batch:
     """(documents, num_labels) float32 attribute values, NaN where missing."""
     group_sizes: torch.Tensor | None = None
     """(groups,) documents of each group, in layout order (None: not recorded)."""
+    response_mask: torch.Tensor | None = None
+    """(rows, seq) bool: True on each document's response tokens (those after its prompt), which
+    a next-token loss predicts; None when the prompt lengths are unknown."""
 
     @property
     def num_pairs(self) -> int:
@@ -66,13 +69,15 @@ class Batch:
         return Batch(**{name: None if tensor is None else tensor.to(device) for name, tensor in moved.items()})
 
 
-def document_batch(sequences, pad_id: int, *, packed: bool = False, pad_to_multiple_of: int = 1) -> Batch:
+def document_batch(sequences, pad_id: int, *, packed: bool = False, pad_to_multiple_of: int = 1,
+                   prompt_lengths=None) -> Batch:
     """`sequences` (lists or arrays of token ids) as model inputs, in their order.
 
     Padded (default): one document per row, right-padded with `pad_id` to the
     longest document rounded up to `pad_to_multiple_of`. Packed: one row holding
     the documents back to back, its width rounded up likewise. The result has no
-    comparisons; `collate` adds them for training.
+    comparisons; `collate` adds them for training. With `prompt_lengths` (leading
+    prompt tokens of each document) it has a `response_mask`, laid out like the ids.
     """
     documents = [_document(sequence, index) for index, sequence in enumerate(sequences)]
     if not documents:
@@ -95,7 +100,13 @@ def document_batch(sequences, pad_id: int, *, packed: bool = False, pad_to_multi
     where = torch.from_numpy(row), torch.from_numpy(column)
     input_ids[where] = torch.from_numpy(np.concatenate(documents))
     attention_mask[where] = torch.from_numpy(number)
-    return Batch(input_ids, attention_mask)
+    response_mask = None
+    if prompt_lengths is not None:
+        # A token is the response's when its place in its document is past the prompt.
+        place = np.arange(len(document)) - (np.cumsum(lengths) - lengths)[document]
+        response_mask = torch.zeros((rows, width), dtype=torch.bool)
+        response_mask[where] = torch.from_numpy(place >= np.asarray(prompt_lengths, dtype=np.int64)[document])
+    return Batch(input_ids, attention_mask, response_mask=response_mask)
 
 
 def _document(sequence, index: int) -> np.ndarray:

@@ -24,13 +24,16 @@ import numpy as np
 
 from megatron_rm.config import DataConfig
 from megatron_rm.data.records import Comparison
-from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, parse_row
+from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, parse_demonstration, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
 from megatron_rm.data.store import GroupStore, StoreWriter, is_store, read_meta
 from megatron_rm.data.tokenize import GroupEncoder, fingerprint, load_tokenizer
 from megatron_rm.errors import DataError
 
 CHUNK_ROWS = 512
+GROUPINGS = {"comparisons": parse_row, "demonstrations": parse_demonstration}
+"""How rows become groups: every ranked response (reward training), or the one response a
+policy imitates (supervised fine-tuning)."""
 
 
 @dataclass(frozen=True)
@@ -44,20 +47,23 @@ class Settings:
     keys: RowKeys = field(default_factory=RowKeys)
     on_invalid: str = "error"
     """error: refuse the data when any row is invalid; skip: leave such rows out and count them."""
+    grouping: str = "comparisons"
+    """One of GROUPINGS: comparisons (groups of ranked responses) or demonstrations (one
+    response per group)."""
 
     @classmethod
-    def from_config(cls, d: DataConfig, tokenizer: str) -> Settings:
-        """From a run's data settings and its tokenizer folder."""
+    def from_config(cls, d: DataConfig, tokenizer: str, grouping: str = "comparisons") -> Settings:
+        """From a run's data settings, its tokenizer folder and how its rows become groups."""
         keys = RowKeys(prompt=d.prompt_key, chosen=d.chosen_key, rejected=d.rejected_key,
                        response=d.response_key, responses=d.responses_key, ranking=d.ranking_key,
                        margin=d.margin_key, labels=d.labels_key)
         return cls(tokenizer=tokenizer, max_length=d.max_length, truncation=d.truncation,
-                   keys=keys, on_invalid=d.on_invalid)
+                   keys=keys, on_invalid=d.on_invalid, grouping=grouping)
 
     def recorded(self, tokenizer_fingerprint: str) -> dict:
         """The part of meta.json a store must share with a run to be used by it."""
         return {"tokenizer": tokenizer_fingerprint, "max_length": self.max_length,
-                "truncation": self.truncation, "keys": dataclasses.asdict(self.keys)}
+                "truncation": self.truncation, "keys": dataclasses.asdict(self.keys), "grouping": self.grouping}
 
 
 def prompt_key(comparison: Comparison) -> int:
@@ -73,27 +79,30 @@ _worker: dict = {}
 
 
 def _start_worker(settings: Settings) -> None:
+    if settings.grouping not in GROUPINGS:
+        raise DataError(f"grouping={settings.grouping!r} must be one of {', '.join(GROUPINGS)}")
     tokenizer = load_tokenizer(settings.tokenizer)
     _worker["encoder"] = GroupEncoder(tokenizer, settings.max_length, settings.truncation)
     _worker["keys"] = settings.keys
+    _worker["parse"] = GROUPINGS[settings.grouping]
 
 
 def _encode_chunk(rows: list[RawRow]) -> list:
-    parsed = [parse_row(raw, _worker["keys"]) for raw in rows]
+    parsed = [_worker["parse"](raw, _worker["keys"]) for raw in rows]
     valid = [p for p in parsed if not isinstance(p, RowProblem)]
-    encoded = iter(_worker["encoder"].encode_comparisons(valid))
+    encoded = iter(_worker["encoder"].encode_groups(valid))
     out = []
     for row in parsed:
         if isinstance(row, RowProblem):
             out.append(row)
             continue
-        documents, reason = next(encoded)
+        documents, prompt_lengths, reason = next(encoded)
         if documents is None:
             out.append(reason)
         else:
             # uint32 arrays pickle in a fraction of the bytes of int lists.
             ids = [np.asarray(d, dtype=np.uint32) for d in documents]
-            out.append((ids, row.margin, row.labels, prompt_key(row)))
+            out.append((ids, row.margin, row.labels, prompt_key(row), prompt_lengths))
     return out
 
 
@@ -191,8 +200,10 @@ def _incompatibilities(meta: dict, settings: Settings, tokenizer_fingerprint: st
     # A store records the row keys of its version: one made before a row shape existed holds no
     # rows of it, so only the keys it recorded must agree.
     wanted["keys"] = {key: name for key, name in wanted["keys"].items() if key in meta.get("keys", {})}
-    reasons = [f"{name}: store {meta.get(name)!r}, this run {value!r}"
-               for name, value in wanted.items() if meta.get(name) != value]
+    # Stores made before supervised examples existed hold comparisons.
+    recorded = {"grouping": "comparisons", **meta}
+    reasons = [f"{name}: store {recorded.get(name)!r}, this run {value!r}"
+               for name, value in wanted.items() if recorded.get(name) != value]
     if reasons:
         reasons.append("re-run tools/preprocess_data.py with this run's tokenizer and data settings")
     skipped = sum(meta.get("invalid", {}).values())

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from megatron_rm.data.records import Comparison
+from megatron_rm.data.records import Comparison, Text
 from megatron_rm.data.sources import RawRow
 
 REASONS = ("invalid_json", "not_an_object", "missing_field", "wrong_type", "mixed_shapes", "empty_response",
@@ -67,6 +67,75 @@ def parse_row(raw: RawRow, keys: RowKeys = RowKeys(), *, scoring: bool = False) 
         return _comparison(decode(raw.payload), keys, raw.location, scoring)
     except Invalid as invalid:
         return RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
+
+
+def parse_prompt(raw: RawRow, keys: RowKeys = RowKeys()) -> Text | RowProblem:
+    """A prompt to generate from: `prompt` (a string, or messages), or `messages` (a
+    conversation whose final turn is not the assistant's); or the first problem found."""
+    try:
+        row = decode(raw.payload)
+        has_prompt, has_messages = row.get(keys.prompt) is not None, row.get("messages") is not None
+        if has_prompt and has_messages:
+            raise Invalid("mixed_shapes", "messages", f"a row with '{keys.prompt}' cannot also have 'messages'")
+        name = "messages" if has_messages else keys.prompt
+        value = _required(row, name)
+        if isinstance(value, str):
+            if not value.strip():
+                raise Invalid("empty_response", name, "empty prompt")
+            return value
+        if not isinstance(value, list):
+            raise Invalid("wrong_type", name, f"expected a string or a list of messages, got {_type_name(value)}")
+        messages = _messages(value, name)
+        if not messages:
+            raise Invalid("empty_response", name, "no messages")
+        if messages[-1]["role"] == "assistant":
+            raise Invalid("bad_messages", f"{name}[{len(messages) - 1}].role",
+                          "the final message is the assistant's: a prompt ends with the turn to answer")
+        return messages
+    except Invalid as invalid:
+        return RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
+
+
+def parse_demonstration(raw: RawRow, keys: RowKeys = RowKeys()) -> Comparison | RowProblem:
+    """A supervised example, a prompt and the one response to imitate, or the first problem found.
+
+    Accepted: `{prompt, response}`; `{messages}` (a conversation: its final message, the
+    assistant's, is the response and every turn before it the prompt); and preference rows
+    (`{prompt, chosen, rejected}`, or ranked `responses`), whose best response is the one taught.
+    Margins and labels are not used.
+    """
+    try:
+        row = decode(raw.payload)
+        if row.get("messages") is not None:
+            return _conversation(row, keys, raw.location)
+        if all(row.get(name) is None for name in (keys.response, keys.chosen, keys.responses)):
+            raise Invalid("missing_field", keys.response,
+                          f"missing; an example needs '{keys.response}' (with '{keys.prompt}'), 'messages', "
+                          f"or '{keys.chosen}' and '{keys.rejected}' (the chosen response is taught)")
+        comparison = _comparison(row, keys, raw.location, False)
+        return Comparison(prompt=comparison.prompt, responses=comparison.responses[:1], source=raw.location)
+    except Invalid as invalid:
+        return RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
+
+
+def _conversation(row: dict, keys: RowKeys, location: str) -> Comparison:
+    """`{messages}`: the final (assistant) message is the response, the turns before it the prompt."""
+    for other in (keys.prompt, keys.response, keys.chosen, keys.rejected, keys.responses):
+        if row.get(other) is not None:
+            raise Invalid("mixed_shapes", other, f"a row with 'messages' cannot also have '{other}'")
+    value = row["messages"]
+    if not isinstance(value, list):
+        raise Invalid("wrong_type", "messages", f"expected a list of messages, got {_type_name(value)}")
+    messages = _messages(value, "messages")
+    if not messages:
+        raise Invalid("empty_response", "messages", "no messages")
+    last = f"messages[{len(messages) - 1}]"
+    if messages[-1]["role"] != "assistant":
+        raise Invalid("bad_messages", f"{last}.role", f"is {messages[-1]['role']!r}: the final message is the "
+                                                      "response to learn, so it must be the assistant's")
+    if not messages[-1]["content"].strip():
+        raise Invalid("empty_response", f"{last}.content", "the final message is empty")
+    return Comparison(prompt=messages[:-1], responses=(messages[-1:],), source=location)
 
 
 def decode(payload) -> dict:

@@ -8,6 +8,9 @@ A store is a folder:
                       pair has 2, a ranking K, a single response 1)
     margins.npy       float32 (groups): NaN where a group has no margin (only pairs have one)
     prompt_keys.npy   uint64 (groups): a hash of the prompt, for splitting by prompt
+    prompt_lengths.npy  int32 (documents): how many leading tokens of each document are its
+                      prompt (after truncation), so a next-token loss can leave them out;
+                      absent in stores made before it existed
     labels.npy        float32 (documents, num_labels), NaN where missing; only if any row has labels
     meta.json         counts, the tokenizer fingerprint and the settings that produced the ids
 
@@ -46,10 +49,14 @@ class StoreWriter:
         self.group_starts = array("q", [0])
         self.margins = array("f")
         self.prompt_keys = array("Q")
+        self.prompt_lengths = array("i")
         self.labels: list[np.ndarray] = []
         self.num_labels = 0
 
-    def add(self, documents: list[list[int]], margin: float | None, labels, prompt_key: int) -> None:
+    def add(self, documents: list[list[int]], margin: float | None, labels, prompt_key: int,
+            prompt_lengths: list[int] | None = None) -> None:
+        """One group; `prompt_lengths`: leading prompt tokens of each document (None: no prompt)."""
+        self.prompt_lengths.extend(prompt_lengths if prompt_lengths is not None else [0] * len(documents))
         for ids in documents:
             self.tokens.write(np.asarray(ids).astype(self.dtype, copy=False).tobytes())
             self.document_starts.append(self.document_starts[-1] + len(ids))
@@ -69,6 +76,7 @@ class StoreWriter:
         np.save(self.staging / "groups.npy", np.frombuffer(self.group_starts, dtype=np.int64))
         np.save(self.staging / "margins.npy", np.frombuffer(self.margins, dtype=np.float32))
         np.save(self.staging / "prompt_keys.npy", np.frombuffer(self.prompt_keys, dtype=np.uint64))
+        np.save(self.staging / "prompt_lengths.npy", np.frombuffer(self.prompt_lengths, dtype=np.int32))
         if self.num_labels:
             blocks = [
                 block if block is not None else np.full((size, self.num_labels), np.nan, np.float32)
@@ -111,8 +119,9 @@ class GroupStore:
         self.group_starts = np.load(self.folder / "groups.npy", mmap_mode="r")
         self.margins = np.load(self.folder / "margins.npy", mmap_mode="r")
         self.prompt_keys = np.load(self.folder / "prompt_keys.npy", mmap_mode="r")
-        labels = self.folder / "labels.npy"
+        labels, prompts = self.folder / "labels.npy", self.folder / "prompt_lengths.npy"
         self.labels = np.load(labels, mmap_mode="r") if labels.is_file() else None
+        self.document_prompt_lengths = np.load(prompts, mmap_mode="r") if prompts.is_file() else None
         self.index = np.arange(self.meta["groups"], dtype=np.int64) if index is None else index
 
     def __len__(self) -> int:
@@ -128,6 +137,14 @@ class GroupStore:
         first, last = self.group_starts[stored], self.group_starts[stored + 1]
         return [np.asarray(self.tokens[self.document_starts[d]: self.document_starts[d + 1]], dtype=np.int64)
                 for d in range(first, last)]
+
+    def has_prompt_lengths(self) -> bool:
+        return self.document_prompt_lengths is not None
+
+    def prompt_lengths(self, group: int) -> list[int]:
+        """Leading prompt tokens of each of group `group`'s documents, best first."""
+        stored = self.index[group]
+        return [int(n) for n in self.document_prompt_lengths[self.group_starts[stored]: self.group_starts[stored + 1]]]
 
     def margin(self, group: int) -> float | None:
         value = float(self.margins[self.index[group]])

@@ -69,17 +69,28 @@ def encode_many(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[Text, Text
     for prompt, response in texts:
         if isinstance(prompt, str) and isinstance(response, str):
             full.append((prompt + response, True))
-            prompts.append((prompt, True))
         else:
-            if not getattr(tokenizer, "chat_template", None):
-                raise DataError("conversational rows need a tokenizer with a chat template "
-                                f"({tokenizer.name_or_path} has none)")
             full.append((_render(tokenizer, [*prompt, *response]), False))
-            prompts.append((_render(tokenizer, list(prompt), generation_prompt=True) if prompt else "", False))
+        prompts.append(_prompt_text(tokenizer, prompt))
     full_ids = _ids(tokenizer, full)
     unique_prompts = list(dict.fromkeys(prompts))
     prompt_ids = dict(zip(unique_prompts, _ids(tokenizer, unique_prompts)))
     return [_ended(tokenizer, ids, prompt_ids[p] if p[0] else []) for ids, p in zip(full_ids, prompts)]
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Text]) -> list[list[int]]:
+    """Ids of prompts to generate a response to: exactly the prompt part of what `encode_many`
+    makes of (prompt, response), so a generated response continues the ids training and
+    scoring see (a plain prompt with the tokenizer's special tokens and no EOS; messages
+    rendered by the chat template with its generation prompt)."""
+    return _ids(tokenizer, [_prompt_text(tokenizer, prompt) for prompt in prompts])
+
+
+def _prompt_text(tokenizer, prompt: Text) -> tuple[str, bool]:
+    """(text, add the tokenizer's special tokens?) of a prompt."""
+    if isinstance(prompt, str):
+        return prompt, True
+    return (_render(tokenizer, list(prompt), generation_prompt=True) if prompt else ""), False
 
 
 def _ids(tokenizer, texts: list[tuple[str, bool]]) -> list[list[int]]:
@@ -123,6 +134,9 @@ def blank(response: Text) -> bool:
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("conversational rows need a tokenizer with a chat template "
+                        f"({tokenizer.name_or_path} has none)")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
@@ -145,6 +159,17 @@ def fit(encoded: Encoded, max_length: int, truncation: str, bos_id: int | None) 
     if encoded.prompt_tokens >= max_length - 1:
         return None, "prompt_too_long"
     return ids[: max_length - 1] + ids[-1:], "truncated"
+
+
+def kept_prompt_tokens(encoded: Encoded, kept: list[int], truncation: str) -> int:
+    """How many leading ids of `kept` (what `fit` kept of `encoded`) are the prompt's.
+
+    `truncate_prompt` cuts prompt tokens only, so the prompt is shorter by what was cut;
+    `truncate_response` keeps the whole prompt (`fit` refuses a text whose prompt does not fit).
+    """
+    if truncation == "truncate_prompt":
+        return encoded.prompt_tokens - (len(encoded.ids) - len(kept))
+    return encoded.prompt_tokens
 
 
 class GroupEncoder:
@@ -184,6 +209,21 @@ class GroupEncoder:
         texts = [(c.prompt, response) for c in comparisons for response in c.responses]
         encoded = iter(encode_many(self.tokenizer, texts))
         return [self._group([next(encoded) for _ in c.responses]) for c in comparisons]
+
+    def encode_groups(self, comparisons: list[Comparison]) -> list[tuple[list[list[int]] | None, list[int] | None,
+                                                                           str | None]]:
+        """`encode_comparisons` with each kept document's prompt length: per comparison
+        (documents, prompt tokens of each, None), or (None, None, drop reason)."""
+        texts = [(c.prompt, response) for c in comparisons for response in c.responses]
+        encoded = iter(encode_many(self.tokenizer, texts))
+        out = []
+        for c in comparisons:
+            group = [next(encoded) for _ in c.responses]
+            documents, reason = self._group(group)
+            prompts = None if documents is None else [
+                kept_prompt_tokens(one, ids, self.truncation) for one, ids in zip(group, documents)]
+            out.append((documents, prompts, reason))
+        return out
 
     def _fit(self, encoded: Encoded) -> tuple[list[int] | None, str | None]:
         return fit(encoded, self.max_length, self.truncation, self.tokenizer.bos_token_id)

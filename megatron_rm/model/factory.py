@@ -1,7 +1,7 @@
 """The one place models are built from the typed config: training, scoring and checkpoint
-conversion all call `build_reward_model`, so a converted checkpoint is exactly what training
-saves (same keys, shapes, rope scaling). A second GPTModel-based model (the policy) reuses
-`transformer_config` and `model.layer_spec` the same way."""
+conversion all call `build_reward_model` or `build_policy_model`, so a converted checkpoint
+is exactly what training saves (same keys, shapes, rope scaling). Both models are built from
+one `transformer_config` and layer spec; only their last stage differs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_rm import runtime
 from megatron_rm.config import ModelConfig, ParallelConfig, padded_vocab_size
 from megatron_rm.model.layer_spec import transformer_layer_spec, uses_transformer_engine
+from megatron_rm.model.policy import PolicyModel
 from megatron_rm.model.reward_model import RewardModel
 
 RECOMPUTE = {
@@ -87,6 +88,25 @@ def build_reward_model(model: ModelConfig, parallel: ParallelConfig, vocab_size:
     takes its checkpoint keys and shapes from it. That build uses megatron's local layer names,
     the names the conversion tables map, and never touches a GPU.
     """
+    return _build(RewardModel, model, parallel, vocab_size, precision, recompute, meta_dtype,
+                  num_labels=model.num_labels, head_bias=model.head_bias, head_init_std=model.head_init_std)
+
+
+def build_policy_model(model: ModelConfig, parallel: ParallelConfig, vocab_size: int,
+                       precision: str = "fp32", recompute: str = "none", *,
+                       meta_dtype: torch.dtype | None = None) -> PolicyModel:
+    """This rank's pipeline stage of the policy (a causal LM), built as `build_reward_model`
+    builds the reward model: same config, layer spec, precision and meta-device option.
+    Its logits cover `model.vocab_size` (else the tokenizer's `vocab_size`) real columns."""
+    return _build(PolicyModel, model, parallel, vocab_size, precision, recompute, meta_dtype,
+                  vocab_size=model.vocab_size or vocab_size,
+                  share_embeddings_and_output_weights=model.tie_word_embeddings)
+
+
+def _build(cls, model: ModelConfig, parallel: ParallelConfig, tokenizer_size: int, precision: str, recompute: str,
+           meta_dtype: torch.dtype | None, **head):
+    """`cls(config, spec, padded vocab, max length, stages, positions, **head)`, on the meta
+    device with `meta_dtype`, else on this rank's device."""
     if meta_dtype is not None:
         model = dataclasses.replace(model, transformer_impl="local")
     config = transformer_config(model, parallel, precision, recompute)
@@ -95,18 +115,16 @@ def build_reward_model(model: ModelConfig, parallel: ParallelConfig, vocab_size:
         config.use_cpu_initialization = True
         config.perform_initialization = False
     with torch.device("meta") if meta_dtype is not None else contextlib.nullcontext():
-        reward_model = RewardModel(
+        built = cls(
             config,
             transformer_layer_spec(model),
-            padded_vocab_size(vocab_size, model),
+            padded_vocab_size(tokenizer_size, model),
             model.max_sequence_length,
-            num_labels=model.num_labels,
-            head_bias=model.head_bias,
-            head_init_std=model.head_init_std,
             pre_process=parallel_state.is_pipeline_first_stage(),
             post_process=parallel_state.is_pipeline_last_stage(),
             position_embedding_type=model.position_embedding_type,
             rotary_base=model.rotary_base,
             rope_scaling=model.rope_scaling,
+            **head,
         )
-    return reward_model if meta_dtype is not None else reward_model.to(runtime.device())
+    return built if meta_dtype is not None else built.to(runtime.device())

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import torch
-from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
-from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_block import LayerNormImpl
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_rm.config import RopeScalingConfig
 from megatron_rm.model import inputs
-from megatron_rm.model.layer_spec import takes_packed_sequences
+from megatron_rm.model.document_model import DocumentGPTModel
 from megatron_rm.model.reward_head import RewardHead
 
 
-class RewardModel(GPTModel):
+class RewardModel(DocumentGPTModel):
     """GPTModel whose last pipeline stage ends in a TP-sharded reward head.
 
     GPTModel is built as a trunk (embedding + decoder layers, `post_process=False`
@@ -50,24 +47,11 @@ class RewardModel(GPTModel):
         head_init_std: float = 0.02,
         pre_process: bool = True,
         post_process: bool = True,
-        position_embedding_type: str = "rope",
-        rotary_base: float = 10000.0,
-        rope_scaling: RopeScalingConfig | None = None,
+        **positions,
     ):
-        super().__init__(
-            config,
-            transformer_layer_spec,
-            vocab_size,
-            max_sequence_length,
-            pre_process=pre_process,
-            post_process=False,
-            position_embedding_type=position_embedding_type,
-            rotary_base=rotary_base,
-        )
-        if rope_scaling is not None and position_embedding_type == "rope":
-            self.rotary_pos_emb.inv_freq = scaled_inv_freq(self.rotary_pos_emb, rope_scaling)
+        super().__init__(config, transformer_layer_spec, vocab_size, max_sequence_length,
+                         pre_process=pre_process, post_process=False, **positions)
         self.has_reward_head = post_process
-        self.inputs = inputs.DecoderInputs(takes_packed_sequences(transformer_layer_spec))
         self.num_labels = num_labels
         if post_process:
             self.decoder.final_layernorm = build_module(
@@ -104,20 +88,3 @@ def forward_documents(model, batch, token_values: bool = False) -> torch.Tensor:
     num_labels) rewards, or with `token_values` every position's (rows, seq, num_labels) values."""
     return model(batch.input_ids, inputs.position_ids(batch.attention_mask), batch.attention_mask,
                  token_values=token_values)
-
-
-def scaled_inv_freq(rope: RotaryEmbedding, scaling: RopeScalingConfig) -> torch.Tensor:
-    """`rope`'s inverse frequencies under Hugging Face's `rope_scaling` (llama3 or linear).
-
-    GPTModel's own llama3 option fixes the low/high frequency factors and the original
-    context at Llama 3.1's values; models that set others need them passed through.
-    """
-    if scaling.rope_type == "linear":
-        return rope.inv_freq / scaling.factor
-    return rope._apply_scaling(
-        rope.inv_freq,
-        factor=scaling.factor,
-        low_freq_factor=scaling.low_freq_factor,
-        high_freq_factor=scaling.high_freq_factor,
-        original_max_position_embeddings=scaling.original_max_position_embeddings,
-    )

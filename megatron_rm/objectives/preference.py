@@ -11,10 +11,10 @@ import torch
 
 from megatron_rm import losses
 from megatron_rm.model.inputs import document_ends
-from megatron_rm.objectives.base import Objective, chosen_and_rejected, comparisons, no_terms
+from megatron_rm.objectives.base import RewardObjective, chosen_and_rejected, comparisons, no_terms
 
 
-class Pairwise(Objective):
+class Pairwise(RewardObjective):
     """A loss over the batch's (better, worse) pairs: one term per pair."""
 
     def data_problem(self, store) -> str | None:
@@ -80,7 +80,7 @@ class Divergence(Pairwise):
         return problems
 
 
-class PlackettLuce(Objective):
+class PlackettLuce(RewardObjective):
     """The likelihood of each group's whole ranking: one term per group of 2 or more documents
     (single responses rank nothing)."""
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from megatron_rm import losses
-from megatron_rm.objectives.base import Objective, no_terms
+from megatron_rm.objectives.base import RewardObjective, no_terms
 
 
-class AttributeRegression(Objective):
+class AttributeRegression(RewardObjective):
     """Squared error of each labelled attribute: one term per label present (NaN marks a missing one)."""
 
     trains_attributes = True

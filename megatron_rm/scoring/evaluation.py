@@ -17,8 +17,9 @@ import torch.distributed as dist
 from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, decode, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
 from megatron_rm.errors import DataError
+from megatron_rm.parallel import broadcast_sequences
 from megatron_rm.scoring.report import EvaluatedGroup, Report, evaluate
-from megatron_rm.scoring.scorer import Scorer, broadcast_sequences
+from megatron_rm.scoring.scorer import Scorer
 
 SUBSET_KEY = "subset"
 

@@ -1,5 +1,6 @@
 """A reward model ready to score, at this job's TP/PP layout: from one of our checkpoints
-(converted or trained) or straight from a Hugging Face folder, converted in memory."""
+(converted or trained) or straight from a Hugging Face folder, converted in memory
+(`model.loading` does both, for policies too; here is what only rewards need)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state
 from transformers import PreTrainedTokenizerBase
 
-from megatron_rm import parallel, runtime
-from megatron_rm.config import ModelConfig, ParallelConfig, layout_problems
-from megatron_rm.convert import megatron_io
-from megatron_rm.convert.hf_to_megatron import is_hf_folder, open_hf
-from megatron_rm.core import checkpoint
-from megatron_rm.core.checkpoint_files import model_entry, read_metadata, resolve
-from megatron_rm.data import load_tokenizer
-from megatron_rm.errors import CheckpointError, ConfigError
-from megatron_rm.model import build_reward_model
+from megatron_rm.config import ModelConfig, ParallelConfig
+from megatron_rm.convert.families import REWARD
+from megatron_rm.errors import CheckpointError
+from megatron_rm.model.loading import PRECISIONS, build_and_load, find
 from megatron_rm.parallel import Layout
 
-PRECISIONS = ("fp32", "bf16")
+__all__ = ["PRECISIONS", "Normalization", "ScoringModel", "load_model"]
 
 
 @dataclass
@@ -70,49 +64,15 @@ def load_model(path: str | Path, parallel_config: ParallelConfig | None = None, 
 
     `path`: a Hugging Face folder (`*ForSequenceClassification`, or `*ForCausalLM` with a new
     head drawn from `seed`), a checkpoint folder, or a run's `checkpoints/` folder (its newest
-    complete checkpoint). `model_name` picks one model of a checkpoint that holds several.
+    complete checkpoint); a policy checkpoint is refused. `model_name` picks one model of a
+    checkpoint that holds several.
     """
-    path, parallel_config = Path(path), parallel_config or ParallelConfig()
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model folder")
-    hf = is_hf_folder(path)
-    if hf:
-        source = open_hf(path, seed=seed)
-        config, tokenizer = source.model, source.tokenizer
-        stored_normalization, where = source.reward_normalization(), path / "config.json"
+    found = find(path, REWARD, model_name=model_name, seed=seed)
+    if found.hf is not None:
+        stored_normalization, where = found.hf.reward_normalization(), found.path / "config.json"
     else:
-        directory = resolve(path)
-        metadata = read_metadata(directory)
-        entry = model_entry(directory, metadata, model_name)
-        config, tokenizer = entry.config, load_tokenizer(entry.config.tokenizer)
-        stored_normalization, where = metadata.get("reward_normalization"), directory
-    layout = _layout(parallel_config, config, len(tokenizer), precision, seed)
-    model = build_reward_model(config, parallel_config, len(tokenizer), precision=precision)
-    if hf:
-        megatron_io.load_whole(model, source.tensors())
-    else:
-        state = checkpoint.ModelState(model, config, entry.padded_vocab_size, dtype=entry.dtype)
-        checkpoint.load(directory, {model_name or "model": state},
-                        sources={model_name or "model": model_name})
-    model.eval()
-    return ScoringModel([model], config, tokenizer, layout, Normalization.of(stored_normalization,
-                                                                              config.num_labels, str(where)),
-                        name=str(path))
-
-
-def _layout(parallel_config: ParallelConfig, config: ModelConfig, vocab_size: int, precision: str,
-            seed: int) -> Layout:
-    if parallel_state.model_parallel_is_initialized():
-        layout = parallel.layout()
-        if (layout.tp, layout.pp) != (parallel_config.tp, parallel_config.pp):
-            raise ConfigError(f"process groups exist at tp={layout.tp} pp={layout.pp}, "
-                              f"not the tp={parallel_config.tp} pp={parallel_config.pp} asked for")
-        return layout
-    parallel.init_distributed()
-    problems = layout_problems(config, parallel_config, dist.get_world_size(), vocab_size,
-                               cuda=runtime.cuda_available(), te_available=runtime.te_available())
-    if precision not in PRECISIONS or (precision == "bf16" and not runtime.cuda_available()):
-        problems.append(f"precision={precision!r}: expected fp32, or bf16 on a GPU")
-    if problems:
-        raise ConfigError("invalid layout:\n  " + "\n  ".join(problems))
-    return parallel.initialize(parallel_config, seed)
+        stored_normalization, where = found.metadata.get("reward_normalization"), found.directory
+    model, layout = build_and_load(found, parallel_config or ParallelConfig(), precision, seed)
+    return ScoringModel([model], found.config, found.tokenizer, layout,
+                        Normalization.of(stored_normalization, found.config.num_labels, str(where)),
+                        name=str(found.path))

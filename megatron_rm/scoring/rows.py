@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from megatron_rm.core.file_job import JobRow
 from megatron_rm.data.rows import Invalid, RowKeys, RowProblem, decode, parse_row
 from megatron_rm.data.sources import RawRow
 from megatron_rm.scoring.inputs import Encoded, InputEncoder
@@ -35,18 +36,13 @@ ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_inpu
 
 
 @dataclass
-class ScoreRow:
+class ScoreRow(JobRow):
     """One input row: its fields, and either the sequences to score or its problem."""
 
-    location: str
-    fields: dict = field(default_factory=dict)
-    """The row as read (empty when it is not a JSON object)."""
     shape: str = SINGLE
     names: list[str] = field(default_factory=list)
     """The field each sequence comes from: `response`, `chosen`, `responses[2]`, `input_ids`, ..."""
-    sequences: list[list[int]] = field(default_factory=list)
     truncated: bool = False
-    problem: RowProblem | None = None
 
 
 def prepare_rows(raws: Iterable[RawRow], encoder: InputEncoder) -> list[ScoreRow]:
@@ -114,19 +110,14 @@ def _fill(row: ScoreRow, encoded: list[Encoded]) -> None:
 
 
 def scored_fields(row: ScoreRow, rewards: torch.Tensor, normalized: torch.Tensor | None) -> dict:
-    """The row's output: its fields plus its rewards (`rewards`: its sequences' rows, in order)."""
+    """The fields a row gains: its rewards (`rewards`: its sequences' rows, in order)."""
     added = _rewards(row.shape, rewards, "")
     if row.shape == LIST:
         first_label = rewards[:, 0].tolist()
         added["best"] = first_label.index(max(first_label))
     if normalized is not None:
         added.update(_rewards(row.shape, normalized, "_normalized"))
-    return {**row.fields, **added, "truncated": row.truncated}
-
-
-def error_fields(row: ScoreRow) -> dict:
-    """An invalid row's output: its fields (none when it was not an object) and the problem."""
-    return {**row.fields, "error": str(row.problem)}
+    return {**added, "truncated": row.truncated}
 
 
 def _rewards(shape: str, rewards: torch.Tensor, suffix: str) -> dict:

@@ -67,7 +67,7 @@ class Scorer:
     def score(self, sequences: list[list[int]]) -> torch.Tensor:
         """(len(sequences), num_labels) fp32 rewards on the CPU of every rank, in input order.
 
-        Collective: every rank passes the same `sequences` (see `broadcast_sequences`).
+        Collective: every rank passes the same `sequences` (see `parallel.broadcast_sequences`).
         """
         layout = self.model.layout
         rewards = torch.zeros(len(sequences), self.num_labels, dtype=torch.float32, device=runtime.device())
@@ -89,23 +89,3 @@ class Scorer:
         """Rewards standardised by the model's stored eval-set statistics; None without them."""
         normalization = self.model.normalization
         return None if normalization is None else normalization.apply(rewards)
-
-
-def broadcast_sequences(sequences: list[list[int]] | None, src: int = 0) -> list[list[int]]:
-    """Rank `src`'s sequences on every rank (others pass None), as two tensors: lengths, then ids.
-    Only integers cross the wire: nothing a client sent is unpickled anywhere."""
-    device = runtime.device()
-    count = torch.tensor([len(sequences) if dist.get_rank() == src else 0], dtype=torch.int64, device=device)
-    dist.broadcast(count, src)
-    if dist.get_rank() == src:
-        lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.int64, device=device)
-    else:
-        lengths = torch.empty(int(count), dtype=torch.int64, device=device)
-    dist.broadcast(lengths, src)
-    total = int(lengths.sum())
-    if dist.get_rank() == src:
-        flat = torch.tensor([t for ids in sequences for t in ids], dtype=torch.int64, device=device)
-    else:
-        flat = torch.empty(total, dtype=torch.int64, device=device)
-    dist.broadcast(flat, src)
-    return [piece.tolist() for piece in flat.cpu().split(lengths.cpu().tolist())]

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_rm import runtime
-from megatron_rm.scoring.scorer import Scorer, broadcast_sequences
+from megatron_rm.parallel import broadcast_sequences
+from megatron_rm.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 SCORE, IDLE, STOP = 0, 1, 2

@@ -44,12 +44,14 @@ class Split:
         return cls(store, *store.document_lengths())
 
 
-def load_splits(data: DataConfig, tokenizer: str, run_dir: Path) -> tuple[Split, Split | None, dict]:
-    """(train, eval or None, report). Collective: call on every rank after process groups exist."""
+def load_splits(data: DataConfig, tokenizer: str, run_dir: Path,
+                grouping: str = "comparisons") -> tuple[Split, Split | None, dict]:
+    """(train, eval or None, report), rows made into groups by `grouping` (see `prepare.GROUPINGS`).
+    Collective: call on every rank after process groups exist."""
     opened, problem = None, None
     if dist.get_rank() == 0:
         try:
-            opened = _open_all(data, tokenizer, run_dir)
+            opened = _open_all(data, tokenizer, run_dir, grouping)
         except UsageError as error:
             problem = str(error)
     # Rank 0 builds; the others wait for it, then fail alike or open what it built.
@@ -57,11 +59,11 @@ def load_splits(data: DataConfig, tokenizer: str, run_dir: Path) -> tuple[Split,
     dist.broadcast_object_list(shared, src=0)
     if shared[0] is not None:
         raise DataError(shared[0])
-    return opened or _open_all(data, tokenizer, run_dir)
+    return opened or _open_all(data, tokenizer, run_dir, grouping)
 
 
-def _open_all(d: DataConfig, tokenizer: str, run_dir: Path) -> tuple[Split, Split | None, dict]:
-    settings = Settings.from_config(d, tokenizer)
+def _open_all(d: DataConfig, tokenizer: str, run_dir: Path, grouping: str) -> tuple[Split, Split | None, dict]:
+    settings = Settings.from_config(d, tokenizer, grouping)
     tokenizer_fingerprint = fingerprint(load_tokenizer(tokenizer))
 
     def open_one(path, split: str):

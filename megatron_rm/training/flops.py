@@ -1,4 +1,4 @@
-"""Model FLOPs of reward-model training, and the peak they are compared with (MFU).
+"""Model FLOPs of training, and the peak they are compared with (MFU).
 
 Per document of n tokens, one forward pass costs
 
@@ -8,7 +8,8 @@ P_dense is the weights of the L layers' matrix multiplies (q, k, v, output
 projection, MLP); the second term is attention's two matmuls (q.k and the
 weighted sum of v, 2 FLOPs per multiply-add, a heads of dimension d) over the
 n(n+1)/2 causal (query, key) pairs. The embedding is a lookup and the reward
-head a dot product per document, so both are left out. Training costs three
+head a dot product per document, so both are left out; a policy's output layer
+adds 2 * n * hidden * V (V: its padded vocabulary) per forward pass. Training costs three
 forward passes (the backward pass is two). Only real tokens count: padding and
 recomputed activations are work the hardware does, not model FLOPs, so MFU
 measures both as loss of utilisation.
@@ -41,13 +42,14 @@ def dense_weights(model: ModelConfig) -> int:
     return model.num_layers * (attention + mlp)
 
 
-def training_flops(model: ModelConfig, tokens: float, squared_lengths: float) -> float:
+def training_flops(model: ModelConfig, tokens: float, squared_lengths: float, output_columns: int = 0) -> float:
     """Model FLOPs of training on documents with `tokens` tokens in all and `squared_lengths`
-    = sum of n^2 over them (n(n + 1) = n^2 + n)."""
+    = sum of n^2 over them (n(n + 1) = n^2 + n); `output_columns`: a policy's output layer
+    width (0 for a reward model)."""
     heads = model.num_attention_heads
     head_dim = model.kv_channels or model.hidden_size // heads
     attention = 2 * model.num_layers * heads * head_dim * (squared_lengths + tokens)
-    return 3 * (2 * tokens * dense_weights(model) + attention)
+    return 3 * (2 * tokens * (dense_weights(model) + model.hidden_size * output_columns) + attention)
 
 
 def peak_flops(configured: float | None, precision: str) -> float | None:

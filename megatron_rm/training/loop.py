@@ -1,4 +1,5 @@
-"""Train a reward model: the whole run behind `tools/train_rm.py`."""
+"""One training run: a reward model (`tools/train_rm.py`) or supervised fine-tuning of a policy
+(`tools/train_sft.py`), which differ only in their `Task`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from megatron_rm.core.optim import SkipGuard, build_optimizer, train_step
 from megatron_rm.core.schedule import run_objective
 from megatron_rm.data import load_tokenizer, pad_id
 from megatron_rm.errors import ConfigError
-from megatron_rm.model import build_reward_model
 from megatron_rm.model.layer_spec import layer_implementation
 from megatron_rm.objectives import build_objective
 from megatron_rm.training import flops
@@ -35,9 +35,10 @@ from megatron_rm.training.data_setup import (
 from megatron_rm.training.metrics_log import MetricsLog
 from megatron_rm.training.resume import restore, start_source
 from megatron_rm.training.signals import StopRequest
+from megatron_rm.training.task import REWARD_MODEL, Task
 
 
-def train(cfg: RMConfig) -> dict | None:
+def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
     """Run `cfg` on this torchrun job; returns the final evaluation summary (None without eval data).
 
     With `train.max_steps=0` the run only evaluates its starting weights
@@ -47,8 +48,8 @@ def train(cfg: RMConfig) -> dict | None:
     # Found before any process group starts, so a bad path fails fast.
     source = start_source(cfg.checkpoint, cfg.run.dir)
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")), cuda=runtime.cuda_available(),
-             te_available=runtime.te_available(), vocab_size=len(tokenizer))
-    objective = build_objective(cfg.loss, cfg.model.num_labels)
+             te_available=runtime.te_available(), vocab_size=len(tokenizer), model_kind=task.model_kind)
+    objective = build_objective(cfg.loss, cfg.model.num_labels, vocab_size=cfg.model.vocab_size or len(tokenizer))
     is_logger = int(os.environ.get("RANK", "0")) == 0
 
     def say(message: str) -> None:
@@ -61,7 +62,7 @@ def train(cfg: RMConfig) -> dict | None:
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir)
+    train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir, task.grouping)
     objective.check_data(train_split.store, cfg.data.train_path)
     sampler = sampler_for(train_split, cfg.data, t)
     total = total_steps(t, sampler.steps_per_epoch)
@@ -74,12 +75,12 @@ def train(cfg: RMConfig) -> dict | None:
         if train_split.store.has_margins() and cfg.loss.type != "margin":
             say(f"note: the data has per-pair margins; loss.type={cfg.loss.type} does not use them "
                 "(loss.type=margin does)")
-    model = build_reward_model(cfg.model, cfg.parallel, len(tokenizer), precision=t.precision,
-                               recompute=t.recompute)
+    model = task.build_model(cfg.model, cfg.parallel, len(tokenizer), precision=t.precision, recompute=t.recompute)
     ddp_model, optimizer, scheduler = build_optimizer(
         model, t, total, precision=t.precision, use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
-    models = {DEFAULT_MODEL: checkpoint.ModelState(model, cfg.model, padded_vocab_size(len(tokenizer), cfg.model),
-                                                   optimizer, scheduler)}
+    padded_vocab = padded_vocab_size(len(tokenizer), cfg.model)
+    models = {DEFAULT_MODEL: checkpoint.ModelState(model, cfg.model, padded_vocab, optimizer, scheduler,
+                                                   kind=task.model_kind)}
     guard, position = SkipGuard(t.max_skipped), DataPosition(sampler)
     objects = {"sampler": position, "skip_guard": guard}
     start = restore(source, models, objects, layout, say, resume=t.max_steps != 0,
@@ -123,7 +124,8 @@ def train(cfg: RMConfig) -> dict | None:
             interval_sums = result.sums if interval_sums is None else interval_sums + result.sums
             if step % t.log_interval == 0 or step == total:
                 interval = objective.summarize(interval_sums)
-                model_flops = flops.training_flops(cfg.model, interval["tokens"], interval["squared_lengths"])
+                model_flops = flops.training_flops(cfg.model, interval["tokens"], interval["squared_lengths"],
+                                                   padded_vocab if task.output_layer else 0)
                 rate = model_flops / interval_seconds
                 per_step = (time.perf_counter() - run_start) / (step - start)
                 log.write(step, "train", _public(interval), total_steps=total, lr=result.lr,
@@ -144,7 +146,7 @@ def train(cfg: RMConfig) -> dict | None:
         if eval_split:
             summary = evaluate(step)
         if step > start:
-            save(step, **_reward_statistics(summary))
+            save(step, **task.final_metadata(summary))
     finally:
         stop.restore()
         log.close()
@@ -165,14 +167,3 @@ def total_steps(t: TrainConfig, steps_per_epoch: int) -> int:
 
 def _public(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "squared_lengths"}
-
-
-def _reward_statistics(summary: dict | None) -> dict:
-    """The final evaluation's reward mean and std, kept with the checkpoint for normalising scores."""
-    if not summary or "reward_mean" not in summary:
-        return {}
-    return {"reward_normalization": {"mean": _as_list(summary["reward_mean"]), "std": _as_list(summary["reward_std"])}}
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]

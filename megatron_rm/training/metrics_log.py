@@ -57,6 +57,8 @@ def _line(row: dict) -> str:
     parts = [f"{row['split']:5s} step {step}"]
     if "loss" in row:
         parts.append(f"loss {row['loss']:.4f}")
+    if "perplexity" in row:
+        parts.append(f"perplexity {row['perplexity']:.2f}")
     if "pairs" in row:
         parts += [f"accuracy {row['accuracy']:.3f}", f"margin {row['margin']:+.3f}", f"pairs {row['pairs']}"]
     else:

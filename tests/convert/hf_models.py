@@ -38,22 +38,26 @@ def tokenizer():
     return transformers.AutoTokenizer.from_pretrained(str(TOKENIZER))
 
 
-def hf_config(family: str, num_labels: int = 1):
+def hf_config(family: str, num_labels: int = 1, **overrides):
     tok = tokenizer()
     config = CONFIGS[family](len(tok))
+    for name, value in overrides.items():
+        setattr(config, name, value)
     config.num_labels = num_labels
     config.pad_token_id, config.eos_token_id = tok.pad_token_id, tok.eos_token_id
     return config
 
 
 def save_model(family: str, folder: Path, kind: str = "sequence_classification", *, num_labels: int = 1,
-               dtype: torch.dtype = torch.float32, seed: int = 0, **save_args) -> torch.nn.Module:
+               dtype: torch.dtype = torch.float32, seed: int = 0, config: dict | None = None,
+               **save_args) -> torch.nn.Module:
     """A random `kind` (sequence_classification or causal_lm) model of `family`, saved with the
-    demo tokenizer; returns the model (fp32, eval mode)."""
+    demo tokenizer; returns the model (fp32, eval mode). `config`: fields set on the family's
+    tiny config (`tie_word_embeddings`, say)."""
     torch.manual_seed(seed)
     cls = {"sequence_classification": transformers.AutoModelForSequenceClassification,
            "causal_lm": transformers.AutoModelForCausalLM}[kind]
-    model = cls.from_config(hf_config(family, num_labels))
+    model = cls.from_config(hf_config(family, num_labels, **(config or {})))
     with torch.no_grad():  # norms start at 1; make them count
         for name, param in model.named_parameters():
             if "norm" in name or name.endswith(".bias"):

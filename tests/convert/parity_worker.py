@@ -4,24 +4,31 @@
 
 For each layout (TP1, TP2, PP2, TP2xPP2; the rest of the 4 ranks is data
 parallel) and each checkpoint folder under --checkpoints, the model is built
-from the checkpoint's own config, loaded (resharded by megatron), and scores the
-batches in --batches. The last rank writes out/<layout>.pt: per checkpoint, the
-rewards and the final-norm hidden state at each row's last token (the reward
-head's input).
+from the checkpoint's own config, loaded (resharded by megatron), and run on the
+batches in --batches. The last rank writes out/<layout>.pt, per checkpoint:
+
+- a reward model: the rewards and the final-norm hidden state at each row's last
+  token (the reward head's input);
+- a policy: its logits over the real vocabulary (TP shards gathered, padding
+  columns cut), loaded by `load_policy` from the checkpoint and, converted in
+  memory, from the Hugging Face folder it was imported from.
 """
 
 import argparse
 from pathlib import Path
 
 import torch
-from megatron.core import parallel_state
+from megatron.core import parallel_state, tensor_parallel
 
 from megatron_rm import parallel
 from megatron_rm.config import ParallelConfig, padded_vocab_size
 from megatron_rm.core import checkpoint
-from megatron_rm.core.checkpoint_files import model_config, read_metadata
+from megatron_rm.core.checkpoint_files import model_config, model_entry, read_metadata
+from megatron_rm.core.schedule import collect
 from megatron_rm.data import Batch, load_tokenizer
 from megatron_rm.model import build_reward_model
+from megatron_rm.model.loading import load_policy
+from megatron_rm.model.policy import forward_logits
 from megatron_rm.scoring.rewards import score
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))
@@ -40,6 +47,23 @@ def score_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batc
     return {"rewards": rewards, "hidden": hidden}
 
 
+def policy_logits(path: Path, layout: ParallelConfig, batches: list[Batch], grid) -> list[torch.Tensor]:
+    """(rows, seq, vocab) logits of each batch from the policy at `path`, on every rank."""
+    policy = load_policy(path, layout)
+    shard = padded_vocab_size(len(policy.tokenizer), policy.config) // layout.tp
+    logits = collect(policy.chunks, batches, forward_logits, grid,
+                     shape=lambda batch: (*batch.input_ids.shape, shard), dtype=torch.float32)
+    return [tensor_parallel.gather_from_tensor_model_parallel_region(x)[..., :policy.vocab_size] for x in logits]
+
+
+def run_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batch], grid) -> dict:
+    metadata = read_metadata(directory)
+    if model_entry(directory, metadata).kind != "policy":
+        return score_checkpoint(directory, layout, batches, grid)
+    return {"logits": policy_logits(directory, layout, batches, grid),
+            "logits_from_hf": policy_logits(Path(metadata["source"]["hf_dir"]), layout, batches, grid)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoints", type=Path, required=True)
@@ -51,7 +75,7 @@ def main() -> None:
     for tp, pp in LAYOUTS:
         layout = ParallelConfig(tp=tp, pp=pp)
         grid = parallel.initialize(layout, seed=0)
-        results = {d.name: score_checkpoint(d, layout, batches, grid)
+        results = {d.name: run_checkpoint(d, layout, batches, grid)
                    for d in sorted(args.checkpoints.iterdir())}
         if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
             torch.save(results, args.out / f"tp{tp}_pp{pp}.pt")

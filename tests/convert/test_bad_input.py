@@ -118,7 +118,8 @@ def _compose(overrides):
 def test_training_takes_the_checkpoints_model_and_refuses_impossible_layouts(good, single_rank, tmp_path):
     import_hf(good, tmp_path / "ckpt")
     cfg = _compose([f"checkpoint.load={tmp_path / 'ckpt'}", "model.hidden_dropout=0.1", "parallel.tp=4"])
-    assert (cfg.model.num_query_groups, cfg.model.kv_channels, cfg.model.vocab_size) == (2, 24, 321)
+    hf_vocab = json.loads((good / "config.json").read_text())["vocab_size"]
+    assert (cfg.model.num_query_groups, cfg.model.kv_channels, cfg.model.vocab_size) == (2, 24, hf_vocab)
     assert cfg.model.rope_scaling.original_max_position_embeddings == 64
     assert cfg.model.hidden_dropout == 0.1 and cfg.model.tokenizer == str((tmp_path / "ckpt" / "tokenizer").resolve())
     with pytest.raises(ConfigError, match="model.num_query_groups=2 is not divisible by parallel.tp=4"):

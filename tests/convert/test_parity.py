@@ -1,9 +1,12 @@
 """Converted checkpoints compute what `transformers` computes, at TP1, TP2, PP2 and TP2xPP2.
 
 Every family is imported from a real `*ForSequenceClassification` folder (rewards
-compared) and from a `*ForCausalLM` folder (the new head aside, the last token's
-hidden state compared), then scored by one 4-rank torchrun job over all layouts.
-Batches are right- and left-padded, with rows of different lengths.
+compared) and from a `*ForCausalLM` folder, as a reward model (the new head aside,
+the last token's hidden state compared) and as a policy (logits over the real
+vocabulary at every real token compared, loaded from the checkpoint and straight
+from the folder), then run by one 4-rank torchrun job over all layouts. The
+policies cover tied embeddings (llama, and a tied qwen2) and a separate `lm_head`
+(mistral, qwen2). Batches are right- and left-padded, with rows of different lengths.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pytest
 import torch
 
 from megatron_rm.convert import import_hf
+from megatron_rm.core.checkpoint_files import model_entry, read_metadata
 from tests.conftest import REPO, torchrun
 from tests.convert.hf_models import FAMILIES, save_model, tokenizer
 
@@ -19,6 +23,9 @@ pytestmark = pytest.mark.slow  # real torchrun jobs
 
 TOLERANCE = 1e-4  # relative, fp32
 LAYOUTS = ("tp1_pp1", "tp2_pp1", "tp1_pp2", "tp2_pp2")
+POLICIES = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen2-tied": {"tie_word_embeddings": True}}
+"""Causal LMs imported as policies: the family (the name's stem) and their config changes."""
+TIED = {"llama", "qwen2-tied"}
 
 
 def _batches(lengths=(23, 9, 17, 4, 30)) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -58,10 +65,21 @@ def _hf_rewards(hf_model, batches) -> list[torch.Tensor]:
     return [hf_model(input_ids=ids, attention_mask=mask).logits for ids, mask in batches]
 
 
+@torch.no_grad()
+def _hf_logits(hf_model, batches) -> list[torch.Tensor]:
+    """transformers' logits at each batch's real tokens, (tokens, vocab)."""
+    return [hf_model(input_ids=ids, attention_mask=mask).logits[mask.bool()] for ids, mask in batches]
+
+
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
+def parity_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("convert_parity")
+
+
+@pytest.fixture(scope="module")
+def scored(parity_root):
     """(HF references, {layout: worker results}) for every family and source kind."""
-    root = tmp_path_factory.mktemp("convert_parity")
+    root = parity_root
     batches = _batches()
     torch.save(batches, root / "batches.pt")
     checkpoints = root / "checkpoints"
@@ -83,6 +101,11 @@ def scored(tmp_path_factory):
                 with torch.no_grad():
                     references[name] = [hf_model.model(input_ids=i, attention_mask=m).last_hidden_state[
                         torch.arange(len(i)), end] for (i, m), end in zip(batches, last)]
+    for name, changes in POLICIES.items():
+        folder = root / "hf" / f"{name}-policy"
+        hf_model = save_model(name.split("-")[0], folder, "causal_lm", seed=len(references), config=changes)
+        import_hf(folder, checkpoints / f"{name}-policy", kind="policy")
+        references[f"{name}-policy"] = _hf_logits(hf_model, batches)
     (root / "out").mkdir()
     torchrun(4, REPO / "tests" / "convert" / "parity_worker.py", "--checkpoints", str(checkpoints),
              "--batches", str(root / "batches.pt"), "--out", str(root / "out"))
@@ -115,3 +138,22 @@ def test_left_and_right_padding_score_alike(scored):
     _, results = scored
     right, left = results["tp2_pp2"]["llama-sequence_classification"]["rewards"]
     assert _relative_error(left, right) < TOLERANCE
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", POLICIES)
+def test_policy_logits_match_transformers(scored, name, layout):
+    """From the converted checkpoint and from the Hugging Face folder, loaded by `load_policy`."""
+    references, results = scored
+    batches = _batches()
+    result = results[layout][f"{name}-policy"]
+    for source in ("logits", "logits_from_hf"):
+        ours = [logits[mask.bool()] for logits, (_, mask) in zip(result[source], batches)]
+        _assert_matches(ours, references[f"{name}-policy"])
+
+
+def test_policies_cover_tied_and_separate_output_layers(scored, parity_root):
+    for name in POLICIES:
+        folder = parity_root / "checkpoints" / f"{name}-policy"
+        entry = model_entry(folder, read_metadata(folder))
+        assert entry.kind == "policy" and entry.config.tie_word_embeddings == (name in TIED), name

@@ -127,3 +127,82 @@ def test_a_format_1_checkpoint_exports_and_comes_back_with_the_same_weights(sing
     embedding = "embedding.word_embeddings.weight"
     weights[0][embedding], weights[1][embedding] = weights[0][embedding][:rows], weights[1][embedding][:rows]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+POLICIES = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen2-tied": {"tie_word_embeddings": True}}
+"""Causal LMs: llama's tiny config ties its embeddings; qwen2 comes both ways."""
+CONFIG_FIELDS = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
+                 "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+                 "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "sliding_window",
+                 "tie_word_embeddings", "eos_token_id", "pad_token_id")
+"""Compared between the source's config.json and the export's. Special-token ids come from the
+tokenizer on export; the tiny configs' `bos_token_id` is transformers' default, not the tokenizer's."""
+
+
+def _load_causal_lm(folder):
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
+                                                                    attn_implementation="eager")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [], info
+    return model
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_policy_round_trip_is_bit_identical(name, single_rank, tmp_path):
+    source_model = save_model(name.split("-")[0], tmp_path / "hf", "causal_lm", config=POLICIES[name])
+    import_hf(tmp_path / "hf", tmp_path / "megatron", kind="policy")
+    entry = read_metadata(tmp_path / "megatron")["models"]["model"]
+    tied = source_model.config.tie_word_embeddings
+    assert entry["kind"] == "policy" and entry["config"]["tie_word_embeddings"] == tied
+    export_hf(tmp_path / "megatron", tmp_path / "back")
+    source, back = _tensors(tmp_path / "hf"), _tensors(tmp_path / "back")
+    assert source.keys() == back.keys()
+    assert ("lm_head.weight" in back) != tied
+    for name_, tensor in source.items():
+        assert back[name_].dtype == tensor.dtype and torch.equal(back[name_], tensor), name_
+    # Megatron pads the vocabulary; the export holds exactly the real rows.
+    vocab = source_model.config.vocab_size
+    assert entry["padded_vocab_size"] > vocab
+    assert all(back[n].shape[0] == vocab for n in ("model.embed_tokens.weight", "lm_head.weight") if n in back)
+    saved, exported = (json.loads((tmp_path / folder / "config.json").read_text()) for folder in ("hf", "back"))
+    fields = [field for field in CONFIG_FIELDS if saved.get(field) is not None]  # null: derived, e.g. head_dim
+    assert {f: exported.get(f) for f in fields} == {f: saved[f] for f in fields}
+    model = _load_causal_lm(tmp_path / "back")
+    assert model.config.tie_word_embeddings == tied
+    ids = torch.randint(4, vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(ids).logits, source_model(ids).logits)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_saved_policy_exports_without_its_padding_rows(tied, single_rank, tmp_path):
+    """A policy saved by `checkpoint.save` (as training saves one) exports as a causal LM whose
+    logits are ours over the real vocabulary. Its padding rows are random here (as initialised),
+    so a leak would show in the shapes and the logits."""
+    import dataclasses
+
+    from megatron_rm.config import ParallelConfig, padded_vocab_size
+    from megatron_rm.core import checkpoint
+    from megatron_rm.model import build_policy_model, inputs
+    from tests.conftest import tiny_model_config
+
+    cfg = dataclasses.replace(tiny_model_config(), tie_word_embeddings=tied)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer)
+    vocab, padded = len(tokenizer), padded_vocab_size(len(tokenizer), cfg)
+    model = build_policy_model(cfg, ParallelConfig(), vocab).eval()
+    weights = model.embedding.word_embeddings.weight if tied else model.output_layer.weight
+    assert padded > vocab and weights[vocab:].abs().sum() > 0
+    saved = checkpoint.save(tmp_path / "run", 3, {"model": checkpoint.ModelState(model, cfg, padded, kind="policy")})
+    assert read_metadata(saved)["models"]["model"]["kind"] == "policy"
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    exported = _tensors(tmp_path / "hf")
+    assert exported["model.embed_tokens.weight"].shape[0] == vocab
+    assert ("lm_head.weight" in exported) == (not tied)
+    if not tied:
+        assert torch.equal(exported["lm_head.weight"], model.output_layer.weight[:vocab].detach())
+    hf_model = _load_causal_lm(tmp_path / "hf").eval()
+    assert hf_model.config.vocab_size == vocab and hf_model.config.tie_word_embeddings == tied
+    ids = torch.randint(4, vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ours = model(ids, inputs.position_ids(mask), mask)[..., :vocab]
+        torch.testing.assert_close(hf_model(input_ids=ids, attention_mask=mask).logits, ours, rtol=1e-4, atol=1e-5)

@@ -45,6 +45,18 @@ def test_every_family_maps_each_hf_tensor_once():
         assert len(names) == len(set(names)), family.model_type
 
 
+def test_each_kind_takes_its_own_head_from_the_one_table():
+    def heads(**kind):
+        return {n for rule in FAMILIES["qwen2"].rules_for(2, head_bias=True, **kind) for n in rule.hf
+                if not n.startswith("model.")}
+
+    assert heads() == {"score.weight", "score.bias"}
+    assert heads(model_kind="policy") == {"lm_head.weight"}
+    assert heads(model_kind="policy", tied=True) == set()  # the embedding is the output layer
+    trunk = [r for r in FAMILIES["qwen2"].rules_for(2, head_bias=False) if r.only is None]
+    assert trunk == [r for r in FAMILIES["qwen2"].rules_for(2, False, "policy") if r.only is None]
+
+
 @pytest.mark.parametrize("scaling", [
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 8192},

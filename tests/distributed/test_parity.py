@@ -83,11 +83,17 @@ def test_pipeline_broadcast_gives_every_stage_the_same_rewards(runs, layout):
 def test_five_training_steps_follow_the_reference(runs, layout):
     reference = _tensor(runs["tp1"][0]["losses"])
     assert len(reference) == 5 and reference.unique().numel() == 5  # the weights do move
+    reference_norms = _tensor(runs["tp1"][0]["grad_norms"])
     for rank in runs[layout]:
         for kind in ("", "_packed"):
             torch.testing.assert_close(_tensor(rank["losses" + kind]), reference, rtol=1e-4, atol=0)
-            torch.testing.assert_close(_tensor(rank["grad_norms" + kind]),
-                                       _tensor(runs["tp1"][0]["grad_norms"]), rtol=1e-4, atol=0)
+            norms = _tensor(rank["grad_norms" + kind])
+            # The first step's gradient is computed from the same weights: it must agree as
+            # closely as the losses. Later ones follow Adam steps at lr 5e-3, which move a
+            # parameter with a near-zero gradient by ~lr whatever that gradient's rounding, so
+            # the layouts' different fp32 summation orders grow to a few 1e-4 by step 4.
+            torch.testing.assert_close(norms[:1], reference_norms[:1], rtol=1e-5, atol=0)
+            torch.testing.assert_close(norms, reference_norms, rtol=5e-4, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["tp2", "tp2pp2"])

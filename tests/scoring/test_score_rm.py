@@ -117,7 +117,7 @@ def test_skip_writes_error_rows_in_place_and_counts_them(setup, tmp_path):
     assert out[6]["error"] == f"{path}:7: field 'messages': expected a list of messages"
     assert out[7] == {"error": f"{path}:8: invalid JSON (Expecting property name enclosed in double quotes "
                                "at column 2)"}
-    assert summary.scored == 1 and summary.problems.counts == {"empty_response": 1, "bad_input_ids": 1,
+    assert summary.done == 1 and summary.problems.counts == {"empty_response": 1, "bad_input_ids": 1,
                                                                "too_long": 1, "mixed_shapes": 2, "wrong_type": 1,
                                                                "invalid_json": 1}
     # Most frequent first; ties in training's order of reasons, then the encoder's by name.
@@ -139,7 +139,7 @@ def test_truncate_prompt_flags_rows_and_keeps_the_eos(setup, tmp_path):
     assert ids[-4:-1] == cutting.encoder.texts([("", " fine then")])[0].ids[-4:-1]  # the whole response
     torch.testing.assert_close(torch.tensor(out[0]["reward"]), reference_rewards(reference, [ids])[0],
                                rtol=0, atol=1e-4)
-    assert summary.scored == 3
+    assert summary.done == 3
 
 
 def test_several_labels_give_lists_and_the_first_label_picks_the_best(tmp_path, single_rank):

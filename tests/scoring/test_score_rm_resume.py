@@ -45,7 +45,7 @@ def test_resume_after_a_torn_line_ends_like_a_clean_run(scorer, tmp_path, capsys
     resumed.write_bytes(b"".join(lines[:6]) + lines[6][:20])  # killed while writing row 7
     summary, _ = run_job(scorer, path, resumed, chunk_rows=3)
     assert "resuming: 6 rows already in" in capsys.readouterr().err
-    assert (summary.skipped, summary.scored) == (6, 2)
+    assert (summary.skipped, summary.done) == (6, 2)
     assert resumed.read_bytes() == clean.read_bytes()
     summary, _ = run_job(scorer, path, resumed)
     assert summary.complete and summary.skipped == len(ROWS)

@@ -25,7 +25,7 @@ from tests.convert.hf_models import save_model
 from tests.data.tokenizer_variants import save_variant
 from tests.scoring.verl_batches import verl_batch
 
-PROMPT_WIDTH, RESPONSE_WIDTH = 24, 12  # verl_batch's defaults
+PROMPT_WIDTH, RESPONSE_WIDTH = 32, 16  # verl_batch's defaults
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, single_rank):

@@ -6,8 +6,8 @@ import torch
 from tensordict import TensorDict
 
 
-def verl_batch(prompts: list[list[int]], responses: list[list[int]], pad: int, *, prompt_width: int = 24,
-               response_width: int = 12) -> TensorDict:
+def verl_batch(prompts: list[list[int]], responses: list[list[int]], pad: int, *, prompt_width: int = 32,
+               response_width: int = 16) -> TensorDict:
     """Prompts left-padded to `prompt_width`, responses right-padded to `response_width`,
     position ids from the mask (cumsum - 1, clipped at 0)."""
     ids, mask = [], []

@@ -1,0 +1,106 @@
+"""Generation speed against transformers' `generate` on the same model, prompts and settings (CPU).
+
+    .venv/bin/python bench/generate_throughput.py
+    .venv/bin/python bench/generate_throughput.py --hidden 512 --layers 8 --batch 32 --new-tokens 128
+
+Builds a random Llama causal LM (hidden 256, 4 layers by default) with `transformers` config
+classes and the demo tokenizer in a temporary folder, loads it as our policy (converted in
+memory), and generates greedily for one batch of `--batch` prompts of mixed lengths,
+`--new-tokens` new tokens each (EOS is never reached: no stop token is set on either side),
+with both. Prints a markdown table (tokens/s, seconds per run, the best of `--repeats`), the
+ratio (target >= 1.0) and whether the two produced the same tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from megatron_rm.generation.generator import Generator
+from megatron_rm.generation.sampling import SamplingParams
+from megatron_rm.model.loading import load_policy
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "list item color fruit sport animal city river write name give the a of and numbered please".split()
+
+
+def build(folder: Path, hidden: int, layers: int) -> None:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(REPO / "examples" / "demo" / "tokenizer")
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128), max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(8, 96, count)
+    return [tokenizer(" ".join(rng.choice(WORDS, n)), add_special_tokens=False)["input_ids"][:n] for n in lengths]
+
+
+def ours(policy, batch: list[list[int]], new_tokens: int) -> list[list[int]]:
+    generator = Generator(policy.chunks, policy.layout, vocab_size=policy.vocab_size,
+                          max_sequence_length=policy.config.max_sequence_length, eos_token_ids=())
+    completions = generator.generate(batch, SamplingParams(max_new_tokens=new_tokens, temperature=0),
+                                     [(0, row) for row in range(len(batch))])
+    return [completion.token_ids for completion in completions]
+
+
+def reference(model, pad_id: int, batch: list[list[int]], new_tokens: int) -> list[list[int]]:
+    longest = max(map(len, batch))
+    ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in batch])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, pad_token_id=pad_id, eos_token_id=None)
+    return out[:, longest:].tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        build(Path(folder), args.hidden, args.layers)
+        policy = load_policy(folder)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        batch = prompts(policy.tokenizer, args.batch, args.seed)
+        runs = {"transformers generate": lambda: reference(model, policy.tokenizer.pad_token_id, batch,
+                                                           args.new_tokens),
+                "ours (megatron KV cache)": lambda: ours(policy, batch, args.new_tokens)}
+        seconds, tokens = {}, {}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                started = time.perf_counter()
+                tokens[name] = run()
+                seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - started)
+    generated = args.batch * args.new_tokens
+    print(f"{args.batch} prompts of {min(map(len, batch))}-{max(map(len, batch))} tokens, {args.new_tokens} new "
+          f"tokens each, greedy, Llama hidden {args.hidden} x {args.layers} layers, "
+          f"{torch.get_num_threads()} CPU threads\n")
+    print("| generator | seconds | new tokens/s |\n|---|---:|---:|")
+    for name in runs:
+        print(f"| {name} | {seconds[name]:.2f} | {generated / seconds[name]:.0f} |")
+    reference_name, our_name = runs
+    print(f"\nours / transformers: {seconds[reference_name] / seconds[our_name]:.2f}x (target >= 1.0)")
+    same = tokens[reference_name] == tokens[our_name]
+    print(f"same tokens: {same}" + ("" if same else f" ({sum(a == b for a, b in zip(*tokens.values()))} of "
+                                                     f"{args.batch} rows)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Sampling responses from a policy: megatron's KV cache, our sampler, any TP/PP, CPU or GPU."""

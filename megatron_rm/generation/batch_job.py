@@ -1,0 +1,162 @@
+"""Generating responses for a whole file of prompts on a TP/PP/DP job (`tools/generate.py`),
+through the file-job frame (`core.file_job`: chunks, resume, invalid rows, progress).
+
+Each valid row is one prompt and `num_samples` responses. A response's random draws depend
+on the run's seed and its number (row number in the input x num_samples + sample) only
+(`sampling.row_generator`), so a file gives the same responses at any layout, in any
+chunking, and after a resume. The chunk's prompts are dealt to the data-parallel replicas
+(longest first, to the replica with the fewest prompt tokens), each replica generates its
+share `batch_size` responses at a time, grouped by length, and the completions come back to
+rank 0 with one gather over the data-parallel group.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megatron_rm.core.file_job import JobRow, RowTask, Summary, run_file
+from megatron_rm.data.rows import Invalid, RowProblem, decode, parse_prompt
+from megatron_rm.data.sources import RawRow
+from megatron_rm.data.tokenize import encode_prompts
+from megatron_rm.generation.generator import EOS, Completion, Generator
+from megatron_rm.generation.sampling import SamplingParams
+from megatron_rm.model.loading import LoadedPolicy
+
+PROMPT_POLICIES = ("error", "truncate_prompt")
+
+
+@dataclass
+class PromptRow(JobRow):
+    truncated: bool = False
+    """The prompt's oldest tokens were cut to leave room for max_new_tokens."""
+
+
+class GenerateTask(RowTask):
+    verb = "generated for"
+
+    def __init__(self, policy: LoadedPolicy, params: SamplingParams, *, num_samples: int = 1, seed: int = 0,
+                 batch_size: int = 16, prompt_policy: str = "error"):
+        problems = params.problems()
+        if num_samples < 1:
+            problems.append(f"num_samples={num_samples} must be >= 1")
+        if batch_size < 1:
+            problems.append(f"batch_size={batch_size} must be >= 1")
+        if prompt_policy not in PROMPT_POLICIES:
+            problems.append(f"prompt policy {prompt_policy!r} must be one of {', '.join(PROMPT_POLICIES)}")
+        room = policy.config.max_sequence_length - params.max_new_tokens
+        if room < 1:
+            problems.append(f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt under the "
+                            f"model's max_sequence_length={policy.config.max_sequence_length}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.policy, self.params, self.num_samples, self.seed = policy, params, num_samples, seed
+        self.batch_size, self.prompt_policy, self.room = batch_size, prompt_policy, room
+        tokenizer = policy.tokenizer
+        self.generator = Generator(policy.chunks, policy.layout, vocab_size=policy.vocab_size,
+                                   max_sequence_length=policy.config.max_sequence_length,
+                                   eos_token_ids=(tokenizer.eos_token_id,))
+        self.truncated = 0
+        """Prompts cut under prompt_policy truncate_prompt (counted on rank 0)."""
+
+    def prepare(self, raws: list[RawRow]) -> list[PromptRow]:
+        rows, prompts = [], []
+        for raw in raws:
+            row = PromptRow(raw.location)
+            rows.append(row)
+            try:
+                row.fields = decode(raw.payload)
+            except Invalid as invalid:
+                row.problem = RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
+                continue
+            parsed = parse_prompt(RawRow(raw.location, row.fields))
+            if isinstance(parsed, RowProblem):
+                row.problem = parsed
+                continue
+            prompts.append((row, parsed))
+        encoded = encode_prompts(self.policy.tokenizer, [prompt for _, prompt in prompts])
+        for (row, _), ids in zip(prompts, encoded):
+            self._fit(row, ids, "messages" if "messages" in row.fields else "prompt")
+        return rows
+
+    def _fit(self, row: PromptRow, ids: list[int], field: str) -> None:
+        excess = len(ids) - self.room
+        if excess <= 0:
+            row.sequences = [ids]
+            return
+        bos = self.policy.tokenizer.bos_token_id
+        keep_head = 1 if bos is not None and ids[0] == bos else 0
+        if self.prompt_policy == "error" or len(ids) - excess - keep_head < 1:
+            row.problem = RowProblem(row.location, field, "too_long",
+                                     f"{len(ids)} prompt tokens + max_new_tokens={self.params.max_new_tokens} "
+                                     f"exceed the model's max_sequence_length="
+                                     f"{self.policy.config.max_sequence_length}"
+                                     + (" (--prompt-policy truncate_prompt cuts the oldest tokens)"
+                                        if self.prompt_policy == "error" else ""))
+            return
+        row.sequences, row.truncated = [ids[:keep_head] + ids[keep_head + excess:]], True
+        self.truncated += 1
+
+    def run(self, sequences: list[list[int]], rows: list[int]) -> list[list[Completion]] | None:
+        """Every prompt's num_samples completions on rank 0 (None elsewhere)."""
+        layout = self.policy.layout
+        items = [(prompt, row * self.num_samples + sample, index)
+                 for index, (prompt, row) in enumerate(zip(sequences, rows)) for sample in range(self.num_samples)]
+        mine = _deal(items, layout.dp)[layout.dp_rank]
+        mine.sort(key=lambda item: -len(item[0]))  # similar lengths share a batch: less padding
+        done = []
+        for start in range(0, len(mine), self.batch_size):
+            batch = mine[start:start + self.batch_size]
+            completions = self.generator.generate([prompt for prompt, _, _ in batch], self.params,
+                                                  [(self.seed, number) for _, number, _ in batch])
+            done.extend((number, completion) for (_, number, _), completion in zip(batch, completions))
+        gathered = _gather_to_first(done, layout)
+        if gathered is None:
+            return None
+        by_number = dict(item for share in gathered for item in share)
+        return [[by_number[row * self.num_samples + sample] for sample in range(self.num_samples)]
+                for row in rows]
+
+    def fields(self, row: PromptRow, results: list[list[Completion]]) -> dict:
+        (completions,) = results
+        tokenizer = self.policy.tokenizer
+        texts = [tokenizer.decode(c.token_ids[:-1] if c.finish_reason == EOS else c.token_ids)
+                 for c in completions]
+        return {"responses": texts, "response_ids": [c.token_ids for c in completions],
+                "logprobs": [c.logprobs for c in completions],
+                "finish_reasons": [c.finish_reason for c in completions], "prompt_truncated": row.truncated}
+
+    def slots(self, sequences: list[list[int]]) -> float:
+        return float(sum(map(len, sequences)) * self.num_samples)
+
+
+def _deal(items: list[tuple], replicas: int) -> list[list[tuple]]:
+    """Items (prompt first) over data-parallel replicas: longest first to the least loaded."""
+    shares: list[list[tuple]] = [[] for _ in range(replicas)]
+    loads = [(0, replica) for replica in range(replicas)]
+    for item in sorted(items, key=lambda item: -len(item[0])):
+        load, replica = heapq.heappop(loads)
+        shares[replica].append(item)
+        heapq.heappush(loads, (load + len(item[0]), replica))
+    return shares
+
+
+def _gather_to_first(done: list, layout) -> list | None:
+    """Every replica's completions on global rank 0 (None on every other rank). Each replica's
+    ranks hold the same completions; those in rank 0's data-parallel group send theirs."""
+    if layout.dp == 1:
+        return [done] if dist.get_rank() == 0 else None
+    group = layout.groups.dp
+    first = dist.get_process_group_ranks(group)[0]
+    gathered = [None] * layout.dp if dist.get_rank() == first else None
+    dist.gather_object(done, gathered, dst=first, group=group)
+    return gathered if dist.get_rank() == 0 else None
+
+
+def generate_file(task: GenerateTask, input_path: str | Path, output_path: str | Path, *, on_invalid: str = "error",
+                  chunk_rows: int = 256, progress: bool = True) -> Summary | None:
+    """Generate for every row of `input_path` into `output_path` (collective); the summary on rank 0."""
+    return run_file(task, input_path, output_path, on_invalid=on_invalid, chunk_rows=chunk_rows, progress=progress)

@@ -1,0 +1,140 @@
+"""Batched, KV-cached generation with a megatron policy at any TP/PP, on CPU or GPU.
+
+The KV cache is megatron-core's own: a `StaticInferenceContext` makes every attention layer
+keep its keys and values (`Attention._adjust_key_value_for_inference`), and the model
+computes logits for each row's last position only. Around it the loop here does what
+megatron's text-generation controller does, without what ties that controller to CUDA
+(a CUDA generator built in its constructor, CUDA buffers for pipeline stages) and with a
+generator per row (see `sampling`).
+
+Prompts of different lengths are left-padded to the longest; the prompt is run once
+(prefill), then one token per step (decode). A row's padding is blocked from every query by
+the attention mask; rotary positions count from the padded start, which changes no score
+(rotary attention depends on distances only). Finished rows stay in the batch until every
+row has finished or `max_new_tokens` is reached.
+
+Collective over the model-parallel group: every TP/PP rank of a data-parallel replica calls
+`generate` with the same prompts. The last stage gathers each step's logits across TP
+(one position per row; megatron's inference path does) and broadcasts them to the other stages, so every rank draws the
+same tokens; replicas work on their own prompts with no collective between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.inference.contexts import StaticInferenceContext
+
+from megatron_rm import runtime
+from megatron_rm.core.schedule import collect
+from megatron_rm.errors import ConfigError
+from megatron_rm.generation.sampling import SamplingParams, choose, row_generator
+from megatron_rm.parallel import Layout
+
+EOS, LENGTH = "eos", "length"
+
+
+@dataclass
+class Completion:
+    """One sampled response: its tokens (ending in the stop token when it stopped), each
+    token's log-probability, and why it ended (`eos` or `length`)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+@dataclass
+class _Step:
+    """One forward of the loop, in the shape megatron's schedule hands to a forward call."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    blocked: torch.Tensor
+    """(rows, 1, new, cached + new) True where a query may not attend."""
+
+    def to(self, device) -> _Step:
+        return _Step(self.input_ids.to(device), self.position_ids.to(device), self.blocked.to(device))
+
+
+class Generator:
+    """Samples responses from `chunks` (this rank's stage of a PolicyModel, in eval mode)."""
+
+    def __init__(self, chunks: list[torch.nn.Module], layout: Layout, *, vocab_size: int,
+                 max_sequence_length: int, eos_token_ids: tuple[int, ...]):
+        for chunk in chunks:
+            while hasattr(chunk, "module"):
+                chunk = chunk.module
+            if chunk.inputs.packs_sequences:
+                raise ConfigError("generation runs on the sdpa or local layer spec (model.transformer_impl); "
+                                  "the TransformerEngine spec takes packed thd batches, which a KV cache does not")
+        self.chunks, self.layout = chunks, layout
+        self.vocab_size, self.max_sequence_length = vocab_size, max_sequence_length
+        self.eos_token_ids = tuple(eos_token_ids)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]]) -> \
+            list[Completion]:
+        """A completion of each prompt. `seeds[i]` = (run seed, the row's index in the whole
+        input) makes row i's draws (see `sampling.row_generator`)."""
+        problems = params.problems()
+        longest = max((len(ids) for ids in prompts), default=0)
+        if longest + params.max_new_tokens > self.max_sequence_length:
+            problems.append(f"a prompt of {longest} tokens + max_new_tokens={params.max_new_tokens} exceeds "
+                            f"the model's max_sequence_length={self.max_sequence_length}")
+        if any(not ids for ids in prompts):
+            problems.append("an empty prompt: a response needs at least one token to follow")
+        if problems:
+            raise ValueError("cannot generate: " + "; ".join(problems))
+        if not prompts:
+            return []
+        device = runtime.device()
+        rows = len(prompts)
+        pads = torch.tensor([longest - len(ids) for ids in prompts], device=device)
+        tokens = torch.tensor([[0] * (longest - len(ids)) + list(ids) for ids in prompts], device=device)
+        generators = [row_generator(seed, row, device) for seed, row in seeds]
+        stops = torch.tensor(sorted(set(self.eos_token_ids) | set(params.stop_token_ids)), device=device)
+        context = StaticInferenceContext(rows, longest + params.max_new_tokens)
+
+        columns = torch.arange(longest, device=device)
+        causal = columns[None, :] <= columns[:, None]
+        real_key = columns[None, :] >= pads[:, None]  # (rows, keys)
+        itself = torch.eye(longest, dtype=torch.bool, device=device)
+        step = _Step(tokens, (columns[None, :] - pads[:, None]).clamp(min=0),
+                     ~((causal[None] & real_key[:, None, :]) | itself)[:, None])
+        new = torch.zeros(rows, 0, dtype=torch.long, device=device)
+        logprobs = torch.zeros(rows, 0, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        finished_at = torch.full((rows,), params.max_new_tokens, device=device)
+        for position in range(params.max_new_tokens):
+            logits = self._forward(step, context)
+            context.sequence_len_offset += step.input_ids.shape[1]
+            chosen, chosen_logprobs = choose(logits, params, generators)
+            new = torch.cat([new, chosen[:, None]], 1)
+            logprobs = torch.cat([logprobs, chosen_logprobs[:, None]], 1)
+            stopped = ~done & torch.isin(chosen, stops)
+            finished_at[stopped] = position + 1
+            done |= stopped
+            if bool(done.all()):
+                break
+            width = longest + position + 1
+            step = _Step(chosen[:, None], (width - 1 - pads)[:, None],
+                         (torch.arange(width, device=device)[None, :] < pads[:, None])[:, None, None, :])
+        return [Completion(new[row, :int(end)].tolist(), logprobs[row, :int(end)].tolist(),
+                           EOS if done[row] else LENGTH)
+                for row, end in enumerate(finished_at.tolist())]
+
+    def _forward(self, step: _Step, context: StaticInferenceContext) -> torch.Tensor:
+        """(rows, vocab_size) fp32 logits of each row's last position, on every rank."""
+        def forward(model, batch: _Step) -> torch.Tensor:
+            output = model(batch.input_ids, batch.position_ids, batch.blocked, inference_context=context)
+            if not self.layout.is_last_stage:
+                return output  # activations for the next stage
+            return output[:, -1, :self.vocab_size].float()  # padding columns cut off
+
+        if self.layout.pp == 1:
+            return forward(self.chunks[0], step)
+        rows = step.input_ids.shape[0]
+        return collect(self.chunks, [step], forward, self.layout, shape=lambda _: (rows, self.vocab_size),
+                       dtype=torch.float32)[0]

@@ -1,0 +1,41 @@
+"""What a training run trains: the pieces in which a reward-model run and supervised fine-tuning of
+a policy differ. The loop (`training.loop.train`) is the same for both and takes one of these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from megatron_rm.model import build_policy_model, build_reward_model
+
+
+@dataclass(frozen=True)
+class Task:
+    model_kind: str
+    """reward or policy: which loss types the run accepts, and what its checkpoints record (a
+    checkpoint of the other kind is refused on loading)."""
+    build_model: Callable
+    """`build_reward_model` or `build_policy_model` (same signature)."""
+    grouping: str
+    """How data rows become groups (`data.prepare.GROUPINGS`)."""
+    final_metadata: Callable[[dict | None], dict]
+    """What the final checkpoint stores from the final evaluation's summary (None without one)."""
+    output_layer: bool
+    """Whether the model ends in a vocabulary-wide output layer, whose matmul counts in model FLOPs."""
+
+
+def reward_statistics(summary: dict | None) -> dict:
+    """The final evaluation's reward mean and std, kept with the checkpoint for normalising scores."""
+    if not summary or "reward_mean" not in summary:
+        return {}
+    return {"reward_normalization": {"mean": _as_list(summary["reward_mean"]), "std": _as_list(summary["reward_std"])}}
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+REWARD_MODEL = Task("reward", build_reward_model, "comparisons", reward_statistics, output_layer=False)
+"""`tools/train_rm.py`: a reward model on ranked responses."""
+SFT = Task("policy", build_policy_model, "demonstrations", lambda summary: {}, output_layer=True)
+"""`tools/train_sft.py`: a policy imitating one response per prompt."""
