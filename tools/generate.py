@@ -18,7 +18,6 @@ any layout and after a resume (rerun with the same --output). dp = world / (tp *
 
 import argparse
 import os
-import sys
 
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
@@ -91,7 +90,9 @@ def main() -> None:
     if summary.complete:
         print(f"{args.output} is already complete ({summary.skipped} rows): nothing to generate")
         return
-    print(summary.line() + (f"; {task.truncated} prompt(s) cut to fit" if task.truncated else ""), file=sys.stdout)
+    generated = f"; {task.new_tokens} new tokens, {task.new_tokens / max(summary.seconds, 1e-9):.0f}/s"
+    cut = f"; {task.truncated} prompt(s) cut to fit" if task.truncated else ""
+    print(summary.line() + generated + cut)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,10 @@ class RowTask(ABC):
     def fields(self, row: JobRow, results) -> dict:
         """Rank 0: the fields `row` gains from its sequences' `results`."""
 
-    def slots(self, sequences: list[list[int]]) -> float:
-        """Token positions the computation processes for these sequences, padding included."""
-        return float(sum(map(len, sequences)))
+    def slots(self, sequences: list[list[int]]) -> float | None:
+        """Token positions the computation processes for these sequences, padding included
+        (None: not measured, and no padding efficiency is reported)."""
+        return None
 
 
 @dataclass
@@ -82,9 +83,9 @@ class Summary:
     done: int = 0
     problems: ProblemLog = field(default_factory=ProblemLog)
     tokens: int = 0
-    """Tokens of the sequences computed on."""
+    """Tokens of the sequences computed on (for generation: the prompts)."""
     slots: float = 0.0
-    """Token positions processed, padding included."""
+    """Token positions processed, padding included (0: not measured)."""
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -92,10 +93,9 @@ class Summary:
         if self.problems.total:
             invalid += f" (by reason: {self.problems.by_reason()})"
         seconds = max(self.seconds, 1e-9)
-        efficiency = self.tokens / self.slots if self.slots else 1.0
-        return (f"{self.verb} {self.done} rows, {invalid}; {self.tokens} tokens in {self.seconds:.1f} s: "
-                f"{self.done / seconds:.1f} rows/s, {self.tokens / seconds:.0f} tokens/s, "
-                f"padding efficiency {efficiency:.3f}")
+        line = (f"{self.verb} {self.done} rows, {invalid}; {self.tokens} tokens in {self.seconds:.1f} s: "
+                f"{self.done / seconds:.1f} rows/s, {self.tokens / seconds:.0f} tokens/s")
+        return line + (f", padding efficiency {self.tokens / self.slots:.3f}" if self.slots else "")
 
 
 def run_file(task: RowTask, input_path: str | Path, output_path: str | Path, *, on_invalid: str = "error",
@@ -208,7 +208,8 @@ class _Reader:
             self.summary.problems.add(problem)
         sequences = self.sequences()
         self.summary.tokens += sum(map(len, sequences))
-        self.summary.slots += self.task.slots(sequences) if sequences else 0.0
+        slots = self.task.slots(sequences) if sequences else None
+        self.summary.slots += slots or 0.0
         return True
 
     def _write(self) -> None:

@@ -173,8 +173,8 @@ def kept_prompt_tokens(encoded: Encoded, kept: list[int], truncation: str) -> in
 
 
 class GroupEncoder:
-    """Encodes whole comparisons, or single texts for scoring, under one length policy;
-    shared by training, evaluation and scoring."""
+    """Encodes whole comparisons under one length policy for training and evaluation (scoring
+    encodes single texts with the same `encode_many` and `fit`, `scoring.inputs.InputEncoder`)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str):
         if truncation not in TRUNCATION_MODES:
@@ -182,23 +182,6 @@ class GroupEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncation = truncation
-
-    def encode_texts(self, texts: list[tuple[Text, Text]]) -> list[tuple[list[int] | None, str | None]]:
-        """(prompt, response) texts one by one, as a scorer sees them, in the input's order.
-
-        Each becomes `fit`'s answer: (ids, None) when kept whole, (ids, "truncated")
-        when cut to `max_length`, or (None, reason) when it cannot be kept:
-        "empty" (a blank response, no messages, or a blank final message: nothing
-        to score), "too_long", "response_too_long" or "prompt_too_long". Kept ids
-        are exactly those training stores for the same text. All texts share one
-        batched tokenizer pass (`encode_many`).
-        """
-        scored = [index for index, (_, response) in enumerate(texts) if not blank(response)]
-        fitted = [self._fit(one) for one in encode_many(self.tokenizer, [texts[index] for index in scored])]
-        out: list[tuple[list[int] | None, str | None]] = [(None, "empty")] * len(texts)
-        for index, result in zip(scored, fitted):
-            out[index] = result
-        return out
 
     def encode_comparison(self, comparison: Comparison) -> tuple[list[list[int]] | None, str | None]:
         return self.encode_comparisons([comparison])[0]

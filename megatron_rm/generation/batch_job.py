@@ -61,6 +61,8 @@ class GenerateTask(RowTask):
                                    eos_token_ids=(tokenizer.eos_token_id,))
         self.truncated = 0
         """Prompts cut under prompt_policy truncate_prompt (counted on rank 0)."""
+        self.new_tokens = 0
+        """Tokens generated, stop tokens included (counted on rank 0)."""
 
     def prepare(self, raws: list[RawRow]) -> list[PromptRow]:
         rows, prompts = [], []
@@ -122,6 +124,7 @@ class GenerateTask(RowTask):
 
     def fields(self, row: PromptRow, results: list[list[Completion]]) -> dict:
         (completions,) = results
+        self.new_tokens += sum(len(c.token_ids) for c in completions)
         tokenizer = self.policy.tokenizer
         texts = [tokenizer.decode(c.token_ids[:-1] if c.finish_reason == EOS else c.token_ids)
                  for c in completions]
@@ -129,8 +132,6 @@ class GenerateTask(RowTask):
                 "logprobs": [c.logprobs for c in completions],
                 "finish_reasons": [c.finish_reason for c in completions], "prompt_truncated": row.truncated}
 
-    def slots(self, sequences: list[list[int]]) -> float:
-        return float(sum(map(len, sequences)) * self.num_samples)
 
 
 def _deal(items: list[tuple], replicas: int) -> list[list[tuple]]:

@@ -16,8 +16,9 @@ from megatron_rm.data.prepare import Settings, build_store, check_compatible, op
 from megatron_rm.data.rows import RowKeys
 from megatron_rm.data.sampler import GroupSampler
 from megatron_rm.data.store import GroupStore
-from megatron_rm.data.tokenize import GroupEncoder, fingerprint, load_tokenizer
+from megatron_rm.data.tokenize import fingerprint, load_tokenizer
 from megatron_rm.errors import DataError
+from megatron_rm.scoring.inputs import InputEncoder
 from tests.conftest import DEMO, PYTHON, REPO, run_command
 from tests.data.tokenizer_variants import save_variant
 
@@ -45,9 +46,9 @@ def settings(**changes):
     return Settings(**{"tokenizer": TOKENIZER, "max_length": 64, "truncation": "drop", **changes})
 
 
-def scored_ids(encoder: GroupEncoder, texts) -> list:
-    """What a scorer gets for each (prompt, response) of `texts`: the ids, None where dropped."""
-    return [ids for ids, _ in encoder.encode_texts(texts)]
+def scored_ids(encoder: InputEncoder, texts) -> list:
+    """What a scorer gets for each (prompt, response) of `texts`: the ids, None where refused."""
+    return [one.ids for one in encoder.texts(texts)]
 
 
 def same_store(a: Path, b: Path) -> bool:
@@ -68,7 +69,7 @@ def test_every_format_gives_the_same_store(tmp_path):
         build_store([source], tmp_path / f"s_{name}", settings())
         assert same_store(reference, tmp_path / f"s_{name}"), name
     # The stored ids are exactly what the shared encoder gives.
-    store, encoder = GroupStore(reference), GroupEncoder(load_tokenizer(TOKENIZER), 64, "drop")
+    store, encoder = GroupStore(reference), InputEncoder(load_tokenizer(TOKENIZER), 64)
     for g in (0, 17):
         expected = scored_ids(encoder, [(records[g]["prompt"], records[g][side]) for side in ("chosen", "rejected")])
         assert [d.tolist() for d in store.documents(g)] == expected
@@ -138,7 +139,7 @@ def test_kwise_margins_labels_and_messages_are_stored(tmp_path):
     source = write_jsonl(tmp_path / "d.jsonl", records)
     build_store([source], tmp_path / "store", settings(tokenizer=str(tokenizer)))
     store = GroupStore(tmp_path / "store")
-    encoder = GroupEncoder(load_tokenizer(tokenizer), 64, "drop")
+    encoder = InputEncoder(load_tokenizer(tokenizer), 64)
     ranked = [d.tolist() for d in store.documents(0)]
     assert ranked == scored_ids(encoder, [(records[0]["prompt"], records[0]["responses"][i]) for i in (1, 0, 2)])
     np.testing.assert_array_equal(store.group_labels(0), np.float32([[0.9, 0.8], [0.1, np.nan], [0.2, 0.3]]))
@@ -163,7 +164,7 @@ def test_single_response_rows_become_groups_of_one(tmp_path):
     assert (meta["groups"], meta["documents"], meta["num_labels"]) == (4, 5, 2)
     store = GroupStore(tmp_path / "store")
     assert store.group_sizes().tolist() == [1, 1, 1, 2]
-    encoder = GroupEncoder(load_tokenizer(tokenizer), 64, "drop")
+    encoder = InputEncoder(load_tokenizer(tokenizer), 64)
     conversation = (({"role": "user", "content": "Name 1 fruit."},), ({"role": "assistant", "content": "1. fig"},))
     first, third = ((records[g]["prompt"], records[g]["response"]) for g in (0, 2))
     assert [store.documents(g)[0].tolist() for g in range(3)] == scored_ids(encoder, [first, conversation, third])

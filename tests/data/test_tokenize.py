@@ -5,6 +5,7 @@ import pytest
 from megatron_rm.data.records import Comparison
 from megatron_rm.data.tokenize import GroupEncoder, encode, encode_many, fingerprint, fit, load_tokenizer, pad_id
 from megatron_rm.errors import DataError
+from megatron_rm.scoring.inputs import InputEncoder
 from tests.conftest import DEMO
 from tests.data.tokenizer_variants import load_variant
 
@@ -41,16 +42,16 @@ def test_prompt_tokens_are_the_shared_prefix(demo):
 
 def test_training_and_scoring_give_the_same_ids(chat):
     """A pair encoded for training and each text encoded alone for scoring agree id for id."""
-    encoder = GroupEncoder(chat, max_length=64, truncation="drop")
+    training = GroupEncoder(chat, max_length=64, truncation="drop")
+    scoring = InputEncoder(chat, max_length=64)
     for prompt, chosen, rejected in (
         (PROMPT, " 1. fig 2. lime", " 1. fig"),
         (({"role": "user", "content": "Name 2 fruits."},),
          ({"role": "assistant", "content": "1. fig 2. lime"},), ({"role": "assistant", "content": "1. fig"},)),
     ):
-        documents, reason = encoder.encode_comparison(Comparison(prompt, (chosen, rejected), source="t"))
+        documents, reason = training.encode_comparison(Comparison(prompt, (chosen, rejected), source="t"))
         assert reason is None
-        scored = encoder.encode_texts([(prompt, chosen), (prompt, rejected)])
-        assert scored == [(documents[0], None), (documents[1], None)]
+        assert [one.ids for one in scoring.texts([(prompt, chosen), (prompt, rejected)])] == documents
 
 
 def test_chat_template_renders_messages(chat):
@@ -141,26 +142,24 @@ def bot(text):
     return {"role": "assistant", "content": text}
 
 
-def expected_scores(encoder, texts):
-    """`encode_many` + `fit` one text at a time: what scoring must agree with."""
-    return [fit(encode_many(encoder.tokenizer, [text])[0], encoder.max_length, encoder.truncation,
-                encoder.tokenizer.bos_token_id) for text in texts]
+def expected_ids(tokenizer, texts, max_length):
+    """`encode_many` + `fit` one text at a time: what batched scoring must agree with."""
+    return [fit(encode_many(tokenizer, [text])[0], max_length, "drop", tokenizer.bos_token_id)[0] for text in texts]
 
 
-def test_encode_texts_keeps_order_and_names_each_drop(demo):
+def test_scoring_keeps_order_and_names_each_refusal(demo):
     short, long = " 1. fig", " 1. fig 2. lime 3. kiwi 4. plum 5. pear"
-    encoder = GroupEncoder(demo, max_length=len(encode(demo, PROMPT, long).ids) - 1, truncation="drop")
+    limit = len(encode(demo, PROMPT, long).ids) - 1
     texts = [(PROMPT, short), (PROMPT, ""), (PROMPT, long), ("", " 2. lime"), (PROMPT, " \n\t"), (PROMPT, short)]
-    scored = encoder.encode_texts(texts)
-    assert [reason for _, reason in scored] == [None, "empty", "too_long", None, "empty", None]
-    assert scored[0] == (encode(demo, PROMPT, short).ids, None) and scored[5] == scored[0]
-    kept = [0, 3, 5]
-    assert [scored[i] for i in kept] == expected_scores(encoder, [texts[i] for i in kept])
-    assert scored[2] == (None, "too_long") and expected_scores(encoder, [texts[2]]) == [(None, "too_long")]
+    scored = InputEncoder(demo, max_length=limit).texts(texts)
+    assert [one.reason for one in scored] == [None, "empty", "too_long", None, "empty", None]
+    assert scored[0].ids == encode(demo, PROMPT, short).ids and scored[5].ids == scored[0].ids
+    for index in (0, 3, 5):
+        assert scored[index].ids == expected_ids(demo, [texts[index]], limit)[0]
+    assert scored[2].ids is None and expected_ids(demo, [texts[2]], limit) == [None]
 
 
-def test_encode_texts_with_chat_messages(chat):
-    encoder = GroupEncoder(chat, max_length=64, truncation="drop")
+def test_scoring_chat_messages(chat):
     prompt = (user("Name 2 fruits."),)
     texts = [
         (prompt, (bot("1. fig 2. lime"),)),
@@ -170,22 +169,21 @@ def test_encode_texts_with_chat_messages(chat):
         ((), (bot("1. kiwi"),)),
         (PROMPT, " 1. fig"),  # plain text beside messages in one call
     ]
-    scored = encoder.encode_texts(texts)
-    assert [reason for _, reason in scored] == [None, "empty", None, "empty", None, None]
+    scored = InputEncoder(chat, max_length=64).texts(texts)
+    assert [one.reason for one in scored] == [None, "empty", None, "empty", None, None]
     kept = [0, 2, 4, 5]
-    assert [scored[i] for i in kept] == expected_scores(encoder, [texts[i] for i in kept])
-    assert scored[2][0] == encode(chat, prompt, (bot("1. fig"),)).ids
+    assert [scored[i].ids for i in kept] == expected_ids(chat, [texts[i] for i in kept], 64)
+    assert scored[2].ids == encode(chat, prompt, (bot("1. fig"),)).ids
 
 
-def test_encode_texts_reports_truncation_and_the_truncation_drops(tmp_path, demo):
+def test_fit_reports_truncation_and_what_cannot_be_cut(tmp_path, demo):
     encoded = encode(demo, PROMPT, " 1. fig 2. lime 3. kiwi")
-    cut = GroupEncoder(demo, max_length=encoded.prompt_tokens + 3, truncation="truncate_response")
-    assert cut.encode_texts([(PROMPT, " 1. fig 2. lime 3. kiwi")]) == [
-        (encoded.ids[: encoded.prompt_tokens + 2] + [demo.eos_token_id], "truncated")]
-    prompt_only = GroupEncoder(demo, max_length=encoded.prompt_tokens, truncation="truncate_response")
-    assert prompt_only.encode_texts([(PROMPT, " 1. fig 2. lime 3. kiwi")]) == [(None, "prompt_too_long")]
-    response_only = GroupEncoder(load_variant(tmp_path, bos=True), max_length=4, truncation="truncate_prompt")
-    assert response_only.encode_texts([(PROMPT, " 1. fig 2. lime 3. kiwi")]) == [(None, "response_too_long")]
+    assert fit(encoded, encoded.prompt_tokens + 3, "truncate_response", demo.bos_token_id) == (
+        encoded.ids[: encoded.prompt_tokens + 2] + [demo.eos_token_id], "truncated")
+    assert fit(encoded, encoded.prompt_tokens, "truncate_response", demo.bos_token_id) == (None, "prompt_too_long")
+    with_bos = load_variant(tmp_path, bos=True)
+    assert fit(encode(with_bos, PROMPT, " 1. fig 2. lime 3. kiwi"), 4, "truncate_prompt",
+               with_bos.bos_token_id) == (None, "response_too_long")
 
 
 class CountingTokenizer:
@@ -202,9 +200,8 @@ class CountingTokenizer:
         return getattr(self.tokenizer, name)
 
 
-def test_encode_texts_encodes_all_texts_in_one_batched_pass(demo):
+def test_scoring_encodes_all_texts_in_one_batched_pass(demo):
     counting = CountingTokenizer(demo)
-    encoder = GroupEncoder(counting, max_length=1024, truncation="drop")
     texts = [(f"User: Name {n} fruits.\nAssistant:", " 1. fig" * n) for n in range(1, 30)]
-    assert all(reason is None for _, reason in encoder.encode_texts(texts))
+    assert all(one.ids is not None for one in InputEncoder(counting, max_length=1024).texts(texts))
     assert counting.calls <= 2  # the full texts, then their prompts

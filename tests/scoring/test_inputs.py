@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_rm.data import GroupEncoder
+from megatron_rm.data.records import Comparison
 from megatron_rm.scoring.inputs import InputEncoder
 from tests.data.tokenizer_variants import load_variant
 
@@ -25,8 +26,9 @@ def with_bos(tmp_path_factory):
 def test_texts_are_the_ids_training_stores(plain):
     texts = [(PROMPT, RESPONSE), ("", "just a response"), (PROMPT * 3, RESPONSE)]
     ours = InputEncoder(plain, max_length=128).texts(texts)
-    training = GroupEncoder(plain, 128, "drop").encode_texts(texts)
-    assert [one.ids for one in ours] == [ids for ids, _ in training]
+    training = GroupEncoder(plain, 128, "drop").encode_comparisons(
+        [Comparison(prompt, (response,), source="t") for prompt, response in texts])
+    assert [one.ids for one in ours] == [documents[0] for documents, _ in training]
     assert all(one.ids[-1] == plain.eos_token_id and not one.truncated for one in ours)
 
 

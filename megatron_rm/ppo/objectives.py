@@ -1,0 +1,111 @@
+"""The actor's and the critic's PPO losses as megatron loss functions on rollout micro-batches.
+
+Both follow the objective interface `core.schedule.run_objective` and `core.optim.train_step`
+take (`forward`, `__call__` returning (loss sum, terms, {"sums": ...}), `size`,
+`loss_is_finite`): each loss is a sum over action tokens with the token count as its terms, so
+megatron's per-token normalisation makes it the token mean of the whole global batch however
+it is split into micro-batches and data-parallel ranks.
+
+Positions are in log-probability space: position t is the action that produced token t + 1,
+an action when token t + 1 is a response token of the same document (`next_token_targets`,
+shared with SFT), so a response's EOS is an action and the prompt never is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from megatron_rm.data import Batch
+from megatron_rm.model.policy import forward_logits
+from megatron_rm.model.reward_model import forward_documents
+from megatron_rm.model.vocab_parallel import token_entropy, token_logprobs
+from megatron_rm.objectives.sft import next_token_targets
+from megatron_rm.ppo.losses import PolicyLossSettings, policy_loss, value_loss
+
+
+@dataclass
+class Rollouts:
+    """A micro-batch of responses for the update: the documents (prompt + response, with their
+    response mask) and, per position, what the rollout phase computed. Rows as in `batch`."""
+
+    batch: Batch
+    old_logprobs: torch.Tensor
+    """(rows, seq) log-probabilities of the actions under the policy that sampled them."""
+    old_values: torch.Tensor
+    """(rows, seq) the critic's values before the update."""
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # megatron's schedule sizes its buffers from it
+        return self.batch.input_ids
+
+    def to(self, device) -> Rollouts:
+        return replace(self, batch=self.batch.to(device), old_logprobs=self.old_logprobs.to(device),
+                       old_values=self.old_values.to(device), advantages=self.advantages.to(device),
+                       returns=self.returns.to(device))
+
+
+class _PPOObjective:
+    fields: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return 2 + len(self.fields)
+
+    def _result(self, loss: torch.Tensor, count: torch.Tensor, stats: dict):
+        sums = torch.stack([loss.detach().double(), count.double(), *(stats[name] for name in self.fields)])
+        return loss, count.to(torch.int), {"sums": sums}
+
+    def summarize(self, sums: torch.Tensor) -> dict:
+        """Token means of the loss and each statistic over every micro-batch and rank."""
+        tokens = float(sums[1])
+        means = {name: float(value) / tokens if tokens else math.nan
+                 for name, value in zip(("loss", *self.fields), [sums[0], *sums[2:]])}
+        return {**means, "tokens": int(tokens)}
+
+    def loss_is_finite(self, sums: torch.Tensor) -> bool:
+        return not float(sums[1]) or math.isfinite(float(sums[0]))
+
+
+class ActorObjective(_PPOObjective):
+    """The clipped surrogate on the actor's log-probabilities at the sampling temperature."""
+
+    def __init__(self, vocab_size: int, temperature: float, settings: PolicyLossSettings | None = None,
+                 log_entropy: bool = True):
+        self.vocab_size, self.temperature = vocab_size, temperature
+        self.settings = settings or PolicyLossSettings()
+        self.with_entropy = log_entropy or self.settings.entropy_coef > 0
+        self.fields = ("clipped", "approx_kl", *(("entropy",) if self.with_entropy else ()))
+
+    def forward(self, model, rollouts: Rollouts) -> torch.Tensor:
+        return forward_logits(model, rollouts.batch)
+
+    def __call__(self, rollouts: Rollouts, logits: torch.Tensor):
+        targets, mask = next_token_targets(rollouts.batch)
+        logprobs = token_logprobs(logits, targets, self.vocab_size, self.temperature)
+        entropy = token_entropy(logits, self.vocab_size, self.temperature) if self.with_entropy else None
+        if entropy is not None and not self.settings.entropy_coef:
+            entropy = entropy.detach()  # logged only: no second backward through the softmax
+        return self._result(*policy_loss(logprobs, rollouts.old_logprobs, rollouts.advantages, mask, self.settings,
+                                         entropy))
+
+
+class CriticObjective(_PPOObjective):
+    """The clipped value loss on the critic's per-position values (a reward model's head read at
+    every token)."""
+
+    fields = ("clipped",)
+
+    def __init__(self, clip: float | None = 0.2):
+        self.clip = clip
+
+    def forward(self, model, rollouts: Rollouts) -> torch.Tensor:
+        return forward_documents(model, rollouts.batch, token_values=True)[..., 0]
+
+    def __call__(self, rollouts: Rollouts, values: torch.Tensor):
+        _, mask = next_token_targets(rollouts.batch)
+        return self._result(*value_loss(values, rollouts.old_values, rollouts.returns, mask, self.clip))
