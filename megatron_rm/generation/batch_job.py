@@ -13,6 +13,7 @@ rank 0 with one gather over the data-parallel group.
 from __future__ import annotations
 
 import heapq
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +56,9 @@ class GenerateTask(RowTask):
             raise ValueError("; ".join(problems))
         self.policy, self.params, self.num_samples, self.seed = policy, params, num_samples, seed
         self.batch_size, self.prompt_policy, self.room = batch_size, prompt_policy, room
-        tokenizer = policy.tokenizer
         self.generator = Generator(policy.chunks, policy.layout, vocab_size=policy.vocab_size,
                                    max_sequence_length=policy.config.max_sequence_length,
-                                   eos_token_ids=(tokenizer.eos_token_id,))
+                                   eos_token_ids=end_token_ids(policy))
         self.truncated = 0
         """Prompts cut under prompt_policy truncate_prompt (counted on rank 0)."""
         self.new_tokens = 0
@@ -132,6 +132,18 @@ class GenerateTask(RowTask):
                 "logprobs": [c.logprobs for c in completions],
                 "finish_reasons": [c.finish_reason for c in completions], "prompt_truncated": row.truncated}
 
+
+
+def end_token_ids(policy: LoadedPolicy) -> tuple[int, ...]:
+    """The tokens that end a response: the tokenizer's EOS and, for a Hugging Face folder, those
+    its generation_config.json names (a chat model may end its turn with another token, as
+    Llama 3 Instruct does with <|eot_id|>)."""
+    ends = [policy.tokenizer.eos_token_id]
+    config = Path(policy.name) / "generation_config.json"
+    if config.is_file():
+        named = json.loads(config.read_text()).get("eos_token_id")
+        ends += named if isinstance(named, list) else [named] if isinstance(named, int) else []
+    return tuple(dict.fromkeys(ends))
 
 
 def _deal(items: list[tuple], replicas: int) -> list[list[tuple]]:

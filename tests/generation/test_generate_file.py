@@ -5,13 +5,14 @@ over-long prompts follow their policies, and a resumed run writes what one run w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from megatron_rm.data.tokenize import encode_prompts
 from megatron_rm.errors import DataError
-from megatron_rm.generation.batch_job import GenerateTask, generate_file
+from megatron_rm.generation.batch_job import GenerateTask, end_token_ids, generate_file
 from megatron_rm.generation.generator import EOS, LENGTH
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.model.loading import load_policy
@@ -122,3 +123,20 @@ def test_a_resumed_run_writes_what_one_run_writes(setup, tmp_path):
     summary = generate_file(task, tmp_path / "in.jsonl", tmp_path / "resumed.jsonl", chunk_rows=3, progress=False)
     assert summary.skipped == 3 and summary.done == len(PROMPTS * 2) - 3
     assert (tmp_path / "resumed.jsonl").read_text() == whole
+
+
+def test_a_folders_generation_config_names_more_end_tokens(setup, tmp_path):
+    policy, _ = setup
+    prompt = encode_prompts(policy.tokenizer, [PROMPTS[0]])
+    free = GenerateTask(policy, SamplingParams(max_new_tokens=8, temperature=0)).run(prompt, [0])[0][0]
+    end = free.token_ids[2]
+    path = Path(policy.name) / "generation_config.json"  # transformers' save_pretrained wrote one
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "eos_token_id": [policy.tokenizer.eos_token_id, end]}))
+    try:
+        assert end_token_ids(policy) == (policy.tokenizer.eos_token_id, end)
+        stopped = GenerateTask(policy, SamplingParams(max_new_tokens=8, temperature=0)).run(prompt, [0])[0][0]
+    finally:
+        path.write_text(json.dumps(saved))
+    first = free.token_ids.index(end)
+    assert stopped.token_ids == free.token_ids[:first + 1] and stopped.finish_reason == EOS
