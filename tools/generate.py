@@ -13,8 +13,9 @@ texts, the stop token left out), `response_ids` (K token lists, ending in the st
 when the response stopped), `logprobs` (the sampled tokens' log-probabilities at the
 sampling temperature, over the whole vocabulary), `finish_reasons` (`eos` or `length`) and
 `prompt_truncated`. A response ends at EOS, at the end tokens a Hugging Face folder's
-generation_config.json names, or at --stop-token-ids. `--temperature 0` is greedy. The same --seed gives the same responses at
-any layout and after a resume (rerun with the same --output). dp = world / (tp * pp).
+generation_config.json names, or at --stop-token-ids. `--temperature 0` is greedy. The same
+--seed gives the same responses at any layout and after a resume (rerun with the same
+--output). dp = world / (tp * pp).
 """
 
 import argparse
