@@ -38,6 +38,9 @@ class Rollouts:
     """(rows, seq) the critic's values before the update."""
     advantages: torch.Tensor
     returns: torch.Tensor
+    policy_rows: torch.Tensor | None = None
+    """(rows,) bool: the responses the policy loss learns from (None: all); the critic learns
+    from every response (see `experience`, no_eos)."""
 
     @property
     def input_ids(self) -> torch.Tensor:  # megatron's schedule sizes its buffers from it
@@ -46,7 +49,8 @@ class Rollouts:
     def to(self, device) -> Rollouts:
         return replace(self, batch=self.batch.to(device), old_logprobs=self.old_logprobs.to(device),
                        old_values=self.old_values.to(device), advantages=self.advantages.to(device),
-                       returns=self.returns.to(device))
+                       returns=self.returns.to(device),
+                       policy_rows=None if self.policy_rows is None else self.policy_rows.to(device))
 
 
 class _PPOObjective:
@@ -86,6 +90,8 @@ class ActorObjective(_PPOObjective):
 
     def __call__(self, rollouts: Rollouts, logits: torch.Tensor):
         targets, mask = next_token_targets(rollouts.batch)
+        if rollouts.policy_rows is not None:
+            mask = mask & rollouts.policy_rows[:, None]
         logprobs = token_logprobs(logits, targets, self.vocab_size, self.temperature)
         entropy = token_entropy(logits, self.vocab_size, self.temperature) if self.with_entropy else None
         if entropy is not None and not self.settings.entropy_coef:

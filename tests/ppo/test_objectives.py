@@ -96,3 +96,16 @@ def test_the_first_update_has_ratio_exactly_one(models):
         old = token_logprobs(forward_logits(ddp, micro.batch), targets, VOCAB, TEMPERATURE)
     summary, _ = step(models, "actor", ActorObjective(VOCAB, TEMPERATURE), [rollouts(list(range(6)), old)])
     assert summary["clipped"] == 0.0 and summary["approx_kl"] == 0.0
+
+
+def test_responses_left_out_of_the_policy_loss_still_train_the_critic(models):
+    rows = list(range(6))
+    learn = torch.tensor([True, False, True, True, False, True])
+    masked = rollouts(rows)
+    masked.policy_rows = learn
+    actor, _ = step(models, "actor", ActorObjective(VOCAB, TEMPERATURE), [masked])
+    critic, _ = step(models, "critic", CriticObjective(), [masked])
+    assert actor["tokens"] == sum(len(RESPONSES[i]) for i in rows if learn[i])
+    assert critic["tokens"] == sum(map(len, RESPONSES))
+    only = step(models, "actor", ActorObjective(VOCAB, TEMPERATURE), [rollouts([i for i in rows if learn[i]])])[0]
+    assert actor["loss"] == pytest.approx(only["loss"], rel=1e-6)
