@@ -53,17 +53,26 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, group=None, shift_mean: bool = T
     """`x` standardised by the mean and (population) variance of its masked entries over every
     rank of `group` (the data-parallel group): sums and counts are all-reduced, so each rank's
     entries weigh by their number, however the batch is split. Masked-out entries become 0."""
-    valid = mask.bool()
-    moments = torch.stack([valid.sum().to(torch.float64), torch.where(valid, x, 0.0).double().sum(),
-                           torch.where(valid, x, 0.0).double().square().sum()])
+    return whiten_together([x], [mask], group, shift_mean, eps)[0]
+
+
+def whiten_together(xs: list[torch.Tensor], masks: list[torch.Tensor], group=None, shift_mean: bool = True,
+                    eps: float = 1e-8) -> list[torch.Tensor]:
+    """`whiten` with one mean and variance for the masked entries of every tensor in `xs`
+    (a replica's micro-batches, each padded to its own width)."""
+    moments = torch.zeros(3, dtype=torch.float64, device=xs[0].device)
+    for x, mask in zip(xs, masks):
+        kept = x[mask.bool()].double()
+        moments += torch.stack([kept.new_tensor(float(kept.numel())), kept.sum(), kept.square().sum()])
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(moments, group=group)
     count, total, squares = moments.tolist()
     if count == 0:
-        return torch.zeros_like(x)
+        return [torch.zeros_like(x) for x in xs]
     mean = total / count
-    variance = max(squares / count - mean * mean, 0.0)
-    whitened = (x - mean) / (variance + eps) ** 0.5
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(valid, whitened, 0.0)
+    scale = (max(squares / count - mean * mean, 0.0) + eps) ** -0.5
+    out = []
+    for x, mask in zip(xs, masks):
+        whitened = (x - mean) * scale + (0.0 if shift_mean else mean)
+        out.append(torch.where(mask.bool(), whitened, 0.0))
+    return out

@@ -18,7 +18,7 @@ import torch
 from megatron_rm.data import Batch, document_batch
 from megatron_rm.generation.generator import EOS, Completion
 from megatron_rm.objectives.sft import next_token_targets
-from megatron_rm.ppo.advantages import gae, token_rewards, whiten
+from megatron_rm.ppo.advantages import gae, token_rewards, whiten_together
 from megatron_rm.ppo.kl import kl_estimate, mean_per_token
 from megatron_rm.ppo.objectives import Rollouts
 
@@ -61,24 +61,45 @@ def shaped_scores(scores: torch.Tensor, ended: torch.Tensor, shaping: Shaping) -
 
 
 @dataclass
+class Scored:
+    """One micro-batch of responses after the rollout forwards. Per-position tensors are
+    (rows, seq) in log-probability space, laid out as `batch`."""
+
+    batch: Batch
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor
+    """(rows,) shaped scores (`shaped_scores`)."""
+    learn_policy: torch.Tensor
+    """(rows,) bool: the responses the policy loss may learn from."""
+
+
+@dataclass
 class Experience:
-    rollouts: Rollouts
+    rollouts: list[Rollouts]
+    """The update's micro-batches, one per `Scored`."""
     kl: torch.Tensor
     """(responses,) each response's mean per-token KL estimate against the reference."""
     scores: torch.Tensor
     """(responses,) shaped scores."""
 
 
-def experience(batch: Batch, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, values: torch.Tensor,
-               scores: torch.Tensor, learn_policy: torch.Tensor, *, kl_coef: float, estimator: str, gamma: float,
-               lam: float, dp_group=None) -> Experience:
-    """The update's inputs for this replica's responses. Per-position tensors are (rows, seq) in
-    log-probability space, as the batch lays them out; advantages are whitened over every
-    data-parallel rank of `dp_group` (weighted by action tokens)."""
-    _, mask = next_token_targets(batch)
-    kl = torch.where(mask, kl_estimate(old_logprobs, ref_logprobs, estimator), 0.0)
-    rewards = token_rewards(scores, kl, kl_coef, mask)
-    advantages, returns = gae(rewards, values, mask, gamma, lam)
-    advantages = whiten(advantages, mask, dp_group)
-    rollouts = Rollouts(batch, old_logprobs, values, advantages, returns, policy_rows=learn_policy)
-    return Experience(rollouts, mean_per_token(kl, mask), scores)
+def experience(parts: list[Scored], *, kl_coef: float, estimator: str, gamma: float, lam: float,
+               dp_group=None) -> Experience:
+    """The update's inputs for this replica's micro-batches: KL-penalised token rewards, GAE, and
+    advantages whitened together over every micro-batch and data-parallel rank of `dp_group`
+    (weighted by action tokens)."""
+    masks, kls, advantages, returns = [], [], [], []
+    for part in parts:
+        _, mask = next_token_targets(part.batch)
+        kl = torch.where(mask, kl_estimate(part.old_logprobs, part.ref_logprobs, estimator), 0.0)
+        advantage, ret = gae(token_rewards(part.scores, kl, kl_coef, mask), part.values, mask, gamma, lam)
+        masks.append(mask)
+        kls.append(mean_per_token(kl, mask))
+        advantages.append(advantage)
+        returns.append(ret)
+    whitened = whiten_together(advantages, masks, dp_group)
+    rollouts = [Rollouts(part.batch, part.old_logprobs, part.values, advantage, ret, policy_rows=part.learn_policy)
+                for part, advantage, ret in zip(parts, whitened, returns)]
+    return Experience(rollouts, torch.cat(kls), torch.cat([part.scores for part in parts]))

@@ -8,7 +8,7 @@ import torch
 
 from megatron_rm.generation.generator import EOS, LENGTH, Completion
 from megatron_rm.objectives.sft import next_token_targets
-from megatron_rm.ppo.experience import Shaping, documents, experience, shaped_scores
+from megatron_rm.ppo.experience import Scored, Shaping, documents, experience, shaped_scores
 
 PROMPTS = [[5, 6, 7], [8, 9]]
 COMPLETIONS = [Completion([11, 12, 2], [-0.5, -1.0, -0.2], EOS), Completion([13, 14, 15, 16], [-1.0] * 4, LENGTH)]
@@ -39,9 +39,9 @@ def test_returns_carry_the_score_and_the_kl_penalty_and_advantages_are_whitened(
     old[actions] = torch.tensor([-0.5, -1.0, -0.2, -1.0, -1.0, -1.0, -1.0])
     ref = old - 0.1  # k1 = 0.1 nats on every action token
     scores, learn = shaped_scores(torch.tensor([2.0, 1.0]), ended, Shaping())
-    result = experience(batch, old, ref, torch.zeros(2, 6), scores, learn, kl_coef=0.5, estimator="k1",
+    result = experience([Scored(batch, old, ref, torch.zeros(2, 6), scores, learn)], kl_coef=0.5, estimator="k1",
                         gamma=1.0, lam=1.0)
-    rollouts = result.rollouts
+    (rollouts,) = result.rollouts
     # Row 0: -0.05 on each of its 3 actions, +2 on the last: returns to go 1.85, 1.9, 1.95 (values 0).
     assert rollouts.returns[0, 2:5].tolist() == pytest.approx([1.85, 1.9, 1.95])
     assert rollouts.returns[1, 1:5].tolist() == pytest.approx([0.8, 0.85, 0.9, 0.95])
@@ -51,3 +51,25 @@ def test_returns_carry_the_score_and_the_kl_penalty_and_advantages_are_whitened(
         pytest.approx(1.0, rel=1e-4)
     assert result.kl.tolist() == pytest.approx([0.1, 0.1])
     assert rollouts.policy_rows.tolist() == [True, False]
+
+
+def test_micro_batches_are_whitened_together():
+    batch, ended = documents(PROMPTS, COMPLETIONS, pad_id=0)
+    generator = torch.Generator().manual_seed(0)
+    old, values = -torch.rand(2, 6, generator=generator), torch.randn(2, 6, generator=generator)
+    ref = old - 0.2 * torch.rand(2, 6, generator=generator)
+    scores, learn = torch.tensor([1.0, -0.5]), torch.tensor([True, True])
+    settings = {"kl_coef": 0.1, "estimator": "k3", "gamma": 1.0, "lam": 0.95}
+    together = experience([Scored(batch, old, ref, values, scores, learn)], **settings)
+    parts = []
+    for row in (0, 1):
+        part, _ = documents(PROMPTS[row:row + 1], COMPLETIONS[row:row + 1], pad_id=0)
+        width = part.input_ids.shape[1]
+        parts.append(Scored(part, old[row:row + 1, :width], ref[row:row + 1, :width], values[row:row + 1, :width],
+                            scores[row:row + 1], learn[row:row + 1]))
+    split = experience(parts, **settings)
+    for row, rollouts in enumerate(split.rollouts):
+        width = rollouts.batch.input_ids.shape[1]
+        torch.testing.assert_close(rollouts.advantages[0], together.rollouts[0].advantages[row, :width])
+        torch.testing.assert_close(rollouts.returns[0], together.rollouts[0].returns[row, :width])
+    torch.testing.assert_close(split.kl, together.kl)

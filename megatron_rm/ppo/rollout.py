@@ -1,0 +1,83 @@
+"""The rollout forwards: every model's view of the sampled responses, through megatron's
+forward-only schedule at the job's TP/PP layout, on this replica's micro-batches.
+
+- old log-probabilities: the actor's training forward (never the generator's numbers), on the
+  very micro-batches the update will run first, so that the first update's ratio is exactly 1;
+- reference log-probabilities: the same forward with the initial weights swapped in from CPU;
+- values: the critic (a reward model read at every position);
+- scores: the reward model at each document's last token.
+Each comes back on every pipeline stage (`core.schedule.collect`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_rm.core.schedule import collect
+from megatron_rm.data import Batch
+from megatron_rm.model.policy import forward_logits
+from megatron_rm.model.reward_model import forward_documents
+from megatron_rm.model.vocab_parallel import token_logprobs
+from megatron_rm.objectives.sft import next_token_targets
+from megatron_rm.parallel import Layout
+from megatron_rm.ppo.experience import Scored, Shaping, shaped_scores
+from megatron_rm.ppo.reference import CpuReference
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+@dataclass
+class RolloutModels:
+    actor: list[torch.nn.Module]
+    critic: list[torch.nn.Module]
+    reward: list[torch.nn.Module]
+    reference: CpuReference
+    """The initial actor's weights (this rank's shard), swapped into `actor` for the reference."""
+    layout: Layout
+    vocab_size: int
+    temperature: float
+    """The sampling temperature: log-probabilities are those of the distribution sampled from."""
+
+
+def _per_position(chunks, batches: list[Batch], forward, then, layout: Layout) -> list[torch.Tensor]:
+    """(rows, seq) of `then(forward(model, batch), batch)` for each micro-batch; a stage before the
+    last passes its activations on untouched."""
+    def step(model, batch):
+        output = forward(model, batch)
+        return then(output, batch) if layout.is_last_stage else output
+    return collect(chunks, batches, step, layout, shape=lambda b: tuple(b.input_ids.shape), dtype=torch.float32)
+
+
+def action_logprobs(models: RolloutModels, batches: list[Batch]) -> list[torch.Tensor]:
+    def of_targets(logits, batch):
+        return token_logprobs(logits, next_token_targets(batch)[0], models.vocab_size, models.temperature)
+    return _per_position(models.actor, batches, forward_logits, of_targets, models.layout)
+
+
+def token_values(models: RolloutModels, batches: list[Batch]) -> list[torch.Tensor]:
+    return _per_position(models.critic, batches, lambda m, b: forward_documents(m, b, token_values=True),
+                         lambda values, _: values[..., 0], models.layout)
+
+
+def score(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor], shaping: Shaping) -> list[Scored]:
+    """Every forward of the rollout phase for this replica's micro-batches (with `ended`: which
+    responses stopped by themselves), ready for `experience.experience`."""
+    old = action_logprobs(models, batches)
+    with models.reference.swapped_into(_unwrap(models.actor[0])):
+        reference = action_logprobs(models, batches)
+    values = token_values(models, batches)
+    labels = _unwrap(models.reward[0]).num_labels
+    rewards = collect(models.reward, batches, forward_documents, models.layout,
+                      shape=lambda b: (b.num_documents, labels), dtype=torch.float32)
+    parts = []
+    for batch, stopped, *views in zip(batches, ended, old, reference, values, rewards):
+        old_logprobs, ref_logprobs, value, raw = views
+        scores, learn = shaped_scores(raw[:, 0], stopped, shaping)  # a multi-label model's first label
+        parts.append(Scored(batch, old_logprobs, ref_logprobs, value, scores, learn))
+    return parts
