@@ -5,14 +5,13 @@ Each valid row is one prompt and `num_samples` responses. A response's random dr
 on the run's seed and its number (row number in the input x num_samples + sample) only
 (`sampling.row_generator`), so a file gives the same responses at any layout, in any
 chunking, and after a resume. The chunk's prompts are dealt to the data-parallel replicas
-(longest first, to the replica with the fewest prompt tokens), each replica generates its
+(longest first, to the replica with the fewest prompt tokens: `scoring.batching.deal`), each replica generates its
 share `batch_size` responses at a time, grouped by length, and the completions come back to
 rank 0 with one gather over the data-parallel group.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,11 @@ import torch.distributed as dist
 from megatron_rm.core.file_job import JobRow, RowTask, Summary, run_file
 from megatron_rm.data.rows import Invalid, RowProblem, decode, parse_prompt
 from megatron_rm.data.sources import RawRow
-from megatron_rm.data.tokenize import encode_prompts
+from megatron_rm.data.tokenize import Encoded, encode_prompts, fit
 from megatron_rm.generation.generator import EOS, Completion, Generator
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.model.loading import LoadedPolicy
+from megatron_rm.scoring.batching import deal
 
 PROMPT_POLICIES = ("error", "truncate_prompt")
 
@@ -85,13 +85,11 @@ class GenerateTask(RowTask):
         return rows
 
     def _fit(self, row: PromptRow, ids: list[int], field: str) -> None:
-        excess = len(ids) - self.room
-        if excess <= 0:
-            row.sequences = [ids]
-            return
-        bos = self.policy.tokenizer.bos_token_id
-        keep_head = 1 if bos is not None and ids[0] == bos else 0
-        if self.prompt_policy == "error" or len(ids) - excess - keep_head < 1:
+        # Training's length policy, with the prompt's last token in the place of a response:
+        # truncate_prompt cuts the oldest tokens (a leading BOS stays) and never that one.
+        truncation = "drop" if self.prompt_policy == "error" else "truncate_prompt"
+        fitted, status = fit(Encoded(ids, len(ids) - 1), self.room, truncation, self.policy.tokenizer.bos_token_id)
+        if fitted is None:
             row.problem = RowProblem(row.location, field, "too_long",
                                      f"{len(ids)} prompt tokens + max_new_tokens={self.params.max_new_tokens} "
                                      f"exceed the model's max_sequence_length="
@@ -99,15 +97,16 @@ class GenerateTask(RowTask):
                                      + (" (--prompt-policy truncate_prompt cuts the oldest tokens)"
                                         if self.prompt_policy == "error" else ""))
             return
-        row.sequences, row.truncated = [ids[:keep_head] + ids[keep_head + excess:]], True
-        self.truncated += 1
+        row.sequences, row.truncated = [fitted], status == "truncated"
+        self.truncated += row.truncated
 
     def run(self, sequences: list[list[int]], rows: list[int]) -> list[list[Completion]] | None:
         """Every prompt's num_samples completions on rank 0 (None elsewhere)."""
         layout = self.policy.layout
         items = [(prompt, row * self.num_samples + sample, index)
                  for index, (prompt, row) in enumerate(zip(sequences, rows)) for sample in range(self.num_samples)]
-        mine = _deal(items, layout.dp)[layout.dp_rank]
+        lengths = [len(prompt) for prompt, _, _ in items]
+        mine = [items[i] for (i,) in deal([[i] for i in range(len(items))], lengths, layout.dp)[layout.dp_rank]]
         mine.sort(key=lambda item: -len(item[0]))  # similar lengths share a batch: less padding
         done = []
         for start in range(0, len(mine), self.batch_size):
@@ -144,17 +143,6 @@ def end_token_ids(policy: LoadedPolicy) -> tuple[int, ...]:
         named = json.loads(config.read_text()).get("eos_token_id")
         ends += named if isinstance(named, list) else [named] if isinstance(named, int) else []
     return tuple(dict.fromkeys(ends))
-
-
-def _deal(items: list[tuple], replicas: int) -> list[list[tuple]]:
-    """Items (prompt first) over data-parallel replicas: longest first to the least loaded."""
-    shares: list[list[tuple]] = [[] for _ in range(replicas)]
-    loads = [(0, replica) for replica in range(replicas)]
-    for item in sorted(items, key=lambda item: -len(item[0])):
-        load, replica = heapq.heappop(loads)
-        shares[replica].append(item)
-        heapq.heappush(loads, (load + len(item[0]), replica))
-    return shares
 
 
 def _gather_to_first(done: list, layout) -> list | None:

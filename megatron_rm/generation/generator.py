@@ -30,6 +30,8 @@ from megatron_rm import runtime
 from megatron_rm.core.schedule import collect
 from megatron_rm.errors import ConfigError
 from megatron_rm.generation.sampling import SamplingParams, choose, row_generator
+from megatron_rm.model.document_model import unwrap
+from megatron_rm.model.inputs import causal_padding_mask, position_ids
 from megatron_rm.parallel import Layout
 
 EOS, LENGTH = "eos", "length"
@@ -64,9 +66,7 @@ class Generator:
     def __init__(self, chunks: list[torch.nn.Module], layout: Layout, *, vocab_size: int,
                  max_sequence_length: int, eos_token_ids: tuple[int, ...]):
         for chunk in chunks:
-            while hasattr(chunk, "module"):
-                chunk = chunk.module
-            if chunk.inputs.packs_sequences:
+            if unwrap(chunk).inputs.packs_sequences:
                 raise ConfigError("generation runs on the sdpa or local layer spec (model.transformer_impl); "
                                   "the TransformerEngine spec takes packed thd batches, which a KV cache does not")
         self.chunks, self.layout = chunks, layout
@@ -97,12 +97,9 @@ class Generator:
         stops = torch.tensor(sorted(set(self.eos_token_ids) | set(params.stop_token_ids)), device=device)
         context = StaticInferenceContext(rows, longest + params.max_new_tokens)
 
-        columns = torch.arange(longest, device=device)
-        causal = columns[None, :] <= columns[:, None]
-        real_key = columns[None, :] >= pads[:, None]  # (rows, keys)
-        itself = torch.eye(longest, dtype=torch.bool, device=device)
-        step = _Step(tokens, (columns[None, :] - pads[:, None]).clamp(min=0),
-                     ~((causal[None] & real_key[:, None, :]) | itself)[:, None])
+        # The prompts as a left-padded document batch: training's positions and block-causal mask.
+        prompt_mask = (torch.arange(longest, device=device)[None, :] >= pads[:, None]).long()
+        step = _Step(tokens, position_ids(prompt_mask), causal_padding_mask(prompt_mask))
         new = torch.zeros(rows, 0, dtype=torch.long, device=device)
         logprobs = torch.zeros(rows, 0, device=device)
         done = torch.zeros(rows, dtype=torch.bool, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -46,3 +47,10 @@ class DocumentGPTModel(GPTModel):
         if rope_scaling is not None and position_embedding_type == "rope":
             self.rotary_pos_emb.inv_freq = scaled_inv_freq(self.rotary_pos_emb, rope_scaling)
         self.inputs = inputs.DecoderInputs(takes_packed_sequences(transformer_layer_spec))
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside megatron's wrappers (DDP, Float16Module)."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module

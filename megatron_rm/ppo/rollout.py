@@ -17,6 +17,7 @@ import torch
 
 from megatron_rm.core.schedule import collect
 from megatron_rm.data import Batch
+from megatron_rm.model.document_model import unwrap
 from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.model.vocab_parallel import token_logprobs
@@ -24,12 +25,6 @@ from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.parallel import Layout
 from megatron_rm.ppo.experience import Scored, Shaping, shaped_scores
 from megatron_rm.ppo.reference import CpuReference
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(module, "module"):
-        module = module.module
-    return module
 
 
 @dataclass
@@ -69,10 +64,10 @@ def score(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor]
     """Every forward of the rollout phase for this replica's micro-batches (with `ended`: which
     responses stopped by themselves), ready for `experience.experience`."""
     old = action_logprobs(models, batches)
-    with models.reference.swapped_into(_unwrap(models.actor[0])):
+    with models.reference.swapped_into(unwrap(models.actor[0])):
         reference = action_logprobs(models, batches)
     values = token_values(models, batches)
-    labels = _unwrap(models.reward[0]).num_labels
+    labels = unwrap(models.reward[0]).num_labels
     rewards = collect(models.reward, batches, forward_documents, models.layout,
                       shape=lambda b: (b.num_documents, labels), dtype=torch.float32)
     parts = []
