@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from demo_llama import save_llama
 
 from megatron_rm.generation.generator import Generator
 from megatron_rm.generation.sampling import SamplingParams
@@ -28,17 +29,6 @@ from megatron_rm.model.loading import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "list item color fruit sport animal city river write name give the a of and numbered please".split()
-
-
-def build(folder: Path, hidden: int, layers: int) -> None:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(REPO / "examples" / "demo" / "tokenizer")
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128), max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
@@ -75,7 +65,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        build(Path(folder), args.hidden, args.layers)
+        save_llama(Path(folder), args.hidden, args.layers, causal_lm=True, max_positions=1024)
         policy = load_policy(folder)
         model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
         batch = prompts(policy.tokenizer, args.batch, args.seed)

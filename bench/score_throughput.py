@@ -30,32 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from demo_llama import save_llama
 
 from megatron_rm.scoring.batching import padding_efficiency, plan
 from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "examples" / "demo" / "tokenizer"
 SHORTEST, LONGEST, MEDIAN, SIGMA = 8, 512, 64, 0.9
 REFERENCE_BATCH = 16
 REFERENCE = "reference (transformers, batches of 16)"
 WORDS = ("red", "blue", "green", "apple", "river", "stone", "seven", "quiet", "market", "window", "garden",
          "paper", "light", "number", "answer", "question", "because", "before", "after", "small")
-
-
-def save_model(folder: Path, hidden: int, layers: int) -> transformers.PreTrainedTokenizerBase:
-    """A random Llama reward model (fp32, sdpa attention) and the demo tokenizer in `folder`."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(TOKENIZER))
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-        max_position_embeddings=2 * LONGEST, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    # Positions to spare: a cut text may encode a token longer than the tokens it was cut from.
-    torch.manual_seed(0)
-    transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return tokenizer
 
 
 def make_texts(tokenizer, rows: int, seed: int) -> list[str]:
@@ -117,7 +102,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each scorer; the fastest counts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = save_model(Path(folder), args.hidden, args.layers)
+        # Positions to spare: a cut text may encode a token longer than the tokens it was cut from.
+        tokenizer = save_llama(Path(folder), args.hidden, args.layers, causal_lm=False, max_positions=2 * LONGEST,
+                               kv_heads=args.hidden // 64)
         texts = make_texts(tokenizer, args.rows, args.seed)
         reference = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
         model = load_model(folder)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import requests
 import torch
-import transformers
+from demo_llama import save_llama
 
 from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer
@@ -41,17 +41,6 @@ from megatron_rm.scoring.scorer import Scorer
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("reward model score answer question policy sample token batch forward layer tensor pipeline "
          "helpful honest harmless because therefore however the a of to and in is it that").split()
-
-
-def build(folder: Path, hidden: int, layers: int) -> None:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(REPO / "examples" / "demo" / "tokenizer")
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128), max_position_embeddings=2048,
-        num_labels=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def texts(count: int, median_words: int, sigma: float, seed: int) -> list[tuple[str, str]]:
@@ -127,8 +116,7 @@ def main() -> None:
     pairs = texts(args.requests, args.median_words, args.length_sigma, args.seed)
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
-        build(Path(workdir) / "rm", args.hidden, args.layers)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(Path(workdir) / "rm")
+        tokenizer = save_llama(Path(workdir) / "rm", args.hidden, args.layers, causal_lm=False, max_positions=2048)
         lengths = np.percentile([len(tokenizer(p + r)["input_ids"]) for p, r in pairs], [50, 99])
         for name, extra in (("dynamic batching", []), ("one at a time", ["--batch-wait-ms", "0",
                                                                           "--max-batch-requests", "1"])):

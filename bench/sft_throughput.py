@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from demo_llama import save_llama
 
 from megatron_rm.config import LossConfig, OptimizerConfig
 from megatron_rm.core.optim import build_optimizer, train_step
@@ -36,17 +37,6 @@ from megatron_rm.objectives import build_objective
 
 REPO = Path(__file__).resolve().parents[1]
 LR = 1e-3
-
-
-def build(folder: Path, hidden: int, layers: int) -> None:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(REPO / "examples" / "demo" / "tokenizer")
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 128), max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def steps_of(tokenizer, global_batch: int, micro_batch: int, steps: int) -> list[list[tuple[list, list]]]:
@@ -112,8 +102,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        build(Path(folder), args.hidden, args.layers)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        tokenizer = save_llama(Path(folder), args.hidden, args.layers, causal_lm=True, max_positions=256)
         steps = steps_of(tokenizer, args.global_batch, args.micro_batch, args.steps)
         pad = tokenizer.pad_token_id
         results = {"transformers loop": reference(Path(folder), steps, pad), "ours (megatron-core)":
