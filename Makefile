@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo ppo-demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,14 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/torchrun --nproc-per-node 2 tools/train_rm.py parallel.tp=2 run.dir=$(DEMO_DIR) $(DEMO_ARGS)
 	$(PY) tools/summarize_run.py $(DEMO_DIR)
+
+# PPO on the demo: reward model (make demo's when present), SFT warm start, PPO on 2 CPU processes;
+# prints the reward and the ground truth before and after. PPO_DEMO_ARGS: more key=value settings.
+PPO_DEMO_DIR ?= runs/ppo_demo
+PPO_DEMO_ARGS ?=
+ppo-demo: install
+	rm -rf $(PPO_DEMO_DIR)
+	$(PY) examples/ppo/run.py --work $(PPO_DEMO_DIR) $(PPO_DEMO_ARGS)
 
 # The whole suite, linted first: what CI runs.
 test: lint

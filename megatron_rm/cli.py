@@ -12,16 +12,18 @@ from omegaconf import DictConfig, OmegaConf
 from megatron_rm.config import ModelConfig, RMConfig, SFTConfig
 from megatron_rm.core import checkpoint_files
 from megatron_rm.errors import UsageError
+from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.training.resume import start_metadata, start_source
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def register_schema() -> None:
-    """Make `rm_config` and `sft_config` (the RMConfig and SFTConfig dataclasses) available to
-    conf/*.yaml defaults lists."""
+    """Make `rm_config`, `sft_config` and `ppo_config` (the RMConfig, SFTConfig and PPOConfig
+    dataclasses) available to conf/*.yaml defaults lists."""
     ConfigStore.instance().store(name="rm_config", node=RMConfig)
     ConfigStore.instance().store(name="sft_config", node=SFTConfig)
+    ConfigStore.instance().store(name="ppo_config", node=PPOConfig)
 
 
 def to_config(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> RMConfig:

@@ -28,3 +28,7 @@ class DamagedCheckpoint(CheckpointError):
 
 class TrainingError(UsageError):
     """A run that cannot go on (it diverged); the message says why and what to change."""
+
+
+class RewardServerError(UsageError):
+    """A remote reward server that cannot be reached or answers wrongly; the message names the URL."""

@@ -58,47 +58,17 @@ class GenerateTask(RowTask):
         self.batch_size, self.prompt_policy, self.room = batch_size, prompt_policy, room
         self.generator = Generator(policy.chunks, policy.layout, vocab_size=policy.vocab_size,
                                    max_sequence_length=policy.config.max_sequence_length,
-                                   eos_token_ids=end_token_ids(policy))
+                                   eos_token_ids=end_token_ids(policy.tokenizer, policy.name))
         self.truncated = 0
         """Prompts cut under prompt_policy truncate_prompt (counted on rank 0)."""
         self.new_tokens = 0
         """Tokens generated, stop tokens included (counted on rank 0)."""
 
     def prepare(self, raws: list[RawRow]) -> list[PromptRow]:
-        rows, prompts = [], []
-        for raw in raws:
-            row = PromptRow(raw.location)
-            rows.append(row)
-            try:
-                row.fields = decode(raw.payload)
-            except Invalid as invalid:
-                row.problem = RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
-                continue
-            parsed = parse_prompt(RawRow(raw.location, row.fields))
-            if isinstance(parsed, RowProblem):
-                row.problem = parsed
-                continue
-            prompts.append((row, parsed))
-        encoded = encode_prompts(self.policy.tokenizer, [prompt for _, prompt in prompts])
-        for (row, _), ids in zip(prompts, encoded):
-            self._fit(row, ids, "messages" if "messages" in row.fields else "prompt")
+        rows = prompt_rows(raws, self.policy.tokenizer, self.room, self.prompt_policy,
+                           self.params.max_new_tokens, self.policy.config.max_sequence_length)
+        self.truncated += sum(row.truncated for row in rows)
         return rows
-
-    def _fit(self, row: PromptRow, ids: list[int], field: str) -> None:
-        # Training's length policy, with the prompt's last token in the place of a response:
-        # truncate_prompt cuts the oldest tokens (a leading BOS stays) and never that one.
-        truncation = "drop" if self.prompt_policy == "error" else "truncate_prompt"
-        fitted, status = fit(Encoded(ids, len(ids) - 1), self.room, truncation, self.policy.tokenizer.bos_token_id)
-        if fitted is None:
-            row.problem = RowProblem(row.location, field, "too_long",
-                                     f"{len(ids)} prompt tokens + max_new_tokens={self.params.max_new_tokens} "
-                                     f"exceed the model's max_sequence_length="
-                                     f"{self.policy.config.max_sequence_length}"
-                                     + (" (--prompt-policy truncate_prompt cuts the oldest tokens)"
-                                        if self.prompt_policy == "error" else ""))
-            return
-        row.sequences, row.truncated = [fitted], status == "truncated"
-        self.truncated += row.truncated
 
     def run(self, sequences: list[list[int]], rows: list[int]) -> list[list[Completion]] | None:
         """Every prompt's num_samples completions on rank 0 (None elsewhere)."""
@@ -107,14 +77,10 @@ class GenerateTask(RowTask):
                  for index, (prompt, row) in enumerate(zip(sequences, rows)) for sample in range(self.num_samples)]
         lengths = [len(prompt) for prompt, _, _ in items]
         mine = [items[i] for (i,) in deal([[i] for i in range(len(items))], lengths, layout.dp)[layout.dp_rank]]
-        mine.sort(key=lambda item: -len(item[0]))  # similar lengths share a batch: less padding
-        done = []
-        for start in range(0, len(mine), self.batch_size):
-            batch = mine[start:start + self.batch_size]
-            completions = self.generator.generate([prompt for prompt, _, _ in batch], self.params,
-                                                  [(self.seed, number) for _, number, _ in batch])
-            done.extend((number, completion) for (_, number, _), completion in zip(batch, completions))
-        gathered = _gather_to_first(done, layout)
+        numbers = [number for _, number, _ in mine]
+        completions = generate_batched(self.generator, [prompt for prompt, _, _ in mine], numbers, self.params,
+                                       self.seed, self.batch_size)
+        gathered = gather_to_first(list(zip(numbers, completions)), layout)
         if gathered is None:
             return None
         by_number = dict(item for share in gathered for item in share)
@@ -124,28 +90,78 @@ class GenerateTask(RowTask):
     def fields(self, row: PromptRow, results: list[list[Completion]]) -> dict:
         (completions,) = results
         self.new_tokens += sum(len(c.token_ids) for c in completions)
-        tokenizer = self.policy.tokenizer
-        texts = [tokenizer.decode(c.token_ids[:-1] if c.finish_reason == EOS else c.token_ids)
-                 for c in completions]
+        texts = [response_text(self.policy.tokenizer, c) for c in completions]
         return {"responses": texts, "response_ids": [c.token_ids for c in completions],
                 "logprobs": [c.logprobs for c in completions],
                 "finish_reasons": [c.finish_reason for c in completions], "prompt_truncated": row.truncated}
 
+def generate_batched(generator: Generator, prompts: list[list[int]], numbers: list[int], params: SamplingParams,
+                     seed: int, batch_size: int) -> list[Completion]:
+    """A completion of each prompt (in order), `batch_size` at a time; response i draws from
+    (seed, numbers[i]), so it is the same in any batch. Prompts of similar length share a batch."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    done: dict[int, Completion] = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        completions = generator.generate([prompts[i] for i in batch], params, [(seed, numbers[i]) for i in batch])
+        done.update(zip(batch, completions))
+    return [done[i] for i in range(len(prompts))]
 
 
-def end_token_ids(policy: LoadedPolicy) -> tuple[int, ...]:
-    """The tokens that end a response: the tokenizer's EOS and, for a Hugging Face folder, those
-    its generation_config.json names (a chat model may end its turn with another token, as
-    Llama 3 Instruct does with <|eot_id|>)."""
-    ends = [policy.tokenizer.eos_token_id]
-    config = Path(policy.name) / "generation_config.json"
+def response_text(tokenizer, completion: Completion) -> str:
+    """The response as text, without the stop token that ended it."""
+    ids = completion.token_ids[:-1] if completion.finish_reason == EOS else completion.token_ids
+    return tokenizer.decode(ids)
+
+
+def prompt_rows(raws: list[RawRow], tokenizer, room: int, prompt_policy: str, max_new_tokens: int,
+                max_sequence_length: int) -> list[PromptRow]:
+    """Each raw row as a prompt to generate from (`sequences` holds its one token sequence), or its
+    problem: not a prompt row, or too long to leave `room` tokens' worth of prompt."""
+    rows, prompts = [], []
+    for raw in raws:
+        row = PromptRow(raw.location)
+        rows.append(row)
+        try:
+            row.fields = decode(raw.payload)
+        except Invalid as invalid:
+            row.problem = RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
+            continue
+        parsed = parse_prompt(RawRow(raw.location, row.fields))
+        if isinstance(parsed, RowProblem):
+            row.problem = parsed
+            continue
+        prompts.append((row, parsed))
+    # Training's length policy, with the prompt's last token in the place of a response:
+    # truncate_prompt cuts the oldest tokens (a leading BOS stays) and never that one.
+    truncation = "drop" if prompt_policy == "error" else "truncate_prompt"
+    for (row, _), ids in zip(prompts, encode_prompts(tokenizer, [prompt for _, prompt in prompts])):
+        fitted, status = fit(Encoded(ids, len(ids) - 1), room, truncation, tokenizer.bos_token_id)
+        if fitted is None:
+            field = "messages" if "messages" in row.fields else "prompt"
+            row.problem = RowProblem(row.location, field, "too_long",
+                                     f"{len(ids)} prompt tokens + max_new_tokens={max_new_tokens} exceed the "
+                                     f"model's max_sequence_length={max_sequence_length}"
+                                     + (" (truncate_prompt cuts the oldest tokens)" if prompt_policy == "error"
+                                        else ""))
+            continue
+        row.sequences, row.truncated = [fitted], status == "truncated"
+    return rows
+
+
+def end_token_ids(tokenizer, model_path: str | Path) -> tuple[int, ...]:
+    """The tokens that end a response of the policy loaded from `model_path`: the tokenizer's EOS
+    and, for a Hugging Face folder, those its generation_config.json names (a chat model may end
+    its turn with another token, as Llama 3 Instruct does with <|eot_id|>)."""
+    ends = [tokenizer.eos_token_id]
+    config = Path(model_path) / "generation_config.json"
     if config.is_file():
         named = json.loads(config.read_text()).get("eos_token_id")
         ends += named if isinstance(named, list) else [named] if isinstance(named, int) else []
     return tuple(dict.fromkeys(ends))
 
 
-def _gather_to_first(done: list, layout) -> list | None:
+def gather_to_first(done: list, layout) -> list | None:
     """Every replica's completions on global rank 0 (None on every other rank). Each replica's
     ranks hold the same completions; those in rank 0's data-parallel group send theirs."""
     if layout.dp == 1:

@@ -81,15 +81,20 @@ def build_and_load(found: Found, parallel_config: ParallelConfig, precision: str
     and the layout (process groups are created here when absent)."""
     layout = job_layout(parallel_config, found.config, len(found.tokenizer), precision, seed)
     module = BUILDERS[found.kind](found.config, parallel_config, len(found.tokenizer), precision=precision)
-    if found.hf is not None:
-        megatron_io.load_whole(module, found.hf.tensors())
-    else:
-        name = found.model_name or DEFAULT_MODEL
-        state = checkpoint.ModelState(module, found.config, found.entry.padded_vocab_size,
-                                      dtype=found.entry.dtype, kind=found.kind)
-        checkpoint.load(found.directory, {name: state}, sources={name: found.model_name})
+    load_weights(found, module)
     module.eval()
     return module, layout
+
+
+def load_weights(found: Found, module: torch.nn.Module) -> None:
+    """`found`'s weights into `module` (this rank's stage of a model built from `found.config`)."""
+    if found.hf is not None:
+        megatron_io.load_whole(module, found.hf.tensors())
+        return
+    name = found.model_name or DEFAULT_MODEL
+    state = checkpoint.ModelState(module, found.config, found.entry.padded_vocab_size,
+                                  dtype=found.entry.dtype, kind=found.kind)
+    checkpoint.load(found.directory, {name: state}, sources={name: found.model_name})
 
 
 def job_layout(parallel_config: ParallelConfig, config: ModelConfig, vocab_size: int, precision: str,

@@ -25,7 +25,7 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: 
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+def gae(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns) over each response's action tokens, 0 elsewhere.
 
@@ -35,7 +35,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     unchanged, so a mask with holes still chains a response's actions. returns = A + V.
     """
     valid = mask.bool()
-    rewards, values = torch.where(valid, rewards, 0.0), torch.where(valid, values, 0.0)
+    rewards, values = torch.where(valid, token_rewards, 0.0), torch.where(valid, values, 0.0)
     advantages = torch.zeros_like(rewards)
     next_value = torch.zeros_like(rewards[:, 0])
     running = torch.zeros_like(rewards[:, 0])

@@ -50,10 +50,10 @@ def mean_per_token(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class FixedKLController:
-    def __init__(self, value: float):
-        self.value = float(value)
+    def __init__(self, kl_coef: float):
+        self.value = float(kl_coef)
 
-    def update(self, kl: float, n_steps: int) -> None:
+    def update(self, current_kl: float, n_steps: int) -> None:
         """A fixed coefficient ignores the KL."""
 
     def state_dict(self) -> dict:
@@ -64,16 +64,16 @@ class FixedKLController:
 
 
 class AdaptiveKLController(FixedKLController):
-    def __init__(self, value: float, target: float, horizon: int):
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
         if not target > 0 or not horizon > 0:
             raise ValueError(f"an adaptive KL controller needs target > 0 and horizon > 0, got target={target}, "
                              f"horizon={horizon}")
-        super().__init__(value)
+        super().__init__(init_kl_coef)
         self.target, self.horizon = float(target), int(horizon)
 
-    def update(self, kl: float, n_steps: int) -> None:
-        """After a PPO step whose `n_steps` responses had mean KL `kl` (KL_UNITS)."""
-        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """After a PPO step whose `n_steps` responses had mean KL `current_kl` (KL_UNITS)."""
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
 
 

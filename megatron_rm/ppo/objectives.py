@@ -110,8 +110,9 @@ class CriticObjective(_PPOObjective):
         self.clip = clip
 
     def forward(self, model, rollouts: Rollouts) -> torch.Tensor:
-        return forward_documents(model, rollouts.batch, token_values=True)[..., 0]
+        # (rows, seq, labels) on the last stage; activations for the next stage elsewhere.
+        return forward_documents(model, rollouts.batch, token_values=True)
 
     def __call__(self, rollouts: Rollouts, values: torch.Tensor):
         _, mask = next_token_targets(rollouts.batch)
-        return self._result(*value_loss(values, rollouts.old_values, rollouts.returns, mask, self.clip))
+        return self._result(*value_loss(values[..., 0], rollouts.old_values, rollouts.returns, mask, self.clip))

@@ -5,7 +5,8 @@ forward-only schedule at the job's TP/PP layout, on this replica's micro-batches
   very micro-batches the update will run first, so that the first update's ratio is exactly 1;
 - reference log-probabilities: the same forward with the initial weights swapped in from CPU;
 - values: the critic (a reward model read at every position);
-- scores: the reward model at each document's last token.
+- scores: a reward model of the job at each document's last token (`model_scores`), or a
+  reward server's (`ppo.remote_reward`).
 Each comes back on every pipeline stage (`core.schedule.collect`).
 """
 
@@ -31,7 +32,6 @@ from megatron_rm.ppo.reference import CpuReference
 class RolloutModels:
     actor: list[torch.nn.Module]
     critic: list[torch.nn.Module]
-    reward: list[torch.nn.Module]
     reference: CpuReference
     """The initial actor's weights (this rank's shard), swapped into `actor` for the reference."""
     layout: Layout
@@ -60,19 +60,25 @@ def token_values(models: RolloutModels, batches: list[Batch]) -> list[torch.Tens
                          lambda values, _: values[..., 0], models.layout)
 
 
-def score(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor], shaping: Shaping) -> list[Scored]:
-    """Every forward of the rollout phase for this replica's micro-batches (with `ended`: which
-    responses stopped by themselves), ready for `experience.experience`."""
+def model_scores(reward: list[torch.nn.Module], batches: list[Batch], layout: Layout) -> list[torch.Tensor]:
+    """(documents,) each document's reward (a multi-label model's first label) on every rank."""
+    labels = unwrap(reward[0]).num_labels
+    rewards = collect(reward, batches, forward_documents, layout, shape=lambda b: (b.num_documents, labels),
+                      dtype=torch.float32)
+    return [r[:, 0] for r in rewards]
+
+
+def score(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor], rewards: list[torch.Tensor],
+          shaping: Shaping) -> list[Scored]:
+    """The policy and critic forwards of the rollout phase for this replica's micro-batches, with
+    `ended` (which responses stopped by themselves) and `rewards` (each response's reward, as
+    PPO takes it before shaping), ready for `experience.experience`."""
     old = action_logprobs(models, batches)
     with models.reference.swapped_into(unwrap(models.actor[0])):
         reference = action_logprobs(models, batches)
     values = token_values(models, batches)
-    labels = unwrap(models.reward[0]).num_labels
-    rewards = collect(models.reward, batches, forward_documents, models.layout,
-                      shape=lambda b: (b.num_documents, labels), dtype=torch.float32)
     parts = []
-    for batch, stopped, *views in zip(batches, ended, old, reference, values, rewards):
-        old_logprobs, ref_logprobs, value, raw = views
-        scores, learn = shaped_scores(raw[:, 0], stopped, shaping)  # a multi-label model's first label
+    for batch, stopped, raw, old_logprobs, ref_logprobs, value in zip(batches, ended, rewards, old, reference, values):
+        scores, learn = shaped_scores(raw, stopped, shaping)
         parts.append(Scored(batch, old_logprobs, ref_logprobs, value, scores, learn))
     return parts

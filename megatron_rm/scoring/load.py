@@ -13,10 +13,10 @@ from transformers import PreTrainedTokenizerBase
 from megatron_rm.config import ModelConfig, ParallelConfig
 from megatron_rm.convert.families import REWARD
 from megatron_rm.errors import CheckpointError
-from megatron_rm.model.loading import PRECISIONS, build_and_load, find
+from megatron_rm.model.loading import PRECISIONS, Found, build_and_load, find
 from megatron_rm.parallel import Layout
 
-__all__ = ["PRECISIONS", "Normalization", "ScoringModel", "load_model"]
+__all__ = ["PRECISIONS", "Normalization", "ScoringModel", "load_model", "scoring_model"]
 
 
 @dataclass
@@ -67,7 +67,12 @@ def load_model(path: str | Path, parallel_config: ParallelConfig | None = None, 
     complete checkpoint); a policy checkpoint is refused. `model_name` picks one model of a
     checkpoint that holds several.
     """
-    found = find(path, REWARD, model_name=model_name, seed=seed)
+    return scoring_model(find(path, REWARD, model_name=model_name, seed=seed), parallel_config, precision, seed)
+
+
+def scoring_model(found: Found, parallel_config: ParallelConfig | None = None, precision: str = "fp32",
+                  seed: int = 0) -> ScoringModel:
+    """The reward model `found` (see `model.loading.find`) built and loaded on this job."""
     if found.hf is not None:
         stored_normalization, where = found.hf.reward_normalization(), found.path / "config.json"
     else:

@@ -50,6 +50,12 @@ class MetricsLog:
             self.wandb.finish()
 
 
+PPO_FIELDS = (("reward_mean", "reward", "+.4f"), ("kl", "kl", ".4f"), ("kl_coef", "kl_coef", ".4f"),
+              ("policy_loss", "policy loss", "+.4f"), ("value_loss", "value loss", ".4f"),
+              ("clip_fraction", "clipped", ".3f"), ("response_length_mean", "length", ".1f"),
+              ("eos_fraction", "eos", ".2f"))
+
+
 def _line(row: dict) -> str:
     """The progress line: what the row has of the usual metrics; pair metrics are absent for data
     without pairs (pointwise labels), and the line then counts documents instead."""
@@ -61,9 +67,15 @@ def _line(row: dict) -> str:
         parts.append(f"perplexity {row['perplexity']:.2f}")
     if "pairs" in row:
         parts += [f"accuracy {row['accuracy']:.3f}", f"margin {row['margin']:+.3f}", f"pairs {row['pairs']}"]
-    else:
+    elif "documents" in row:
         parts.append(f"documents {row['documents']}")
-    parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+    # PPO: the reward, the KL against its coefficient, the actor's and critic's losses.
+    if "kl_coef" in row:
+        for key, label, form in PPO_FIELDS:
+            if row.get(key) is not None:
+                parts.append(f"{label} {row[key]:{form}}")
+    if "tokens_per_s" in row:
+        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
     if "lr" in row:
         parts += [f"lr {row['lr']:.2e}", f"grad norm {row['grad_norm']:.3f}"]
     if row.get("skipped_steps"):

@@ -134,7 +134,7 @@ def test_a_folders_generation_config_names_more_end_tokens(setup, tmp_path):
     saved = json.loads(path.read_text())
     path.write_text(json.dumps({**saved, "eos_token_id": [policy.tokenizer.eos_token_id, end]}))
     try:
-        assert end_token_ids(policy) == (policy.tokenizer.eos_token_id, end)
+        assert end_token_ids(policy.tokenizer, policy.name) == (policy.tokenizer.eos_token_id, end)
         stopped = GenerateTask(policy, SamplingParams(max_new_tokens=8, temperature=0)).run(prompt, [0])[0][0]
     finally:
         path.write_text(json.dumps(saved))

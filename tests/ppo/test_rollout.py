@@ -16,7 +16,7 @@ from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.experience import Shaping, documents, experience
 from megatron_rm.ppo.objectives import ActorObjective
 from megatron_rm.ppo.reference import CpuReference
-from megatron_rm.ppo.rollout import RolloutModels, score
+from megatron_rm.ppo.rollout import RolloutModels, model_scores, score
 from tests.conftest import tiny_model_config
 
 VOCAB, TEMPERATURE = 300, 0.9
@@ -30,16 +30,17 @@ def test_rollout_forwards_and_the_first_update(single_rank):
                                                   OptimizerConfig(lr=0.0, lr_decay_style="constant"), 4)
     critic = build_reward_model(config, ParallelConfig(), VOCAB).eval()
     reward = build_reward_model(config, ParallelConfig(), VOCAB).eval()
-    models = RolloutModels([actor], [critic], [reward], CpuReference(actor.module), single_rank, VOCAB, TEMPERATURE)
+    models = RolloutModels([actor], [critic], CpuReference(actor.module), single_rank, VOCAB, TEMPERATURE)
     generator = Generator([actor.module.eval()], single_rank, vocab_size=VOCAB,
                           max_sequence_length=config.max_sequence_length, eos_token_ids=(2,))
     completions = generator.generate(PROMPTS, SamplingParams(max_new_tokens=6, temperature=TEMPERATURE),
                                      [(0, row) for row in range(len(PROMPTS))])
     halves = [documents(PROMPTS[:2], completions[:2], 0), documents(PROMPTS[2:], completions[2:], 0)]
+    batches, ended_rows = [batch for batch, _ in halves], [ended for _, ended in halves]
+    rewards = model_scores([reward], batches, single_rank)
     # With no_eos=penalty every response trains the policy (few random responses end with EOS).
-    parts = score(models, [batch for batch, _ in halves], [ended for _, ended in halves], Shaping(no_eos="penalty"))
-
-    kept = score(models, [batch for batch, _ in halves], [ended for _, ended in halves], Shaping())
+    parts = score(models, batches, ended_rows, rewards, Shaping(no_eos="penalty"))
+    kept = score(models, batches, ended_rows, rewards, Shaping())
     for part, unshaped, first in zip(parts, kept, (0, 2)):
         _, actions = next_token_targets(part.batch)
         for row in range(part.batch.input_ids.shape[0]):

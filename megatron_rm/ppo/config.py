@@ -1,0 +1,258 @@
+"""Typed configuration of a PPO run (`tools/train_ppo.py`, conf/train_ppo.yaml), validated like
+training's: every problem is named with its key before any process group or model exists."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megatron_rm.config import (
+    LoggingConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    RunConfig,
+    _at_least,
+    _choice,
+    data_parallel_size,
+    optimizer_problems,
+)
+from megatron_rm.errors import ConfigError
+from megatron_rm.ppo.experience import NO_EOS_POLICIES
+from megatron_rm.ppo.kl import CONTROLLERS, ESTIMATORS
+
+
+@dataclass
+class ActorConfig:
+    init: Optional[str] = None
+    """The starting policy, which is also the frozen reference: a policy checkpoint (trained by
+    tools/train_sft.py or converted with --model-kind policy) or a Hugging Face *ForCausalLM folder."""
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-6, lr_decay_style="constant"))
+
+
+@dataclass
+class CriticConfig:
+    init: Optional[str] = None
+    """The critic's starting weights: a reward model (our checkpoint, or a *ForSequenceClassification
+    folder) whose head, read at every token, gives the values; null: reward.model. A policy or a
+    folder without a score head is refused (no head is drawn silently)."""
+    warmup_steps: int = 0
+    """The first steps train the critic alone: the actor and the KL coefficient stay as they are."""
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5, lr_decay_style="constant"))
+
+
+@dataclass
+class RewardConfig:
+    model: Optional[str] = None
+    """A reward model run inside this job (our checkpoint or a *ForSequenceClassification folder);
+    it must share the actor's tokenizer. Set this or `url`."""
+    url: Optional[str] = None
+    """A reward server speaking our POST /get_reward (tools/serve_rm.py, OpenRLHF's protocol): a
+    reward model with another tokenizer or on other machines."""
+    normalize: bool = False
+    """Standardise scores with the reward model's stored statistics (its final evaluation's mean
+    and std); with `url`, start the server with --normalize instead."""
+    clip: Optional[float] = None
+    """Scores are clipped to [-clip, clip] after normalising; null: not clipped."""
+    timeout_s: float = 60.0
+    retries: int = 3
+    """A failed request to `url` is retried this many times (exponential back-off), then the run stops."""
+    batch_size: int = 0
+    """Texts per request to `url` (0: one request per micro-batch)."""
+
+
+@dataclass
+class PromptDataConfig:
+    prompts_path: str = "examples/demo/data/train.jsonl"
+    """Rows with `prompt` (a string or messages) or `messages`, in any data-pipeline format; other
+    fields are ignored (kept in evaluation samples)."""
+    eval_prompts_path: Optional[str] = "examples/demo/data/eval.jsonl"
+    on_invalid: str = "error"
+    """error: stop at start-up naming the bad rows; skip: leave them out and count them."""
+    prompt_policy: str = "error"
+    """A prompt with no room for rollout.max_new_tokens under the actor's max_sequence_length:
+    error (an invalid row) or truncate_prompt (its oldest tokens are cut)."""
+
+
+@dataclass
+class PPOLoopConfig:
+    max_steps: int = 100
+    """PPO steps: each samples, scores and trains on `prompts_per_step` x samples_per_prompt responses."""
+    prompts_per_step: int = 16
+    """Prompts per step over all data-parallel ranks."""
+    micro_batch_size: int = 8
+    """Responses per micro-batch on one rank (the rollout forwards and the update)."""
+    seed: int = 1234
+    precision: str = "fp32"
+    log_interval: int = 1
+    max_skipped: int = 10
+    """Updates with a non-finite loss or gradient norm are skipped; more than this many in a row stop the run."""
+
+
+@dataclass
+class RolloutConfig:
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities (old, reference, new) are taken at it."""
+    batch_size: int = 64
+    """Responses generated at once on one data-parallel replica."""
+    no_eos: str = "mask"
+    """A response cut at max_new_tokens: mask (scored, trains the critic, left out of the policy
+    loss) or penalty (its score becomes no_eos_penalty and it trains both)."""
+    no_eos_penalty: float = -1.0
+
+
+@dataclass
+class KLConfig:
+    type: str = "adaptive"
+    """adaptive (Ziegler et al.'s proportional controller) or fixed."""
+    init_coef: float = 0.05
+    target: float = 0.1
+    """KL the adaptive controller steers to, in nats per token (see ppo.kl: KL_UNITS)."""
+    horizon: int = 10000
+    """Responses over which the adaptive controller closes the gap."""
+    estimator: str = "k1"
+    """Per-token estimate in the reward: k1, abs, k2 or k3."""
+
+
+@dataclass
+class PPOUpdateConfig:
+    epochs: int = 1
+    """Passes over each step's rollouts."""
+    mini_batch_size: int = 0
+    """Responses per optimizer step over all data-parallel ranks; 0: all of the step's responses."""
+    clip: float = 0.2
+    dual_clip: Optional[float] = None
+    value_clip: Optional[float] = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class PPOEvalConfig:
+    interval: int = 0
+    """Responses to data.eval_prompts_path (greedy by default) are scored at step 0, every this many
+    steps and at the end (0: only at the start and the end), written to run.dir/samples/eval_step_<N>.jsonl."""
+    max_prompts: int = 0
+    """Evaluate the first this many prompts (0: all)."""
+    temperature: float = 0.0
+    """0: greedy responses. Above 0, sampled ones: response i of every evaluation draws from
+    (train.seed + 1, i), so evaluations of the same run compare the same random draws."""
+
+
+@dataclass
+class PPOCheckpointConfig:
+    load: Optional[str] = "auto"
+    """auto: resume from run.dir/checkpoints when it has a checkpoint; a folder: resume that run's
+    checkpoint (at any TP/PP); null: always start from actor.init and critic.init."""
+    save_interval: int = 0
+    """Save every this many steps (0: only at the end and on SIGTERM)."""
+    keep: int = 3
+    load_optimizer: bool = True
+
+
+@dataclass
+class PPOConfig:
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    train: PPOLoopConfig = field(default_factory=PPOLoopConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    ppo: PPOUpdateConfig = field(default_factory=PPOUpdateConfig)
+    eval: PPOEvalConfig = field(default_factory=PPOEvalConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/ppo"))
+    checkpoint: PPOCheckpointConfig = field(default_factory=PPOCheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def critic_init(self) -> Optional[str]:
+        return self.critic.init or self.reward.model
+
+    def responses_per_step(self) -> int:
+        return self.train.prompts_per_step * self.rollout.samples_per_prompt
+
+    def mini_batch_size(self) -> int:
+        return self.ppo.mini_batch_size or self.responses_per_step()
+
+
+def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
+    """Every reason `cfg` cannot run on `world_size` ranks that the config alone shows (the models'
+    own checks come when they are found)."""
+    t, r, k, p = cfg.train, cfg.rollout, cfg.kl, cfg.ppo
+    found = [] if cfg.actor.init else ["actor.init must name the starting policy"]
+    if bool(cfg.reward.model) == bool(cfg.reward.url):
+        found.append("set exactly one of reward.model (a reward model in this job) and reward.url (a reward server)")
+    if not cfg.critic_init:
+        found.append("critic.init must name a reward model when reward.url is used (the critic starts from one)")
+    if cfg.reward.url and cfg.reward.normalize:
+        found.append("reward.normalize=true with reward.url: start the server with --normalize instead")
+    found += optimizer_problems(cfg.actor.optim, "actor.optim") + optimizer_problems(cfg.critic.optim, "critic.optim")
+    found += _choice("train.precision", t.precision, ("fp32", "bf16"))
+    if t.precision == "bf16" and not cuda:
+        found.append("train.precision=bf16 needs CUDA; use train.precision=fp32 on the CPU")
+    found += _choice("kl.type", k.type, CONTROLLERS) + _choice("kl.estimator", k.estimator, ESTIMATORS)
+    found += _choice("rollout.no_eos", r.no_eos, NO_EOS_POLICIES)
+    found += _choice("data.on_invalid", cfg.data.on_invalid, ("error", "skip"))
+    found += _choice("data.prompt_policy", cfg.data.prompt_policy, ("error", "truncate_prompt"))
+    found += _at_least(1, {"train.prompts_per_step": t.prompts_per_step, "train.micro_batch_size": t.micro_batch_size,
+                           "train.log_interval": t.log_interval, "rollout.samples_per_prompt": r.samples_per_prompt,
+                           "rollout.max_new_tokens": r.max_new_tokens, "rollout.batch_size": r.batch_size,
+                           "ppo.epochs": p.epochs, "reward.retries + 1": cfg.reward.retries + 1})
+    found += _at_least(0, {"train.max_steps": t.max_steps, "train.max_skipped": t.max_skipped,
+                           "critic.warmup_steps": cfg.critic.warmup_steps, "ppo.mini_batch_size": p.mini_batch_size,
+                           "eval.interval": cfg.eval.interval, "eval.max_prompts": cfg.eval.max_prompts,
+                           "checkpoint.save_interval": cfg.checkpoint.save_interval,
+                           "checkpoint.keep": cfg.checkpoint.keep, "reward.batch_size": cfg.reward.batch_size})
+    if not cfg.eval.temperature >= 0:
+        found.append(f"eval.temperature={cfg.eval.temperature} must be >= 0 (0: greedy)")
+    if not r.temperature > 0:
+        found.append(f"rollout.temperature={r.temperature} must be > 0 (PPO needs a sampled policy's probabilities)")
+    if k.type == "adaptive":
+        if not k.target > 0:
+            found.append(f"kl.target={k.target} must be > 0 (nats per token) for kl.type=adaptive")
+        if not k.horizon > 0:
+            found.append(f"kl.horizon={k.horizon} must be > 0 (responses) for kl.type=adaptive")
+    if not (k.init_coef >= 0 and math.isfinite(k.init_coef)):
+        found.append(f"kl.init_coef={k.init_coef} must be a finite number >= 0")
+    if not 0 < p.clip < 1:
+        found.append(f"ppo.clip={p.clip} must be in (0, 1)")
+    if p.dual_clip is not None and not p.dual_clip > 1:
+        found.append(f"ppo.dual_clip={p.dual_clip} must be > 1 or null")
+    if p.value_clip is not None and not p.value_clip > 0:
+        found.append(f"ppo.value_clip={p.value_clip} must be > 0 or null")
+    for name, value in (("gamma", p.gamma), ("lam", p.lam)):
+        if not 0 <= value <= 1:
+            found.append(f"ppo.{name}={value} must be in [0, 1]")
+    if not p.entropy_coef >= 0:
+        found.append(f"ppo.entropy_coef={p.entropy_coef} must be >= 0")
+    if cfg.reward.clip is not None and not cfg.reward.clip > 0:
+        found.append(f"reward.clip={cfg.reward.clip} must be > 0 or null")
+    if not cfg.reward.timeout_s > 0:
+        found.append(f"reward.timeout_s={cfg.reward.timeout_s} must be > 0")
+    if found:
+        return found
+    tp, pp = cfg.parallel.tp, cfg.parallel.pp
+    if tp < 1 or pp < 1 or world_size % (tp * pp):
+        return [f"world size {world_size} is not divisible by parallel.tp={tp} x parallel.pp={pp}"]
+    dp = data_parallel_size(cfg.parallel, world_size)
+    if t.prompts_per_step % dp:
+        found.append(f"train.prompts_per_step={t.prompts_per_step} is not divisible by the data-parallel size {dp}")
+    responses, mini = cfg.responses_per_step(), cfg.mini_batch_size()
+    if responses % mini:
+        found.append(f"ppo.mini_batch_size={mini} does not divide the step's {responses} responses "
+                     f"(train.prompts_per_step x rollout.samples_per_prompt)")
+    elif mini % (dp * t.micro_batch_size):
+        found.append(f"ppo.mini_batch_size={mini} is not divisible by train.micro_batch_size={t.micro_batch_size} "
+                     f"x data-parallel size {dp}")
+    return found
+
+
+def validate_ppo(cfg: PPOConfig, world_size: int, *, cuda: bool) -> None:
+    found = ppo_problems(cfg, world_size, cuda=cuda)
+    if found:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(found))

@@ -1,0 +1,56 @@
+"""Responses to the evaluation prompts (greedy unless eval.temperature > 0), scored by the run's
+reward, written to `run.dir/samples/eval_step_<N>.jsonl` (each prompt row's fields plus
+`response`, `reward`, `finish_reason`, `response_length`), with their mean reward for metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megatron_rm.generation.batch_job import gather_to_first, generate_batched, response_text
+from megatron_rm.generation.generator import EOS
+from megatron_rm.generation.sampling import SamplingParams
+from megatron_rm.ppo.models import in_eval_mode
+from megatron_rm.ppo.prompts import PromptSet
+from megatron_rm.ppo.step import Context, micro_batches, score_responses
+
+
+def evaluate(ctx: Context, step: int, prompts: PromptSet, run_dir: Path) -> dict | None:
+    """Collective; the summary on global rank 0 (None elsewhere)."""
+    layout, cfg = ctx.layout, ctx.cfg
+    mine = list(range(layout.dp_rank, len(prompts), layout.dp))
+    ids = [prompts.ids[i] for i in mine]
+    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature)
+    with in_eval_mode([ctx.models.actor.ddp]):
+        # Draws of their own (seed + 1): training responses are numbered from 0 with the run's seed.
+        completions = generate_batched(ctx.generator, ids, mine, params, cfg.train.seed + 1, cfg.rollout.batch_size)
+    batches, _, rows = micro_batches(ctx, ids, completions, list(range(len(mine))))
+    raw, normalised = score_responses(ctx, ids, completions, batches, rows)
+    done = []
+    for chosen, rewards, shaped in zip(rows, raw, normalised):
+        for i, reward, normal in zip(chosen, rewards.tolist(), shaped.tolist()):
+            completion = completions[i]
+            done.append((mine[i], {"response": response_text(ctx.models.tokenizer, completion), "reward": reward,
+                                   "reward_normalized": normal, "finish_reason": completion.finish_reason,
+                                   "response_length": len(completion.token_ids)}))
+    gathered = gather_to_first(done, layout)
+    if dist.get_rank() != 0:
+        return None
+    results = dict(item for share in gathered for item in share)
+    samples = run_dir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    with (samples / f"eval_step_{step}.jsonl").open("w", encoding="utf-8") as out:
+        for index in range(len(prompts)):
+            added = dict(results[index])
+            if not cfg.reward.normalize:
+                added.pop("reward_normalized")
+            out.write(json.dumps({**prompts.fields[index], **added}) + "\n")
+    rewards = [results[i]["reward"] for i in range(len(prompts))]
+    mean = sum(rewards) / len(rewards)
+    return {"reward_mean": mean, "reward_std": math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)),
+            "response_length_mean": sum(results[i]["response_length"] for i in results) / len(results),
+            "eos_fraction": sum(results[i]["finish_reason"] == EOS for i in results) / len(results),
+            "prompts": len(prompts)}

@@ -1,0 +1,141 @@
+"""The models of a PPO run, found, checked and built at the job's layout: the actor (trained, and
+its initial weights kept in CPU memory as the reference), the critic (trained; a reward model
+read at every token) and, unless a reward server scores, the frozen reward model.
+
+Everything that can be wrong with the sources is found before a process group starts: a
+missing or wrong-kind model (a reward model as the actor, a policy as the critic), a folder
+without a score head where a head is needed (none is drawn silently), a tokenizer that is not
+the actor's (the critic and an in-job reward model read the actor's tokens).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from megatron_rm.config import ModelConfig, OptimizerConfig, layout_problems, padded_vocab_size
+from megatron_rm.convert.families import POLICY, REWARD
+from megatron_rm.core.checkpoint import ModelState
+from megatron_rm.core.optim import build_optimizer
+from megatron_rm.data.tokenize import fingerprint
+from megatron_rm.errors import CheckpointError, ConfigError
+from megatron_rm.model.loading import BUILDERS, Found, find, job_layout, load_weights
+from megatron_rm.parallel import Layout
+from megatron_rm.ppo.config import PPOConfig
+from megatron_rm.ppo.reference import CpuReference
+from megatron_rm.scoring.load import ScoringModel, scoring_model
+
+ACTOR, CRITIC = "actor", "critic"
+
+
+@dataclass
+class Sources:
+    actor: Found
+    critic: Found
+    reward: Found | None
+
+
+def find_sources(cfg: PPOConfig, world_size: int, *, cuda: bool, te_available: bool) -> Sources:
+    seed = cfg.train.seed
+    actor = find(cfg.actor.init, POLICY, seed=seed)
+    critic = _with_head(find(cfg.critic_init, REWARD, seed=seed), "critic.init" if cfg.critic.init else "reward.model")
+    reward = _with_head(find(cfg.reward.model, REWARD, seed=seed), "reward.model") if cfg.reward.model else None
+    tokens = fingerprint(actor.tokenizer)
+    critic_hint = "critic.init must be a reward model on the actor's tokenizer (the critic reads the actor's tokens)"
+    for key, found, hint in (
+            ("reward.model", reward, "serve it with tools/serve_rm.py (its own tokenizer) and set reward.url"
+             + ("" if cfg.critic.init else f"; {critic_hint}")),
+            ("critic.init", critic if cfg.critic.init else None, critic_hint)):
+        if found is not None and fingerprint(found.tokenizer) != tokens:
+            raise ConfigError(f"{key}={found.path} uses another tokenizer than actor.init={actor.path}: {hint}")
+    problems = []
+    for key, found in (("actor", actor), ("critic", critic), ("reward", reward)):
+        if found is not None:
+            problems += layout_problems(found.config, cfg.parallel, world_size, len(found.tokenizer), prefix=key,
+                                        cuda=cuda, te_available=te_available)
+    longest_prompt = actor.config.max_sequence_length - cfg.rollout.max_new_tokens
+    if longest_prompt < 1:
+        problems.append(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room for a prompt under "
+                        f"the actor's max_sequence_length={actor.config.max_sequence_length}")
+    for key, found in (("critic", critic), ("reward", reward)):
+        if found is not None and found.config.max_sequence_length < actor.config.max_sequence_length:
+            problems.append(f"{key} max_sequence_length={found.config.max_sequence_length} is below the actor's "
+                            f"{actor.config.max_sequence_length}: it could not read every response")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(problems)))
+    return Sources(actor, critic, reward)
+
+
+def _with_head(found: Found, key: str) -> Found:
+    if found.hf is not None and not found.hf.has_score:
+        raise CheckpointError(f"{key}={found.path} has no score head (a *ForCausalLM folder): the critic and the "
+                              "reward model need a trained reward model (*ForSequenceClassification or our reward "
+                              "checkpoint)")
+    return found
+
+
+@dataclass
+class Trained:
+    """A trained model of the run: its DDP wrapper (what the schedule runs), optimizer and scheduler."""
+
+    ddp: torch.nn.Module
+    optimizer: object
+    scheduler: object
+    state: ModelState
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.state.module
+
+
+@dataclass
+class PPOModels:
+    actor: Trained
+    critic: Trained
+    reference: CpuReference
+    reward: ScoringModel | None
+    layout: Layout
+    tokenizer: object
+
+    def states(self) -> dict[str, ModelState]:
+        return {ACTOR: self.actor.state, CRITIC: self.critic.state}
+
+
+def build_models(cfg: PPOConfig, sources: Sources, *, actor_steps: int, critic_steps: int) -> PPOModels:
+    """Every model of the run on this rank, loaded from its source (a resumed run then loads its
+    own checkpoint over the actor and the critic; the reference stays `actor.init`)."""
+    t = cfg.train
+    layout = job_layout(cfg.parallel, sources.actor.config, len(sources.actor.tokenizer), t.precision, t.seed)
+    actor = _trained(sources.actor, cfg, cfg.actor.optim, actor_steps)
+    reference = CpuReference(actor.module)
+    critic = _trained(sources.critic, cfg, cfg.critic.optim, critic_steps)
+    reward = scoring_model(sources.reward, cfg.parallel, t.precision, t.seed) if sources.reward else None
+    return PPOModels(actor, critic, reference, reward, layout, sources.actor.tokenizer)
+
+
+def _trained(found: Found, cfg: PPOConfig, optim: OptimizerConfig, total_steps: int) -> Trained:
+    module = BUILDERS[found.kind](found.config, cfg.parallel, len(found.tokenizer), precision=cfg.train.precision)
+    load_weights(found, module)
+    return trained(module, found.config, len(found.tokenizer), optim, total_steps, cfg.train.precision, found.kind)
+
+
+def trained(module: torch.nn.Module, config: ModelConfig, tokenizer_size: int, optim: OptimizerConfig,
+            total_steps: int, precision: str, kind: str) -> Trained:
+    """`module` (this rank's stage of a `kind` model of `config`) with its optimizer and schedule."""
+    ddp, optimizer, scheduler = build_optimizer(module, optim, max(total_steps, 1), precision=precision)
+    state = ModelState(module, config, padded_vocab_size(tokenizer_size, config), optimizer, scheduler, kind=kind)
+    return Trained(ddp, optimizer, scheduler, state)
+
+
+@contextmanager
+def in_eval_mode(models: list[torch.nn.Module]):
+    """`models` in eval mode for the block (generation and the rollout forwards), training after."""
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model in models:
+            model.train()

@@ -1,0 +1,148 @@
+"""A PPO run (`tools/train_ppo.py`): the actor and the critic trained against a reward, with
+the KL to the initial actor held near its target, saved and resumed exactly.
+
+A checkpoint holds the actor and the critic with their optimizers and schedules, the KL
+controller, the prompt sampler, the skip counters and every rank's RNG, written atomically
+with `latest` (`core.checkpoint`). The reference policy is always `actor.init`: its weights are
+taken into CPU memory before a resumed run's checkpoint is loaded over the actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from megatron_rm import runtime
+from megatron_rm.config import CheckpointConfig
+from megatron_rm.core import checkpoint
+from megatron_rm.core.optim import SkipGuard
+from megatron_rm.generation.batch_job import end_token_ids
+from megatron_rm.generation.generator import Generator
+from megatron_rm.ppo.config import PPOConfig, validate_ppo
+from megatron_rm.ppo.evaluation import evaluate
+from megatron_rm.ppo.kl import KL_UNITS, FixedKLController, kl_controller
+from megatron_rm.ppo.models import PPOModels, build_models, find_sources
+from megatron_rm.ppo.prompts import PromptSampler, PromptSet, load_prompts
+from megatron_rm.ppo.remote_reward import RemoteReward
+from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
+from megatron_rm.ppo.step import Context, run_step
+from megatron_rm.training.metrics_log import MetricsLog
+from megatron_rm.training.resume import restore, start_source
+from megatron_rm.training.signals import StopRequest
+
+
+def train_ppo(cfg: PPOConfig) -> dict | None:
+    """Run `cfg` on this torchrun job; the last evaluation's summary on rank 0 (else None)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    validate_ppo(cfg, world_size, cuda=runtime.cuda_available())
+    sources = find_sources(cfg, world_size, cuda=runtime.cuda_available(), te_available=runtime.te_available())
+    resume_from = start_source(CheckpointConfig(load=cfg.checkpoint.load), cfg.run.dir)
+    is_logger = int(os.environ.get("RANK", "0")) == 0
+
+    def say(message: str) -> None:
+        if is_logger:
+            print(message, file=sys.stderr if message.startswith("warning") else sys.stdout, flush=True)
+
+    t = cfg.train
+    updates_per_step = cfg.ppo.epochs * (cfg.responses_per_step() // cfg.mini_batch_size())
+    models = build_models(cfg, sources, actor_steps=max(t.max_steps - cfg.critic.warmup_steps, 0) * updates_per_step,
+                          critic_steps=t.max_steps * updates_per_step)
+    layout, tokenizer = models.layout, models.tokenizer
+    actor_config = models.actor.state.config
+    prompt_args = dict(room=actor_config.max_sequence_length - cfg.rollout.max_new_tokens,
+                       prompt_policy=cfg.data.prompt_policy, on_invalid=cfg.data.on_invalid,
+                       max_new_tokens=cfg.rollout.max_new_tokens,
+                       max_sequence_length=actor_config.max_sequence_length)
+    train_prompts = load_prompts(cfg.data.prompts_path, tokenizer, **prompt_args)
+    eval_prompts = (load_prompts(cfg.data.eval_prompts_path, tokenizer, limit=cfg.eval.max_prompts, **prompt_args)
+                    if cfg.data.eval_prompts_path else None)
+    sampler = PromptSampler(len(train_prompts), t.prompts_per_step, t.seed)
+    controller = kl_controller(cfg.kl.type, cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
+    guards = {"actor": SkipGuard(t.max_skipped), "critic": SkipGuard(t.max_skipped)}
+    objects = {"kl_controller": controller, "sampler": sampler, "actor_skips": guards["actor"],
+               "critic_skips": guards["critic"]}
+    start = restore(resume_from, models.states(), objects, layout, say, resume=True,
+                    load_optimizer=cfg.checkpoint.load_optimizer)
+    ctx = build_context(cfg, models, controller, guards, end_token_ids(tokenizer, cfg.actor.init))
+
+    run_dir = Path(cfg.run.dir)
+    if is_logger:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type}; "
+            f"{_prompt_line('prompts', train_prompts)}"
+            + (f"; {_prompt_line('eval prompts', eval_prompts)}" if eval_prompts else "")
+            + f"; {cfg.responses_per_step()} responses per step; KL {cfg.kl.type} ({cfg.kl.estimator}, {KL_UNITS})")
+    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg))
+
+    def save(step: int) -> None:
+        sampler.step = step
+        saved = checkpoint.save(run_dir / "checkpoints", step, models.states(), objects=objects, layout=layout,
+                                tokenizer=tokenizer, keep=cfg.checkpoint.keep)
+        say(f"saved {saved}")
+
+    def run_eval(step: int) -> dict | None:
+        if eval_prompts is None:
+            return None
+        summary = evaluate(ctx, step, eval_prompts, run_dir)
+        if summary is not None:
+            log.write(step, "eval", summary, kl_coef=controller.value)
+        return summary
+
+    stop = StopRequest()
+    summary, step = None, start
+    try:
+        if start == 0:
+            summary = run_eval(0)  # the starting policy, before any update
+        while step < t.max_steps:
+            step += 1
+            prompt_ids = [train_prompts.ids[i] for i in sampler.prompts(step - 1)]
+            metrics = run_step(ctx, step, prompt_ids)
+            if step % t.log_interval == 0 or step == t.max_steps:
+                log.write(step, "train", metrics, total_steps=t.max_steps, kl_units=KL_UNITS,
+                          skipped_steps=guards["actor"].total + guards["critic"].total)
+            stopping = stop.agreed()
+            if step < t.max_steps and cfg.eval.interval and step % cfg.eval.interval == 0:
+                summary = run_eval(step)
+            if stopping or (step < t.max_steps and cfg.checkpoint.save_interval
+                            and step % cfg.checkpoint.save_interval == 0):
+                save(step)
+            if stopping:
+                say(f"stopping after step {step} on SIGTERM; resume with checkpoint.load=auto")
+                return None
+        if step > start:
+            summary = run_eval(step)
+            save(step)
+    finally:
+        stop.restore()
+        log.close()
+    return summary
+
+
+def build_context(cfg: PPOConfig, models: PPOModels, controller: FixedKLController, guards: dict[str, SkipGuard],
+                  eos_token_ids: tuple[int, ...]) -> Context:
+    """What every step uses: the models, the actor's generator (ending responses at
+    `eos_token_ids`), the reward (the job's reward model or the server), the KL controller."""
+    if models.reward is not None:
+        rewards = ModelRewards(models.reward, cfg.reward.normalize)
+    else:
+        rewards = ServerRewards(RemoteReward(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
+                                             retries=cfg.reward.retries, batch_size=cfg.reward.batch_size),
+                                models.layout)
+    config = models.actor.state.config
+    generator = Generator([models.actor.ddp], models.layout, vocab_size=config.vocab_size or len(models.tokenizer),
+                          max_sequence_length=config.max_sequence_length, eos_token_ids=eos_token_ids)
+    return Context(cfg, models, generator, rewards, controller, guards)
+
+
+def _prompt_line(name: str, prompts: PromptSet) -> str:
+    line = f"{len(prompts)} {name} from {prompts.path}"
+    if prompts.problems.total:
+        line += f" ({prompts.problems.total} invalid skipped: {prompts.problems.by_reason()})"
+    if prompts.truncated:
+        line += f" ({prompts.truncated} truncated)"
+    return line

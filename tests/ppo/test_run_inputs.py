@@ -1,0 +1,122 @@
+"""What a PPO run refuses before it trains, each with a message naming the key, file or URL: bad
+configuration, models of the wrong kind or tokenizer, broken prompt rows, a reward server that
+is down; and the prompt sampler a resumed run depends on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from megatron_rm.data import load_tokenizer
+from megatron_rm.errors import CheckpointError, ConfigError, DataError, RewardServerError
+from megatron_rm.ppo.config import PPOConfig, validate_ppo
+from megatron_rm.ppo.models import find_sources
+from megatron_rm.ppo.prompts import PromptSampler, load_prompts
+from megatron_rm.ppo.remote_reward import RemoteReward
+from megatron_rm.ppo.rewards import ServerRewards
+from tests.conftest import DEMO
+from tests.ppo.checkpoints import save_tiny_models
+
+
+def _config(**changes) -> PPOConfig:
+    cfg = PPOConfig()
+    cfg.actor.init, cfg.reward.model = "actor", "reward"
+    for key, value in changes.items():
+        group, name = key.split("__")
+        setattr(getattr(cfg, group), name, value)
+    return cfg
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"kl__target": 0.0}, "kl.target=0.0 must be > 0"),
+    ({"kl__horizon": -5}, "kl.horizon=-5 must be > 0"),
+    ({"kl__estimator": "k4"}, "kl.estimator='k4' must be one of k1, abs, k2, k3"),
+    ({"reward__url": "http://127.0.0.1:1"}, "set exactly one of reward.model"),
+    ({"actor__init": None}, "actor.init must name the starting policy"),
+    ({"rollout__temperature": 0.0}, "rollout.temperature=0.0 must be > 0"),
+    ({"ppo__mini_batch_size": 24}, "ppo.mini_batch_size=24 does not divide the step's 64 responses"),
+    ({"train__micro_batch_size": 48}, "not divisible by train.micro_batch_size=48"),
+    ({"ppo__gamma": 1.5}, "ppo.gamma=1.5 must be in [0, 1]"),
+])
+def test_bad_configuration_is_named(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        validate_ppo(_config(**changes), world_size=1, cuda=False)
+
+
+def test_a_fixed_controller_needs_no_target_and_dp_must_divide_the_prompts():
+    validate_ppo(_config(kl__type="fixed", kl__target=0.0, kl__horizon=0), world_size=1, cuda=False)
+    with pytest.raises(ConfigError, match="train.prompts_per_step=16 is not divisible by the data-parallel size 3"):
+        validate_ppo(_config(), world_size=3, cuda=False)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, single_rank):
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def _sources(models, **keys):
+    cfg = PPOConfig()
+    cfg.actor.init, cfg.reward.model = str(models["policy"]), str(models["reward"])
+    for key, value in keys.items():
+        group, name = key.split("__")
+        setattr(getattr(cfg, group), name, value)
+    return find_sources(cfg, 1, cuda=False, te_available=False)
+
+
+def test_models_of_the_wrong_kind_or_tokenizer_are_refused(models):
+    found = _sources(models)
+    assert found.critic.path == found.reward.path  # the critic starts from the reward model by default
+    with pytest.raises(CheckpointError, match="reward"):
+        _sources(models, actor__init=str(models["reward"]))  # a reward model is not a policy
+    with pytest.raises(CheckpointError, match="policy"):
+        _sources(models, critic__init=str(models["policy"]))  # a policy has no value head
+    with pytest.raises(ConfigError, match="reward.model=.* uses another tokenizer than actor.init.*set reward.url"):
+        _sources(models, reward__model=str(models["other_tokenizer"]))
+    with pytest.raises(ConfigError, match="critic.init=.* uses another tokenizer.*critic reads the actor's tokens"):
+        _sources(models, reward__model=None, reward__url="http://127.0.0.1:1",
+                 critic__init=str(models["other_tokenizer"]))
+    with pytest.raises(ConfigError, match="rollout.max_new_tokens=200 leaves no room"):
+        _sources(models, rollout__max_new_tokens=200)
+
+
+def _prompts(path, on_invalid="error"):
+    tokenizer = load_tokenizer(DEMO / "tokenizer")
+    return load_prompts(path, tokenizer, room=40, prompt_policy="error", on_invalid=on_invalid, max_new_tokens=88,
+                        max_sequence_length=128)
+
+
+def test_broken_prompt_rows_are_named_or_counted(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "User: List 3 fruits.\nAssistant:"}, {"prompt": ""}, {"other": 1}, "not an object",
+            {"prompt": "word " * 80}, {"prompt": "User: Name 2 cities.\nAssistant:", "id": 7}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "{broken\n")
+    with pytest.raises(DataError, match=rf"{path}: 5 invalid row\(s\):\n  {path}:2: field 'prompt': empty prompt"):
+        _prompts(path)
+    kept = _prompts(path, on_invalid="skip")
+    assert len(kept) == 2 and kept.problems.total == 5
+    assert kept.problems.counts["too_long"] == 1
+    assert kept.fields[1] == rows[5]
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"prompt": ""}) + "\n")
+    with pytest.raises(DataError, match="no valid prompt among 1 row"):
+        _prompts(tmp_path / "empty.jsonl", on_invalid="skip")
+
+
+def test_the_sampler_is_a_function_of_the_step_and_refuses_another_stream():
+    sampler = PromptSampler(10, 4, seed=3)
+    steps = [sampler.prompts(step) for step in range(5)]  # 20 positions: two whole epochs
+    assert sorted(steps[0] + steps[1] + steps[2][:2]) == list(range(10))
+    assert sorted(steps[2][2:] + steps[3] + steps[4]) == list(range(10))
+    assert steps[0] != steps[3] and PromptSampler(10, 4, seed=3).prompts(3) == steps[3]
+    sampler.step = 2
+    restored = PromptSampler(10, 4, seed=3)
+    restored.load_state_dict(sampler.state_dict())
+    assert restored.step == 2
+    with pytest.raises(CheckpointError, match="same prompts file"):
+        PromptSampler(11, 4, seed=3).load_state_dict(sampler.state_dict())
+
+
+def test_a_reward_server_that_is_down_stops_every_rank_with_the_url(single_rank):
+    rewards = ServerRewards(RemoteReward("http://127.0.0.1:9", timeout_s=1, retries=1, backoff_s=0.0), single_rank)
+    with pytest.raises(RewardServerError, match=r"http://127.0.0.1:9/get_reward: 2 attempts failed"):
+        rewards([], lambda: [["a text"]])

@@ -1,0 +1,145 @@
+"""tools/train_ppo.py as real torchrun jobs over gloo: one PPO update agrees at every layout, a run
+killed with -9 resumes onto the uninterrupted run's exact metrics (the KL coefficient's trajectory
+included), SIGTERM saves and stops, and a run resumes at another layout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import DEMO, REPO, TORCHRUN, child_env, torchrun
+from tests.ppo.checkpoints import save_tiny_models
+from tests.training.test_resume import _kill_9, _wait_for
+
+pytestmark = pytest.mark.slow  # real torchrun jobs
+
+TOOL = str(REPO / "tools" / "train_ppo.py")
+STEPS = 4
+TIMING = ("generation_s", "scoring_s", "update_s", "generation_tokens_per_s", "scoring_tokens_per_s",
+          "update_tokens_per_s")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, single_rank):
+    root = tmp_path_factory.mktemp("ppo")
+    models = save_tiny_models(root / "models")
+    rows = (DEMO / "data" / "train.jsonl").read_text().splitlines(keepends=True)
+    (root / "prompts.jsonl").write_text("".join(rows[:24]))
+    (root / "eval.jsonl").write_text("".join((DEMO / "data" / "eval.jsonl").read_text().splitlines(keepends=True)[:6]))
+    return root, models
+
+
+def _args(setup, run_dir, *extra) -> list[str]:
+    root, models = setup
+    # One update per step (the whole step is one mini-batch): what the parity check compares. A
+    # high actor learning rate and a short horizon make the KL and its coefficient move at once.
+    # With ratio 1 the surrogate is -mean(whitened advantage), about 0: the entropy bonus gives the
+    # first update's policy loss a size to compare.
+    return [f"actor.init={models['policy']}", f"reward.model={models['reward']}",
+            f"data.prompts_path={root / 'prompts.jsonl'}", f"data.eval_prompts_path={root / 'eval.jsonl'}",
+            f"train.max_steps={STEPS}", "train.prompts_per_step=4", "train.micro_batch_size=2",
+            "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8", "rollout.no_eos=penalty",
+            "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3", "critic.optim.lr=1e-3", "kl.init_coef=0.2",
+            "kl.target=0.01", "kl.horizon=16",
+            "checkpoint.save_interval=1", "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
+
+
+def _rows(run_dir, split="train") -> dict[int, dict]:
+    """The last row of each step (a resumed run logs the steps after its checkpoint again)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row for row in rows if row["split"] == split}
+
+
+def _start(setup, run_dir, nproc: int, *extra) -> subprocess.Popen:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "output.log").open("a") as output:
+        return subprocess.Popen([TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", TOOL,
+                                 *_args(setup, run_dir, *extra)],
+                                cwd=REPO, env=child_env(), stdout=output, stderr=subprocess.STDOUT)
+
+
+def _latest(run_dir) -> str | None:
+    latest = run_dir / "checkpoints" / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    torchrun(1, TOOL, *_args(setup, run_dir, "checkpoint.keep=0"))
+    return run_dir
+
+
+def test_the_first_update_of_every_step_has_ratio_exactly_one_and_the_coefficient_moves(uninterrupted):
+    rows = _rows(uninterrupted)
+    assert sorted(rows) == list(range(1, STEPS + 1))
+    for row in rows.values():
+        assert row["first_clip_fraction"] == 0.0 and row["first_approx_kl"] == 0.0
+        assert row["responses"] == 8 and row["policy_tokens"] > 0
+    assert rows[1]["kl"] == 0.0 and rows[STEPS]["kl"] > 0  # the policy moved away from its reference
+    coefficients = [rows[step]["kl_coef"] for step in range(1, STEPS + 1)]
+    assert len(set(coefficients)) == STEPS  # adaptive: a new value every step
+    for step in range(1, STEPS):
+        assert rows[step + 1]["kl_coef"] == rows[step]["kl_coef_next"]
+    evals = _rows(uninterrupted, "eval")
+    assert sorted(evals) == [0, STEPS]
+    samples = [json.loads(line) for line in
+               (uninterrupted / "samples" / f"eval_step_{STEPS}.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and {"prompt", "chosen", "rejected", "response", "reward"} <= set(samples[0])
+    assert evals[STEPS]["reward_mean"] == pytest.approx(sum(s["reward"] for s in samples) / 6, rel=1e-9)
+
+
+def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(setup, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    job = _start(setup, run_dir, 1)
+    _wait_for(lambda: _latest(run_dir) == "step_2", job, "the checkpoint of step 2")
+    _kill_9(job)
+    resumed = torchrun(1, TOOL, *_args(setup, run_dir))
+    assert "resumed from" in resumed.stdout
+    mine, reference = _rows(run_dir), _rows(uninterrupted)
+    for step in range(1, STEPS + 1):
+        for key, value in reference[step].items():
+            if key not in TIMING:
+                assert mine[step][key] == value, (step, key)
+    assert _rows(run_dir, "eval")[STEPS] == _rows(uninterrupted, "eval")[STEPS]
+
+
+@pytest.mark.parametrize("nproc,layout", [(2, ["parallel.tp=2"]), (2, ["parallel.pp=2"]), (2, []),
+                                          (4, ["parallel.tp=2", "parallel.pp=2"])],
+                         ids=["tp2", "pp2", "dp2", "tp2xpp2"])
+def test_one_update_agrees_at_every_layout(setup, uninterrupted, tmp_path, nproc, layout):
+    run_dir = tmp_path / "run"
+    torchrun(nproc, TOOL, *_args(setup, run_dir, "train.max_steps=1", "data.eval_prompts_path=null", *layout))
+    mine, reference = _rows(run_dir)[1], _rows(uninterrupted)[1]
+    assert mine["response_length_mean"] == reference["response_length_mean"]  # the same responses
+    for key in ("reward_mean", "policy_loss", "value_loss", "explained_variance"):
+        assert mine[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+    for key in ("actor_grad_norm", "critic_grad_norm"):
+        assert mine[key] == pytest.approx(reference[key], rel=1e-4), key
+
+
+def test_sigterm_saves_and_the_run_resumes_at_another_layout(setup, tmp_path):
+    run_dir = tmp_path / "run"
+    # Several shuffled mini-batches and epochs per step, which the other runs do not take.
+    extra = ("ppo.epochs=2", "ppo.mini_batch_size=4", "checkpoint.save_interval=0")
+    job = _start(setup, run_dir, 2, "parallel.tp=2", *extra)
+    _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and _rows(run_dir), job, "step 1")
+    job.send_signal(signal.SIGTERM)
+    job.wait(timeout=120)
+    output = (run_dir / "output.log").read_text()
+    stopped = [line for line in output.splitlines() if "on SIGTERM" in line]
+    assert stopped, output[-4000:]
+    step = int(stopped[0].split("after step ")[1].split()[0])
+    assert step < STEPS and _latest(run_dir) == f"step_{step}"
+    saved = json.loads((run_dir / "checkpoints" / f"step_{step}" / "megatron_rm.json").read_text())
+    assert saved["state"]["sampler"]["step"] == step
+    assert saved["state"]["kl_controller"]["value"] == _rows(run_dir)[step]["kl_coef_next"]
+
+    resumed = torchrun(2, TOOL, *_args(setup, run_dir, "parallel.pp=2", *extra))
+    assert f"at step {step}; RNG states not restored" in resumed.stdout
+    rows = _rows(run_dir)
+    assert sorted(rows) == list(range(1, STEPS + 1))
+    assert rows[step + 1]["kl_coef"] == saved["state"]["kl_controller"]["value"]
