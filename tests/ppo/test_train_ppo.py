@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import DEMO, REPO, TORCHRUN, child_env, torchrun
+from tests.conftest import DEMO, PYTHON, REPO, TORCHRUN, child_env, torchrun
 from tests.ppo.checkpoints import save_tiny_models
 from tests.training.test_resume import _kill_9, _wait_for
 
@@ -121,10 +121,32 @@ def test_one_update_agrees_at_every_layout(setup, uninterrupted, tmp_path, nproc
         assert mine[key] == pytest.approx(reference[key], rel=1e-4), key
 
 
-def test_sigterm_saves_and_the_run_resumes_at_another_layout(setup, tmp_path):
+@pytest.fixture
+def reward_server(setup):
+    """tools/serve_rm.py on a free loopback port, serving the tiny reward model; its URL."""
+    _, models = setup
+    job = subprocess.Popen([PYTHON, str(REPO / "tools" / "serve_rm.py"), "--model", str(models["reward"]),
+                            "--port", "0"], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in job.stdout:
+            if line.startswith("serving "):
+                yield line.split(" on ")[1].split()[0]
+                break
+        else:
+            pytest.fail(f"the server exited with {job.wait()}")
+    finally:
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=60)
+
+
+def test_sigterm_saves_and_the_run_resumes_at_another_layout(setup, reward_server, tmp_path):
+    _, models = setup
     run_dir = tmp_path / "run"
-    # Several shuffled mini-batches and epochs per step, which the other runs do not take.
-    extra = ("ppo.epochs=2", "ppo.mini_batch_size=4", "checkpoint.save_interval=0")
+    # Rewards from a server (the critic from the same reward model's checkpoint), and several
+    # shuffled mini-batches and epochs per step, which the other runs do not take.
+    extra = ("reward.model=null", f"reward.url={reward_server}", f"critic.init={models['reward']}", "ppo.epochs=2",
+             "ppo.mini_batch_size=4", "checkpoint.save_interval=0")
     job = _start(setup, run_dir, 2, "parallel.tp=2", *extra)
     _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and _rows(run_dir), job, "step 1")
     job.send_signal(signal.SIGTERM)
@@ -143,3 +165,23 @@ def test_sigterm_saves_and_the_run_resumes_at_another_layout(setup, tmp_path):
     rows = _rows(run_dir)
     assert sorted(rows) == list(range(1, STEPS + 1))
     assert rows[step + 1]["kl_coef"] == saved["state"]["kl_controller"]["value"]
+    assert all(row["reward_raw_mean"] == row["reward_mean"] for row in rows.values())  # the server's own scores
+
+
+def test_the_trained_actor_exports_to_a_causal_lm_that_answers_alike(uninterrupted, tmp_path):
+    """Hugging Face's greedy answer to an evaluation prompt is the run's own final one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megatron_rm.convert.megatron_to_hf import export_hf
+
+    out = export_hf(uninterrupted / "checkpoints", tmp_path / "actor", model_name="actor", kind="policy")
+    model, loading = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    sample = json.loads((uninterrupted / "samples" / f"eval_step_{STEPS}.jsonl").read_text().splitlines()[0])
+    prompt = tokenizer(sample["prompt"], return_tensors="pt")
+    answer = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"], do_sample=False, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id)
+    new = answer[0, prompt["input_ids"].shape[1]:].tolist()
+    if new and new[-1] == tokenizer.eos_token_id:
+        new = new[:-1]
+    assert tokenizer.decode(new) == sample["response"]
