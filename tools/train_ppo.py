@@ -9,7 +9,7 @@ starting policy, on megatron-core at any TP/PP/DP.
 The critic starts from critic.init (default: reward.model). A requeued job resumes from
 run.dir/checkpoints (checkpoint.load=auto, the default), KL coefficient included; SIGTERM saves
 and stops. The trained actor exports with
-    tools/convert_megatron_to_hf.py --checkpoint run.dir/checkpoints --model actor ...
+    tools/convert_megatron_to_hf.py --megatron-dir run.dir/checkpoints --model actor --out-dir DIR
 
 Configuration: conf/train_ppo.yaml (defaults) + Hydra overrides `key=value`.
 Writes run.dir/metrics.jsonl, run.dir/samples/eval_step_<N>.jsonl and run.dir/checkpoints/step_<N>.

@@ -16,6 +16,7 @@ from megatron_rm.ppo.prompts import PromptSampler, load_prompts
 from megatron_rm.ppo.remote_reward import RemoteReward
 from megatron_rm.ppo.rewards import ServerRewards
 from tests.conftest import DEMO
+from tests.convert.hf_models import save_model
 from tests.ppo.checkpoints import save_tiny_models
 
 
@@ -78,6 +79,14 @@ def test_models_of_the_wrong_kind_or_tokenizer_are_refused(models):
                  critic__init=str(models["other_tokenizer"]))
     with pytest.raises(ConfigError, match="rollout.max_new_tokens=200 leaves no room"):
         _sources(models, rollout__max_new_tokens=200)
+
+
+def test_a_folder_without_a_score_head_is_no_critic_or_reward_model(models, tmp_path):
+    """A *ForCausalLM folder would get a head drawn at random: refused, never initialised silently."""
+    save_model("llama", tmp_path / "causal", "causal_lm")
+    for key in ("critic__init", "reward__model"):
+        with pytest.raises(CheckpointError, match=f"{key.replace('__', '.')}=.*causal has no score head"):
+            _sources(models, **{key: str(tmp_path / "causal")})
 
 
 def _prompts(path, on_invalid="error"):

@@ -44,7 +44,7 @@ def _args(setup, run_dir, *extra) -> list[str]:
             "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8", "rollout.no_eos=penalty",
             "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3", "critic.optim.lr=1e-3", "kl.init_coef=0.2",
             "kl.target=0.01", "kl.horizon=16",
-            "checkpoint.save_interval=1", "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
+            "checkpoint.save_interval=2", "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
 
 
 def _rows(run_dir, split="train") -> dict[int, dict]:
@@ -143,10 +143,10 @@ def reward_server(setup):
 def test_sigterm_saves_and_the_run_resumes_at_another_layout(setup, reward_server, tmp_path):
     _, models = setup
     run_dir = tmp_path / "run"
-    # Rewards from a server (the critic from the same reward model's checkpoint), and several
-    # shuffled mini-batches and epochs per step, which the other runs do not take.
+    # Rewards from a server (the critic from the same reward model's checkpoint), several
+    # shuffled mini-batches and epochs per step, and a critic warm-up, which the other runs do not take.
     extra = ("reward.model=null", f"reward.url={reward_server}", f"critic.init={models['reward']}", "ppo.epochs=2",
-             "ppo.mini_batch_size=4", "checkpoint.save_interval=0")
+             "ppo.mini_batch_size=4", "checkpoint.save_interval=0", "critic.warmup_steps=1")
     job = _start(setup, run_dir, 2, "parallel.tp=2", *extra)
     _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and _rows(run_dir), job, "step 1")
     job.send_signal(signal.SIGTERM)
@@ -166,6 +166,9 @@ def test_sigterm_saves_and_the_run_resumes_at_another_layout(setup, reward_serve
     assert sorted(rows) == list(range(1, STEPS + 1))
     assert rows[step + 1]["kl_coef"] == saved["state"]["kl_controller"]["value"]
     assert all(row["reward_raw_mean"] == row["reward_mean"] for row in rows.values())  # the server's own scores
+    # The warm-up step trained the critic alone: no actor update, and the coefficient waited.
+    assert not rows[1]["actor_trained"] and "policy_loss" not in rows[1] and rows[1]["value_loss"] > 0
+    assert rows[2]["kl_coef"] == rows[1]["kl_coef"] == 0.2 and rows[2]["actor_trained"]
 
 
 def test_the_trained_actor_exports_to_a_causal_lm_that_answers_alike(uninterrupted, tmp_path):
@@ -180,7 +183,8 @@ def test_the_trained_actor_exports_to_a_causal_lm_that_answers_alike(uninterrupt
     tokenizer = AutoTokenizer.from_pretrained(out)
     sample = json.loads((uninterrupted / "samples" / f"eval_step_{STEPS}.jsonl").read_text().splitlines()[0])
     prompt = tokenizer(sample["prompt"], return_tensors="pt")
-    answer = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"], do_sample=False, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id)
+    answer = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"], do_sample=False,
+                            max_new_tokens=8, eos_token_id=tokenizer.eos_token_id)
     new = answer[0, prompt["input_ids"].shape[1]:].tolist()
     if new and new[-1] == tokenizer.eos_token_id:
         new = new[:-1]
