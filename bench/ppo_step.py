@@ -92,8 +92,7 @@ def context(cfg: PPOConfig, config: ModelConfig, tokenizer, layout) -> Context:
 def bench(name: str, config: ModelConfig, args, layout) -> None:
     tokenizer = load_tokenizer(config.tokenizer)
     responses = args.prompts_per_step * args.samples_per_prompt
-    # The step's responses form one mini-batch, which must hold at least one micro-batch.
-    cfg = ppo_config(args, min(args.micro_batch_size, responses))
+    cfg = ppo_config(args, args.micro_batch_size)
     ctx = context(cfg, config, tokenizer, layout)
     prompts = load_prompts(PROMPTS, tokenizer, room=config.max_sequence_length - cfg.rollout.max_new_tokens,
                            prompt_policy="error", on_invalid="error", max_new_tokens=cfg.rollout.max_new_tokens,
@@ -119,7 +118,7 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
     print(f"\n{name}: policy of {parameters:,} parameters ({config.num_layers} layers x hidden "
           f"{config.hidden_size}), {responses} responses per step ({args.prompts_per_step} prompts x "
           f"{args.samples_per_prompt}), max_new_tokens {args.max_new_tokens} (mean response "
-          f"{mean('response_length_mean'):.1f} tokens), micro-batch {cfg.train.micro_batch_size}, "
+          f"{mean('response_length_mean'):.1f} tokens), micro-batch {cfg.micro_batch_size(1)}, "
           f"{torch.get_num_threads()} torch threads; {len(timed)} timed step(s) after {args.warmup} untimed\n")
     print("| phase | seconds per step | share of step | tokens/s |\n|---|---:|---:|---:|")
     for label, seconds, tokens in rows:

@@ -81,7 +81,9 @@ class PPOLoopConfig:
     prompts_per_step: int = 16
     """Prompts per step over all data-parallel ranks."""
     micro_batch_size: int = 8
-    """Responses per micro-batch on one rank (the rollout forwards and the update)."""
+    """Responses per micro-batch on one rank (the rollout forwards and the update); a mini-batch
+    is whole micro-batches, so a run takes the largest size up to this that divides a replica's
+    share of the mini-batch (`PPOConfig.micro_batch_size`)."""
     seed: int = 1234
     precision: str = "fp32"
     log_interval: int = 1
@@ -179,6 +181,12 @@ class PPOConfig:
     def mini_batch_size(self) -> int:
         return self.ppo.mini_batch_size or self.responses_per_step()
 
+    def micro_batch_size(self, dp: int) -> int:
+        """Responses per micro-batch at data-parallel size `dp`: train.micro_batch_size, or the
+        largest divisor of a replica's share of the mini-batch below it."""
+        share = self.mini_batch_size() // dp
+        return max(size for size in range(1, min(self.train.micro_batch_size, share) + 1) if share % size == 0)
+
 
 def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
     """Every reason `cfg` cannot run on `world_size` ranks that the config alone shows (the models'
@@ -246,9 +254,8 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
     if responses % mini:
         found.append(f"ppo.mini_batch_size={mini} does not divide the step's {responses} responses "
                      f"(train.prompts_per_step x rollout.samples_per_prompt)")
-    elif mini % (dp * t.micro_batch_size):
-        found.append(f"ppo.mini_batch_size={mini} is not divisible by train.micro_batch_size={t.micro_batch_size} "
-                     f"x data-parallel size {dp}")
+    elif mini % dp:
+        found.append(f"ppo.mini_batch_size={mini} is not divisible by the data-parallel size {dp}")
     return found
 
 

@@ -24,12 +24,14 @@ from megatron_rm.generation.batch_job import generate_batched
 from megatron_rm.generation.generator import EOS, Completion, Generator
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.objectives.sft import next_token_targets
+from megatron_rm.parallel import Layout
 from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.ppo.experience import Shaping, documents, experience
 from megatron_rm.ppo.kl import FixedKLController
 from megatron_rm.ppo.losses import PolicyLossSettings
 from megatron_rm.ppo.models import PPOModels, in_eval_mode
 from megatron_rm.ppo.objectives import ActorObjective, CriticObjective, Rollouts
+from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
 from megatron_rm.ppo.rollout import RolloutModels, score
 
 
@@ -40,13 +42,12 @@ class Context:
     cfg: PPOConfig
     models: PPOModels
     generator: Generator
-    rewards: object
-    """`rewards.ModelRewards` or `rewards.ServerRewards`."""
+    rewards: ModelRewards | ServerRewards
     controller: FixedKLController
     guards: dict[str, SkipGuard] = field(default_factory=dict)
 
     @property
-    def layout(self):
+    def layout(self) -> Layout:
         return self.models.layout
 
     @property
@@ -66,7 +67,7 @@ class Context:
         return out
 
 
-def replica_share(items: list, layout) -> list:
+def replica_share(items: list, layout: Layout) -> list:
     """This data-parallel replica's contiguous share of a step's items (their number divides evenly)."""
     per_replica = len(items) // layout.dp
     return items[layout.dp_rank * per_replica:(layout.dp_rank + 1) * per_replica]
@@ -74,8 +75,8 @@ def replica_share(items: list, layout) -> list:
 
 def micro_batches(ctx: Context, prompts: list[list[int]], completions: list[Completion],
                   order: list[int]) -> tuple[list[Batch], list[torch.Tensor], list[list[int]]]:
-    """The responses in `order`, `train.micro_batch_size` per micro-batch: (batches, ended, rows)."""
-    size, pad = ctx.cfg.train.micro_batch_size, pad_id(ctx.models.tokenizer)
+    """The responses in `order`, micro-batch by micro-batch: (batches, ended, rows)."""
+    size, pad = ctx.cfg.micro_batch_size(ctx.layout.dp), pad_id(ctx.models.tokenizer)
     batches, ended, rows = [], [], []
     for start in range(0, len(order), size):
         chosen = order[start:start + size]
@@ -159,7 +160,7 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool)
     its warm-up) the actor, one optimizer step each per mini-batch. Token means of the losses and
     statistics over every update, and the first mini-batch's actor statistics."""
     cfg, layout, models = ctx.cfg, ctx.layout, ctx.models
-    per_update = cfg.mini_batch_size() // layout.dp // cfg.train.micro_batch_size
+    per_update = cfg.mini_batch_size() // layout.dp // cfg.micro_batch_size(layout.dp)
     actor = ActorObjective(ctx.vocab_size, cfg.rollout.temperature,
                            PolicyLossSettings(cfg.ppo.clip, cfg.ppo.dual_clip, cfg.ppo.entropy_coef))
     critic = CriticObjective(cfg.ppo.value_clip)

@@ -37,12 +37,20 @@ def _config(**changes) -> PPOConfig:
     ({"actor__init": None}, "actor.init must name the starting policy"),
     ({"rollout__temperature": 0.0}, "rollout.temperature=0.0 must be > 0"),
     ({"ppo__mini_batch_size": 24}, "ppo.mini_batch_size=24 does not divide the step's 64 responses"),
-    ({"train__micro_batch_size": 48}, "not divisible by train.micro_batch_size=48"),
     ({"ppo__gamma": 1.5}, "ppo.gamma=1.5 must be in [0, 1]"),
 ])
 def test_bad_configuration_is_named(changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         validate_ppo(_config(**changes), world_size=1, cuda=False)
+
+
+def test_micro_batches_divide_a_replicas_share_of_the_mini_batch():
+    cfg = _config(train__prompts_per_step=12, ppo__mini_batch_size=24, train__micro_batch_size=8)
+    validate_ppo(cfg, world_size=4, cuda=False)
+    assert [cfg.micro_batch_size(dp) for dp in (1, 2, 4)] == [8, 6, 6]  # shares of 24, 12 and 6 responses
+    with pytest.raises(ConfigError, match="ppo.mini_batch_size=24 is not divisible by the data-parallel size 16"):
+        validate_ppo(_config(train__prompts_per_step=16, ppo__mini_batch_size=24, rollout__samples_per_prompt=3),
+                     world_size=16, cuda=False)
 
 
 def test_a_fixed_controller_needs_no_target_and_dp_must_divide_the_prompts():
