@@ -11,6 +11,7 @@ old log-probabilities, never change shape).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -139,7 +140,7 @@ def run_step(ctx: Context, step: int, prompt_ids: list[list[int]]) -> dict:
     new_tokens, document_tokens = _dp_sum([float(lengths.sum()), float(sum(b.tokens for b in batches))], layout)
     length = _moments(lengths, layout)
     raw_moments, reward_moments = _moments(torch.cat(raw), layout), _moments(torch.cat(normalised), layout)
-    return {
+    return _finite({
         "reward_raw_mean": raw_moments["mean"], "reward_raw_std": raw_moments["std"],
         "reward_mean": reward_moments["mean"], "reward_std": reward_moments["std"],
         "kl": kl["mean"], "kl_coef": kl_coef, "kl_coef_next": ctx.controller.value,
@@ -152,7 +153,7 @@ def run_step(ctx: Context, step: int, prompt_ids: list[list[int]]) -> dict:
         "generation_tokens_per_s": new_tokens / generation_s,
         "scoring_tokens_per_s": document_tokens / scoring_s,
         "update_tokens_per_s": document_tokens * cfg.ppo.epochs / update_s,
-    }
+    })
 
 
 def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool) -> dict:
@@ -196,6 +197,13 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool)
                        actor_grad_norm=sum(norms["actor"]) / len(norms["actor"]),
                        first_clip_fraction=first["clipped"], first_approx_kl=first["approx_kl"])
     return metrics
+
+
+def _finite(metrics: dict) -> dict:
+    """None for a statistic with nothing to average (no response the policy loss may learn from,
+    returns without variance): JSON has no NaN."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in metrics.items()}
 
 
 def _dp_sum(values: list[float], layout) -> list[float]:

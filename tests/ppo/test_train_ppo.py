@@ -107,13 +107,22 @@ def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(setup, uninter
     assert _rows(run_dir, "eval")[STEPS] == _rows(uninterrupted, "eval")[STEPS]
 
 
-@pytest.mark.parametrize("nproc,layout", [(2, ["parallel.tp=2"]), (2, ["parallel.pp=2"]), (2, []),
-                                          (4, ["parallel.tp=2", "parallel.pp=2"])],
-                         ids=["tp2", "pp2", "dp2", "tp2xpp2"])
-def test_one_update_agrees_at_every_layout(setup, uninterrupted, tmp_path, nproc, layout):
-    run_dir = tmp_path / "run"
-    torchrun(nproc, TOOL, *_args(setup, run_dir, "train.max_steps=1", "data.eval_prompts_path=null", *layout))
-    mine, reference = _rows(run_dir)[1], _rows(uninterrupted)[1]
+@pytest.fixture(scope="module")
+def layouts(setup, tmp_path_factory):
+    """Run dirs of one update at TP2, PP2 and DP2 (one two-rank job) and TP2xPP2 (the tool on four)."""
+    root = tmp_path_factory.mktemp("layouts")
+    runs = {name: root / name for name in ("tp2", "pp2", "dp2", "tp2xpp2")}
+    one_update = ("train.max_steps=1", "data.eval_prompts_path=null")
+    overrides = [arg for arg in _args(setup, root / "unused", *one_update) if not arg.startswith("run.dir=")]
+    torchrun(2, str(REPO / "tests" / "ppo" / "parity_worker.py"), "--layout", "2", "1", str(runs["tp2"]),
+             "--layout", "1", "2", str(runs["pp2"]), "--layout", "1", "1", str(runs["dp2"]), "--", *overrides)
+    torchrun(4, TOOL, *_args(setup, runs["tp2xpp2"], *one_update, "parallel.tp=2", "parallel.pp=2"))
+    return runs
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "tp2xpp2"])
+def test_one_update_agrees_at_every_layout(layouts, uninterrupted, layout):
+    mine, reference = _rows(layouts[layout])[1], _rows(uninterrupted)[1]
     assert mine["response_length_mean"] == reference["response_length_mean"]  # the same responses
     for key in ("reward_mean", "policy_loss", "value_loss", "explained_variance"):
         assert mine[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
