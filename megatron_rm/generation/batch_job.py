@@ -22,7 +22,7 @@ from megatron_rm.core.file_job import JobRow, RowTask, Summary, run_file
 from megatron_rm.data.rows import Invalid, RowProblem, decode, parse_prompt
 from megatron_rm.data.sources import RawRow
 from megatron_rm.data.tokenize import Encoded, encode_prompts, fit
-from megatron_rm.generation.generator import EOS, Completion, Generator
+from megatron_rm.generation.generator import Completion, Generator
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.model.loading import LoadedPolicy
 from megatron_rm.scoring.batching import deal
@@ -110,8 +110,7 @@ def generate_batched(generator: Generator, prompts: list[list[int]], numbers: li
 
 def response_text(tokenizer, completion: Completion) -> str:
     """The response as text, without the stop token that ended it."""
-    ids = completion.token_ids[:-1] if completion.finish_reason == EOS else completion.token_ids
-    return tokenizer.decode(ids)
+    return tokenizer.decode(completion.response_ids)
 
 
 def prompt_rows(raws: list[RawRow], tokenizer, room: int, prompt_policy: str, max_new_tokens: int,

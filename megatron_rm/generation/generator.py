@@ -46,6 +46,11 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
 
+    @property
+    def response_ids(self) -> list[int]:
+        """The response's tokens without the stop token that ended it."""
+        return self.token_ids[:-1] if self.finish_reason == EOS else self.token_ids
+
 
 @dataclass
 class _Step:

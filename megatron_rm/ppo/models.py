@@ -102,6 +102,11 @@ class PPOModels:
     def states(self) -> dict[str, ModelState]:
         return {ACTOR: self.actor.state, CRITIC: self.critic.state}
 
+    @property
+    def vocab_size(self) -> int:
+        """The actor's real vocabulary: logit columns at or past it are padding."""
+        return self.actor.state.config.vocab_size or len(self.tokenizer)
+
 
 def build_models(cfg: PPOConfig, sources: Sources, *, actor_steps: int, critic_steps: int) -> PPOModels:
     """Every model of the run on this rank, loaded from its source (a resumed run then loads its

@@ -22,7 +22,7 @@ from megatron_rm import runtime
 from megatron_rm.core.optim import SkipGuard, train_step
 from megatron_rm.data import Batch, pad_id
 from megatron_rm.generation.batch_job import generate_batched
-from megatron_rm.generation.generator import EOS, Completion, Generator
+from megatron_rm.generation.generator import Completion, Generator
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.parallel import Layout
@@ -53,8 +53,7 @@ class Context:
 
     @property
     def vocab_size(self) -> int:
-        config = self.models.actor.state.config
-        return config.vocab_size or len(self.models.tokenizer)
+        return self.models.vocab_size
 
     def texts(self, prompts: list[list[int]], completions: list[Completion]) -> list[str]:
         """Prompt + response as text for a reward server (no BOS: the server's tokenizer adds its
@@ -63,8 +62,7 @@ class Context:
         out = []
         for prompt, completion in zip(prompts, completions):
             ids = prompt[1:] if prompt and prompt[0] == tokenizer.bos_token_id else prompt
-            response = completion.token_ids[:-1] if completion.finish_reason == EOS else completion.token_ids
-            out.append(tokenizer.decode(ids + response, skip_special_tokens=False))
+            out.append(tokenizer.decode(ids + completion.response_ids, skip_special_tokens=False))
         return out
 
 

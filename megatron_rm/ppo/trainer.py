@@ -134,7 +134,7 @@ def build_context(cfg: PPOConfig, models: PPOModels, controller: FixedKLControll
                                              retries=cfg.reward.retries, batch_size=cfg.reward.batch_size),
                                 models.layout)
     config = models.actor.state.config
-    generator = Generator([models.actor.ddp], models.layout, vocab_size=config.vocab_size or len(models.tokenizer),
+    generator = Generator([models.actor.ddp], models.layout, vocab_size=models.vocab_size,
                           max_sequence_length=config.max_sequence_length, eos_token_ids=eos_token_ids)
     return Context(cfg, models, generator, rewards, controller, guards)
 
