@@ -35,13 +35,6 @@ class Shaping:
     no_eos_penalty: float = -1.0
     """The score of a response without EOS under no_eos=penalty."""
 
-    def problems(self) -> list[str]:
-        found = [] if self.no_eos in NO_EOS_POLICIES else [
-            f"no_eos={self.no_eos!r} must be one of {', '.join(NO_EOS_POLICIES)}"]
-        if self.clip is not None and not self.clip > 0:
-            found.append(f"clip={self.clip} must be > 0 (or unset)")
-        return found
-
 
 def documents(prompts: list[list[int]], completions: list[Completion], pad_id: int) -> tuple[Batch, torch.Tensor]:
     """Prompt + response of each completion as one padded batch with its response mask, and
@@ -81,8 +74,6 @@ class Experience:
     """The update's micro-batches, one per `Scored`."""
     kl: torch.Tensor
     """(responses,) each response's mean per-token KL estimate against the reference."""
-    scores: torch.Tensor
-    """(responses,) shaped scores."""
 
 
 def experience(parts: list[Scored], *, kl_coef: float, estimator: str, gamma: float, lam: float,
@@ -102,4 +93,4 @@ def experience(parts: list[Scored], *, kl_coef: float, estimator: str, gamma: fl
     whitened = whiten_together(advantages, masks, dp_group)
     rollouts = [Rollouts(part.batch, part.old_logprobs, part.values, advantage, ret, policy_rows=part.learn_policy)
                 for part, advantage, ret in zip(parts, whitened, returns)]
-    return Experience(rollouts, torch.cat(kls), torch.cat([part.scores for part in parts]))
+    return Experience(rollouts, torch.cat(kls))

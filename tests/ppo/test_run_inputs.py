@@ -38,6 +38,8 @@ def _config(**changes) -> PPOConfig:
     ({"rollout__temperature": 0.0}, "rollout.temperature=0.0 must be > 0"),
     ({"ppo__mini_batch_size": 24}, "ppo.mini_batch_size=24 does not divide the step's 64 responses"),
     ({"ppo__gamma": 1.5}, "ppo.gamma=1.5 must be in [0, 1]"),
+    ({"rollout__no_eos": "drop"}, "rollout.no_eos='drop' must be one of mask, penalty"),
+    ({"reward__clip": 0.0}, "reward.clip=0.0 must be > 0 or null"),
 ])
 def test_bad_configuration_is_named(changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
