@@ -40,8 +40,9 @@ class Sources:
 def find_sources(cfg: PPOConfig, world_size: int, *, cuda: bool, te_available: bool) -> Sources:
     seed = cfg.train.seed
     actor = find(cfg.actor.init, POLICY, seed=seed)
-    critic = _with_head(find(cfg.critic_init, REWARD, seed=seed), "critic.init" if cfg.critic.init else "reward.model")
     reward = _with_head(find(cfg.reward.model, REWARD, seed=seed), "reward.model") if cfg.reward.model else None
+    # The critic starts from the reward model unless critic.init names another: found once.
+    critic = _with_head(find(cfg.critic.init, REWARD, seed=seed), "critic.init") if cfg.critic.init else reward
     tokens = fingerprint(actor.tokenizer)
     critic_hint = "critic.init must be a reward model on the actor's tokenizer (the critic reads the actor's tokens)"
     for key, found, hint in (
@@ -78,16 +79,23 @@ def _with_head(found: Found, key: str) -> Found:
 
 @dataclass
 class Trained:
-    """A trained model of the run: its DDP wrapper (what the schedule runs), optimizer and scheduler."""
+    """A trained model of the run: its DDP wrapper (what the schedule runs) and its state (the
+    module, optimizer and scheduler, as checkpoints take them)."""
 
     ddp: torch.nn.Module
-    optimizer: object
-    scheduler: object
     state: ModelState
 
     @property
     def module(self) -> torch.nn.Module:
         return self.state.module
+
+    @property
+    def optimizer(self):
+        return self.state.optimizer
+
+    @property
+    def scheduler(self):
+        return self.state.scheduler
 
 
 @dataclass
@@ -131,7 +139,7 @@ def trained(module: torch.nn.Module, config: ModelConfig, tokenizer_size: int, o
     """`module` (this rank's stage of a `kind` model of `config`) with its optimizer and schedule."""
     ddp, optimizer, scheduler = build_optimizer(module, optim, max(total_steps, 1), precision=precision)
     state = ModelState(module, config, padded_vocab_size(tokenizer_size, config), optimizer, scheduler, kind=kind)
-    return Trained(ddp, optimizer, scheduler, state)
+    return Trained(ddp, state)
 
 
 @contextmanager
