@@ -34,6 +34,7 @@ ROPE_SCALING_TYPES = ("llama3", "linear")
 FAMILIES = tuple(_FAMILY_TABLES)
 """The Hugging Face families `model.family` may name: those with a conversion table."""
 TRANSFORMER_IMPLS = ("auto", "sdpa", "local", "transformer_engine")
+HEADS = ("sequence", "token")
 
 
 @dataclass
@@ -76,7 +77,13 @@ class ModelConfig:
     """Reward models train without dropout by default, as TRL does, so runs repeat exactly."""
     attention_dropout: float = 0.0
     num_labels: int = 1
-    """Reward head outputs: 1 for a scalar reward, more for multi-attribute heads."""
+    """Reward head outputs: 1 for a scalar reward, more for multi-attribute heads; with
+    head=token, the classes (2 or 3)."""
+    head: str = "sequence"
+    """Where a reward model is read. sequence: each document's last token, one reward per label
+    (exported as *ForSequenceClassification); token: class logits at every token, the outcome and
+    process reward models of loss.type=orm|prm (exported as *ForTokenClassification), whose
+    positive class is the last."""
     head_bias: bool = False
     head_init_std: float = 0.02
     tie_word_embeddings: bool = False
@@ -413,9 +420,12 @@ def model_problems(m: ModelConfig, prefix: str, *, cuda: bool, te_available: boo
                 + _choice(f"{prefix}.position_embedding_type", m.position_embedding_type,
                           ("rope", "learned_absolute"))
                 + _choice(f"{prefix}.family", m.family, FAMILIES)
-                + _choice(f"{prefix}.transformer_impl", m.transformer_impl, TRANSFORMER_IMPLS))
+                + _choice(f"{prefix}.transformer_impl", m.transformer_impl, TRANSFORMER_IMPLS)
+                + _choice(f"{prefix}.head", m.head, HEADS))
     if m.num_labels < 1:
         problems.append(f"{prefix}.num_labels={m.num_labels} must be >= 1")
+    elif m.head == "token" and m.num_labels not in (2, 3):
+        problems.append(f"{prefix}.num_labels={m.num_labels} with {prefix}.head=token must be 2 or 3 (classes)")
     for name, value in (("num_query_groups", m.num_query_groups), ("kv_channels", m.kv_channels)):
         if value is not None and value < 1:
             problems.append(f"{prefix}.{name}={value} must be >= 1 or null")

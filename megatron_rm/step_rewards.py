@@ -153,6 +153,15 @@ def labels_from_ratings(
     return torch.tensor(labels, dtype=torch.float64 if num_classes == 2 else torch.int64)
 
 
+def positive_probability(logits: torch.Tensor) -> torch.Tensor:
+    """The probability of the positive class (a correct step or outcome) from (..., C) class logits:
+    the softmax's last column, in float32 or wider. Classes are ordered negative first, so the
+    last one is positive for C = 2 (wrong, right) and C = 3 (wrong, neutral, right)."""
+    if logits.dim() < 1 or logits.shape[-1] not in (2, 3):
+        raise ValueError(f"expected (..., 2) or (..., 3) class logits, got shape {tuple(logits.shape)}")
+    return torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)[..., -1]
+
+
 def aggregate(step_probs: torch.Tensor, how: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Solution scores from per-step probabilities of being correct, over the last dimension.
 
