@@ -191,10 +191,21 @@ class LossConfig:
     plackett_luce: the likelihood of each group's whole ranking (equals bradley_terry for pairs);
     divergence: DeepSpeed-Chat's per-token loss over where chosen and rejected differ
     (pairs, data.batching=bucket); regression: mean squared error of each labelled attribute
-    (model.num_labels attributes, missing labels ignored)."""
+    (model.num_labels attributes, missing labels ignored); orm: an outcome reward model, per-token
+    cross-entropy of the outcome on every response token; prm: a process reward model,
+    cross-entropy of each step's label at the step's last token."""
     centering_coef: float = 0.0
     """Reward centering: adds coef * mean((r_c + r_r)^2), pulling rewards toward zero mean
     (bradley_terry, margin)."""
+    num_classes: int = 2
+    """orm, prm: the classes of the token head (model.num_labels follows): 2 (wrong, right) or 3
+    (wrong, neutral, right: PRM800K's ratings as they are)."""
+    neutral: str = "negative"
+    """prm with 2 classes: what a neutral (0) rating becomes: negative, positive or ignore (the
+    step is not learnt). negative is TRL's mapping and keeps 0/1 integer labels right."""
+    aggregation: Optional[str] = None
+    """orm, prm: how token or step probabilities make a solution's score (evaluation, scoring):
+    product, min, mean or last; null: product for prm (Lightman et al.), mean for orm."""
 
 
 @dataclass
@@ -241,7 +252,20 @@ class DataConfig:
     margin_key: str = "margin"
     """Optional per pair: the chosen reward must exceed the rejected one by this much."""
     labels_key: str = "labels"
-    """Optional per response: a list of attribute values (null where missing)."""
+    """Optional per response: a list of attribute values (null where missing). Stepwise rows
+    (loss.type=prm): one rating per step."""
+    completions_key: str = "completions"
+    """Stepwise rows (loss.type=prm, TRL's stepwise supervision): the list of steps."""
+    label_key: str = "label"
+    """Outcome rows (loss.type=orm): the outcome (true/false, 0/1 or a probability); Math-Shepherd
+    rows: the input's text with '+' or '-' in each step tag's place."""
+    input_key: str = "input"
+    """Math-Shepherd rows: the question and its steps, each step ended by data.step_tag."""
+    step_separator: str = "\n"
+    """Written after every step of a stepwise row; the step's label sits on the last token of
+    (step + separator), so the separator must end a token of its own (checked per row)."""
+    step_tag: str = "ки"
+    """The step tag ending each step of a Math-Shepherd row."""
     max_length: int = 128
     """Longest document (prompt + response + EOS) in tokens."""
     truncation: str = "drop"

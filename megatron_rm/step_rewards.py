@@ -56,7 +56,7 @@ def token_binary_loss(
 
 
 def token_class_loss(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of cross-entropy over positions where `mask` is true, number of such positions).
 
@@ -67,6 +67,7 @@ def token_class_loss(
     label keeps its spread. As in `token_binary_loss`, masked positions may hold
     anything and affect neither the value nor the gradient; an unmasked index
     outside [0, C) or an unmasked row that is not a distribution raises ValueError.
+    `validate=False` skips that check (a host sync), for targets the data already checked.
     """
     if logits.dim() < 1 or logits.shape[:-1] != mask.shape:
         raise ValueError(f"logits must be mask's shape plus a class dimension, got logits "
@@ -78,7 +79,7 @@ def token_class_loss(
             raise ValueError(f"soft targets must have the logits' shape {tuple(logits.shape)}, "
                              f"got {tuple(targets.shape)}")
         is_distribution = (targets >= 0).all(dim=-1) & ((targets.sum(dim=-1) - 1).abs() <= SOFT_TARGET_TOLERANCE)
-        if not bool((is_distribution | ~mask).all()):
+        if validate and not bool((is_distribution | ~mask).all()):
             raise ValueError("unmasked soft targets must be class distributions: non-negative, summing to 1")
         dtype = torch.promote_types(logits.dtype, targets.dtype)
         flat_targets = torch.where(mask[..., None], targets.to(dtype), 0.0).reshape(-1, num_classes)
@@ -86,7 +87,7 @@ def token_class_loss(
         if targets.shape != mask.shape:
             raise ValueError(f"class indices must have the mask's shape {tuple(mask.shape)}, "
                              f"got {tuple(targets.shape)}")
-        if not bool(((targets >= 0) & (targets < num_classes) | ~mask).all()):
+        if validate and not bool(((targets >= 0) & (targets < num_classes) | ~mask).all()):
             raise ValueError(f"unmasked class indices must lie in [0, {num_classes})")
         dtype = logits.dtype
         flat_targets = torch.where(mask, targets.long(), 0).reshape(-1)
@@ -222,6 +223,18 @@ def auroc(scores: Sequence[float] | torch.Tensor, labels: Sequence[bool | int] |
     return wins / (positives.numel() * negatives.numel())
 
 
+def histogram_auroc(positives: torch.Tensor, negatives: torch.Tensor) -> float:
+    """`auroc` from per-bin counts of the positives' and negatives' scores (bins in score order):
+    scores in one bin count as tied. Counts add up across ranks where scores cannot be gathered
+    cheaply. NaN when either class is absent."""
+    positives, negatives = positives.double().cpu(), negatives.double().cpu()
+    total_positive, total_negative = float(positives.sum()), float(negatives.sum())
+    if not total_positive or not total_negative:
+        return math.nan
+    negatives_below = torch.cumsum(negatives, 0) - negatives
+    return float((positives * (negatives_below + negatives / 2)).sum()) / (total_positive * total_negative)
+
+
 def error_step_f1(
     predicted_correct: Sequence[bool | int] | torch.Tensor, labels_correct: Sequence[bool | int] | torch.Tensor
 ) -> float:
@@ -275,23 +288,24 @@ def first_error_step_accuracy(
 
 
 def probability_calibration_sums(
-    probs: Sequence[float] | torch.Tensor, labels: Sequence[bool | int] | torch.Tensor, bins: int = 10
+    probs: Sequence[float] | torch.Tensor, labels: Sequence[bool | float] | torch.Tensor, bins: int = 10
 ) -> torch.Tensor:
     """float64 (3 * bins,) sums in the layout of `metrics.calibration_sums`, for binary probabilities.
 
     Bin b (of `bins` equal widths over [0, 1], 1.0 in the last) holds [count,
     sum of p, sum of labels]: a step predicted correct with p = 0.8 should be
-    correct 80% of the time. The sums add up across micro-batches and ranks, and
-    `metrics.expected_calibration_error` reads them.
+    correct 80% of the time. A soft label (a probability of being correct) counts
+    as that fraction of a correct step. The sums add up across micro-batches and
+    ranks, and `metrics.expected_calibration_error` reads them.
     """
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
     probs = torch.as_tensor(probs, dtype=torch.float64).flatten()
-    labels = _binary(labels, "labels").to(device=probs.device, dtype=torch.float64)
+    labels = torch.as_tensor(labels, dtype=torch.float64, device=probs.device).flatten()
     if probs.shape != labels.shape:
         raise ValueError(f"{probs.numel()} probabilities and {labels.numel()} labels differ in number")
-    if not bool(((probs >= 0) & (probs <= 1)).all()):
-        raise ValueError("probabilities must lie in [0, 1]")
+    if not bool(((probs >= 0) & (probs <= 1) & (labels >= 0) & (labels <= 1)).all()):
+        raise ValueError("probabilities and labels must lie in [0, 1]")
     bin_index = (probs * bins).floor().long().clamp(max=bins - 1)
     per_step = torch.stack([torch.ones_like(probs), probs, labels], dim=1)
     sums = torch.zeros(bins, 3, dtype=torch.float64, device=probs.device)

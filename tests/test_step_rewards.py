@@ -14,6 +14,7 @@ from megatron_rm.step_rewards import (
     expected_calibration_error,
     first_error_index,
     first_error_step_accuracy,
+    histogram_auroc,
     labels_from_ratings,
     probability_calibration_sums,
     token_binary_loss,
@@ -508,5 +509,23 @@ def test_ece_refuses_bad_input():
         expected_calibration_error([0.5, 1.2], [1, 0])
     with pytest.raises(ValueError, match="at least 1"):
         expected_calibration_error([0.5], [1], bins=0)
-    with pytest.raises(ValueError, match="binary"):
-        expected_calibration_error([0.5], [0.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_calibration_error([0.5], [1.5])
+
+
+def test_ece_counts_a_soft_label_as_that_fraction_of_a_right_step():
+    # One bin holding p = 0.7 twice, labelled 0.7 and 1.0: mean label 0.85, mean p 0.7.
+    assert expected_calibration_error([0.7, 0.7], [0.7, 1.0]) == pytest.approx(0.15, rel=1e-12)
+
+
+def test_histogram_auroc_equals_auroc_without_ties_within_bins_and_halves_ties():
+    generator = torch.Generator().manual_seed(0)
+    bins = 1000
+    scores = (torch.randperm(bins, generator=generator)[:300].double() + 0.5) / bins  # one score per bin
+    labels = torch.rand(300, generator=generator) < 0.4
+    counts = torch.zeros(2, bins, dtype=torch.float64)
+    counts.index_put_((labels.long(), (scores * bins).long()), torch.ones(300, dtype=torch.float64), accumulate=True)
+    assert histogram_auroc(counts[1], counts[0]) == pytest.approx(auroc(scores, labels), abs=1e-12)
+    # Everything in one bin is one big tie.
+    assert histogram_auroc(torch.tensor([3.0, 0.0]), torch.tensor([5.0, 0.0])) == 0.5
+    assert math.isnan(histogram_auroc(torch.tensor([3.0]), torch.tensor([0.0])))

@@ -34,14 +34,17 @@ from megatron_rm.data.store import GroupStore
 def collate(store: GroupStore, groups, pad_id: int, *, packed: bool, pad_to_multiple_of: int = 1) -> Batch:
     """One micro-batch of `groups` (positions in `store`): their documents laid out
     by `document_batch`, with the pairs to compare, margins, labels, group sizes and
-    (when the store records prompt lengths) each document's response tokens.
+    (when the store records them) each document's response tokens and per-token targets.
     A group of one document (a single-response row) adds no comparison."""
     documents, comparisons, margins, labels, group_sizes = [], [], [], [], []
     prompt_lengths = [] if store.has_prompt_lengths() else None
+    targets = [] if store.has_token_targets() else None
     for group in groups:
         docs = store.documents(group)
         if prompt_lengths is not None:
             prompt_lengths.extend(store.prompt_lengths(group))
+        if targets is not None:
+            targets.extend(store.token_targets(group))
         first = len(documents)
         group_sizes.append(len(docs))
         documents.extend(docs)
@@ -54,7 +57,7 @@ def collate(store: GroupStore, groups, pad_id: int, *, packed: bool, pad_to_mult
         if group_labels is not None:
             labels.append(group_labels)
     batch = document_batch(documents, pad_id, packed=packed, pad_to_multiple_of=pad_to_multiple_of,
-                           prompt_lengths=prompt_lengths)
+                           prompt_lengths=prompt_lengths, token_targets=targets)
     return replace(
         batch,
         comparisons=torch.tensor(comparisons, dtype=torch.int64).reshape(-1, 2),

@@ -34,6 +34,10 @@ class Batch:
     response_mask: torch.Tensor | None = None
     """(rows, seq) bool: True on each document's response tokens (those after its prompt), which
     a next-token loss predicts; None when the prompt lengths are unknown."""
+    token_targets: torch.Tensor | None = None
+    """(rows, seq) float32 per-token targets of an outcome or process reward model (the
+    probability of the positive class, or the class index), laid out like the ids; NaN where
+    nothing is learnt (unlabelled tokens, padding)."""
 
     @property
     def num_pairs(self) -> int:
@@ -70,14 +74,15 @@ class Batch:
 
 
 def document_batch(sequences, pad_id: int, *, packed: bool = False, pad_to_multiple_of: int = 1,
-                   prompt_lengths=None) -> Batch:
+                   prompt_lengths=None, token_targets=None) -> Batch:
     """`sequences` (lists or arrays of token ids) as model inputs, in their order.
 
     Padded (default): one document per row, right-padded with `pad_id` to the
     longest document rounded up to `pad_to_multiple_of`. Packed: one row holding
     the documents back to back, its width rounded up likewise. The result has no
     comparisons; `collate` adds them for training. With `prompt_lengths` (leading
-    prompt tokens of each document) it has a `response_mask`, laid out like the ids.
+    prompt tokens of each document) it has a `response_mask`, and with `token_targets` (a float
+    per token of each document) `token_targets`, both laid out like the ids.
     """
     documents = [_document(sequence, index) for index, sequence in enumerate(sequences)]
     if not documents:
@@ -106,7 +111,11 @@ def document_batch(sequences, pad_id: int, *, packed: bool = False, pad_to_multi
         place = np.arange(len(document)) - (np.cumsum(lengths) - lengths)[document]
         response_mask = torch.zeros((rows, width), dtype=torch.bool)
         response_mask[where] = torch.from_numpy(place >= np.asarray(prompt_lengths, dtype=np.int64)[document])
-    return Batch(input_ids, attention_mask, response_mask=response_mask)
+    targets = None
+    if token_targets is not None:
+        targets = torch.full((rows, width), float("nan"), dtype=torch.float32)
+        targets[where] = torch.from_numpy(np.concatenate(token_targets).astype(np.float32))
+    return Batch(input_ids, attention_mask, response_mask=response_mask, token_targets=targets)
 
 
 def _document(sequence, index: int) -> np.ndarray:

@@ -26,14 +26,20 @@ from megatron_rm.config import DataConfig
 from megatron_rm.data.records import Comparison
 from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, parse_demonstration, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
+from megatron_rm.data.step_tokens import StepEncoder
+from megatron_rm.data.steps import Labelling, parse_outcome, parse_steps
 from megatron_rm.data.store import GroupStore, StoreWriter, is_store, read_meta
 from megatron_rm.data.tokenize import GroupEncoder, fingerprint, load_tokenizer
 from megatron_rm.errors import DataError
 
 CHUNK_ROWS = 512
-GROUPINGS = {"comparisons": parse_row, "demonstrations": parse_demonstration}
-"""How rows become groups: every ranked response (reward training), or the one response a
-policy imitates (supervised fine-tuning)."""
+GROUPINGS = {"comparisons": parse_row, "demonstrations": parse_demonstration, "outcomes": parse_outcome,
+             "steps": parse_steps}
+"""How rows become groups: every ranked response (reward training), the one response a policy
+imitates (supervised fine-tuning), or one response with per-token targets: its outcome
+(outcome reward models) or its steps' labels (process reward models)."""
+LABELLED = ("outcomes", "steps")
+"""The groupings whose documents carry per-token targets, made with a `Labelling`."""
 
 
 @dataclass(frozen=True)
@@ -48,28 +54,38 @@ class Settings:
     on_invalid: str = "error"
     """error: refuse the data when any row is invalid; skip: leave such rows out and count them."""
     grouping: str = "comparisons"
-    """One of GROUPINGS: comparisons (groups of ranked responses) or demonstrations (one
-    response per group)."""
+    """One of GROUPINGS: comparisons (groups of ranked responses), demonstrations (one
+    response per group), outcomes or steps (one response with per-token targets)."""
+    labelling: Labelling = field(default_factory=Labelling)
+    """How the labelled groupings (LABELLED) place and map their labels."""
 
     @classmethod
-    def from_config(cls, d: DataConfig, tokenizer: str, grouping: str = "comparisons") -> Settings:
-        """From a run's data settings, its tokenizer folder and how its rows become groups."""
+    def from_config(cls, d: DataConfig, tokenizer: str, grouping: str = "comparisons",
+                    labelling: Labelling | None = None) -> Settings:
+        """From a run's data settings, its tokenizer folder, how its rows become groups and (for
+        labelled steps) how their labels are placed."""
         keys = RowKeys(prompt=d.prompt_key, chosen=d.chosen_key, rejected=d.rejected_key,
                        response=d.response_key, responses=d.responses_key, ranking=d.ranking_key,
-                       margin=d.margin_key, labels=d.labels_key)
+                       margin=d.margin_key, labels=d.labels_key, completions=d.completions_key,
+                       label=d.label_key, input=d.input_key)
         return cls(tokenizer=tokenizer, max_length=d.max_length, truncation=d.truncation,
-                   keys=keys, on_invalid=d.on_invalid, grouping=grouping)
+                   keys=keys, on_invalid=d.on_invalid, grouping=grouping, labelling=labelling or Labelling())
 
     def recorded(self, tokenizer_fingerprint: str) -> dict:
         """The part of meta.json a store must share with a run to be used by it."""
-        return {"tokenizer": tokenizer_fingerprint, "max_length": self.max_length,
-                "truncation": self.truncation, "keys": dataclasses.asdict(self.keys), "grouping": self.grouping}
+        recorded = {"tokenizer": tokenizer_fingerprint, "max_length": self.max_length,
+                    "truncation": self.truncation, "keys": dataclasses.asdict(self.keys), "grouping": self.grouping}
+        if self.grouping in LABELLED:
+            recorded["labelling"] = dataclasses.asdict(self.labelling)
+        return recorded
 
 
 def prompt_key(comparison: Comparison) -> int:
     """A stable 64-bit hash of the prompt: equal prompts, equal keys, in any process."""
-    text = comparison.prompt if isinstance(comparison.prompt, str) else json.dumps(
-        list(comparison.prompt), sort_keys=True)
+    # A Math-Shepherd row's question is in its first step (its prompt is empty).
+    prompt = comparison.prompt or getattr(comparison, "steps", ("",))[0]
+    text = prompt if isinstance(prompt, str) else json.dumps(
+        list(prompt), sort_keys=True)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
@@ -82,27 +98,33 @@ def _start_worker(settings: Settings) -> None:
     if settings.grouping not in GROUPINGS:
         raise DataError(f"grouping={settings.grouping!r} must be one of {', '.join(GROUPINGS)}")
     tokenizer = load_tokenizer(settings.tokenizer)
-    _worker["encoder"] = GroupEncoder(tokenizer, settings.max_length, settings.truncation)
-    _worker["keys"] = settings.keys
-    _worker["parse"] = GROUPINGS[settings.grouping]
+    parse = GROUPINGS[settings.grouping]
+    if settings.grouping in LABELLED:
+        _worker["encoder"] = StepEncoder(tokenizer, settings.max_length, settings.truncation, settings.labelling)
+        _worker["parse"] = lambda raw: parse(raw, settings.keys, settings.labelling)
+    else:
+        _worker["encoder"] = GroupEncoder(tokenizer, settings.max_length, settings.truncation)
+        _worker["parse"] = lambda raw: parse(raw, settings.keys)
 
 
 def _encode_chunk(rows: list[RawRow]) -> list:
-    parsed = [_worker["parse"](raw, _worker["keys"]) for raw in rows]
+    parsed = [_worker["parse"](raw) for raw in rows]
     valid = [p for p in parsed if not isinstance(p, RowProblem)]
     encoded = iter(_worker["encoder"].encode_groups(valid))
     out = []
     for row in parsed:
-        if isinstance(row, RowProblem):
-            out.append(row)
+        result = row if isinstance(row, RowProblem) else next(encoded)
+        if isinstance(result, RowProblem):  # a problem found while parsing, or while placing labels
+            out.append(result)
             continue
-        documents, prompt_lengths, reason = next(encoded)
+        documents, prompt_lengths, reason, *targets = result
         if documents is None:
             out.append(reason)
         else:
             # uint32 arrays pickle in a fraction of the bytes of int lists.
             ids = [np.asarray(d, dtype=np.uint32) for d in documents]
-            out.append((ids, row.margin, row.labels, prompt_key(row), prompt_lengths))
+            out.append((ids, getattr(row, "margin", None), getattr(row, "labels", None), prompt_key(row),
+                        prompt_lengths, *targets))
     return out
 
 

@@ -16,7 +16,8 @@ from megatron_rm.data.records import Comparison, Text
 from megatron_rm.data.sources import RawRow
 
 REASONS = ("invalid_json", "not_an_object", "missing_field", "wrong_type", "mixed_shapes", "empty_response",
-           "identical_responses", "bad_messages", "bad_margin", "bad_ranking", "bad_labels")
+           "identical_responses", "bad_messages", "bad_margin", "bad_ranking", "bad_labels", "bad_steps",
+           "bad_separator")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -32,6 +33,9 @@ class RowKeys:
     ranking: str = "ranking"
     margin: str = "margin"
     labels: str = "labels"
+    completions: str = "completions"
+    label: str = "label"
+    input: str = "input"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ A store is a folder:
                       prompt (after truncation), so a next-token loss can leave them out;
                       absent in stores made before it existed
     labels.npy        float32 (documents, num_labels), NaN where missing; only if any row has labels
+    token_targets.bin float32 per token (parallel to tokens.bin), NaN where nothing is learnt: an
+                      outcome or process reward model's targets; only in stores of labelled steps
     meta.json         counts, the tokenizer fingerprint and the settings that produced the ids
 
 Readers memory-map the arrays, so a process holds only the pages it touches.
@@ -52,10 +54,19 @@ class StoreWriter:
         self.prompt_lengths = array("i")
         self.labels: list[np.ndarray] = []
         self.num_labels = 0
+        self.targets = None  # opened by the first group with token targets
 
     def add(self, documents: list[list[int]], margin: float | None, labels, prompt_key: int,
-            prompt_lengths: list[int] | None = None) -> None:
-        """One group; `prompt_lengths`: leading prompt tokens of each document (None: no prompt)."""
+            prompt_lengths: list[int] | None = None, token_targets: list[np.ndarray] | None = None) -> None:
+        """One group; `prompt_lengths`: leading prompt tokens of each document (None: no prompt);
+        `token_targets`: a float target per token of each document (a store holds them for every
+        group or none)."""
+        if (token_targets is not None) != (self.targets is not None) and len(self.margins):
+            raise DataError("groups disagree on having token targets")
+        if token_targets is not None:
+            self.targets = self.targets or (self.staging / "token_targets.bin").open("wb")
+            for values in token_targets:
+                self.targets.write(np.asarray(values, dtype=np.float32).tobytes())
         self.prompt_lengths.extend(prompt_lengths if prompt_lengths is not None else [0] * len(documents))
         for ids in documents:
             self.tokens.write(np.asarray(ids).astype(self.dtype, copy=False).tobytes())
@@ -71,7 +82,7 @@ class StoreWriter:
         self.labels.append(None if labels is None else np.asarray(labels, dtype=np.float32))
 
     def finish(self, meta: dict) -> Path:
-        self.tokens.close()
+        self._close()
         np.save(self.staging / "documents.npy", np.frombuffer(self.document_starts, dtype=np.int64))
         np.save(self.staging / "groups.npy", np.frombuffer(self.group_starts, dtype=np.int64))
         np.save(self.staging / "margins.npy", np.frombuffer(self.margins, dtype=np.float32))
@@ -92,8 +103,13 @@ class StoreWriter:
         os.replace(self.staging, self.folder)
         return self.folder
 
-    def abort(self) -> None:
+    def _close(self) -> None:
         self.tokens.close()
+        if self.targets is not None:
+            self.targets.close()
+
+    def abort(self) -> None:
+        self._close()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -122,6 +138,8 @@ class GroupStore:
         labels, prompts = self.folder / "labels.npy", self.folder / "prompt_lengths.npy"
         self.labels = np.load(labels, mmap_mode="r") if labels.is_file() else None
         self.document_prompt_lengths = np.load(prompts, mmap_mode="r") if prompts.is_file() else None
+        targets = self.folder / "token_targets.bin"
+        self.targets = np.memmap(targets, dtype=np.float32, mode="r") if targets.is_file() else None
         self.index = np.arange(self.meta["groups"], dtype=np.int64) if index is None else index
 
     def __len__(self) -> int:
@@ -136,6 +154,16 @@ class GroupStore:
         stored = self.index[group]
         first, last = self.group_starts[stored], self.group_starts[stored + 1]
         return [np.asarray(self.tokens[self.document_starts[d]: self.document_starts[d + 1]], dtype=np.int64)
+                for d in range(first, last)]
+
+    def has_token_targets(self) -> bool:
+        return self.targets is not None
+
+    def token_targets(self, group: int) -> list[np.ndarray]:
+        """Group `group`'s per-token targets, one float32 array per document, NaN where unlabelled."""
+        stored = self.index[group]
+        first, last = self.group_starts[stored], self.group_starts[stored + 1]
+        return [np.asarray(self.targets[self.document_starts[d]: self.document_starts[d + 1]])
                 for d in range(first, last)]
 
     def has_prompt_lengths(self) -> bool:

@@ -65,17 +65,20 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -> 
 def encode_many(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[Text, Text]]) -> list[Encoded]:
     """`encode` for many (prompt, response) texts in two tokenizer calls (a fast
     tokenizer's batch call costs about as much as one text's Python overhead)."""
-    full, prompts = [], []
-    for prompt, response in texts:
-        if isinstance(prompt, str) and isinstance(response, str):
-            full.append((prompt + response, True))
-        else:
-            full.append((_render(tokenizer, [*prompt, *response]), False))
-        prompts.append(_prompt_text(tokenizer, prompt))
+    full = [document_text(tokenizer, prompt, response) for prompt, response in texts]
+    prompts = [_prompt_text(tokenizer, prompt) for prompt, _ in texts]
     full_ids = _ids(tokenizer, full)
     unique_prompts = list(dict.fromkeys(prompts))
     prompt_ids = dict(zip(unique_prompts, _ids(tokenizer, unique_prompts)))
     return [_ended(tokenizer, ids, prompt_ids[p] if p[0] else []) for ids, p in zip(full_ids, prompts)]
+
+
+def document_text(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -> tuple[str, bool]:
+    """(text, add the tokenizer's special tokens?) that `encode_many` tokenizes for one document:
+    plain prompt + response, or the conversation rendered by the chat template."""
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt + response, True
+    return _render(tokenizer, [*prompt, *response]), False
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Text]) -> list[list[int]]:

@@ -8,12 +8,15 @@ trains one kind of model (`Objective.model_kind`): the reward losses a reward mo
 
 from __future__ import annotations
 
-from megatron_rm.config import DataConfig, LossConfig, ParallelConfig
+from dataclasses import replace
+
+from megatron_rm.config import DataConfig, LossConfig, ModelConfig, ParallelConfig
 from megatron_rm.errors import ConfigError
 from megatron_rm.objectives.base import Objective
 from megatron_rm.objectives.preference import BradleyTerry, Divergence, MarginBradleyTerry, PlackettLuce
 from megatron_rm.objectives.regression import AttributeRegression
 from megatron_rm.objectives.sft import NextTokenSFT
+from megatron_rm.objectives.token_classification import OutcomeRM, ProcessRM
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "bradley_terry": BradleyTerry,
@@ -21,6 +24,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "plackett_luce": PlackettLuce,
     "divergence": Divergence,
     "regression": AttributeRegression,
+    "orm": OutcomeRM,
+    "prm": ProcessRM,
     "sft": NextTokenSFT,
 }
 TOOLS = {"reward": "tools/train_rm.py", "policy": "tools/train_sft.py"}
@@ -47,6 +52,15 @@ def objective_problems(loss: LossConfig, num_labels: int, data: DataConfig, para
     return OBJECTIVES[loss.type](loss, num_labels).config_problems(data, parallel)
 
 
+def model_for_loss(loss: LossConfig, model: ModelConfig) -> ModelConfig:
+    """The model `loss` trains: loss.type=orm|prm needs a token head with loss.num_classes outputs
+    (a scalar head's default model.num_labels=1 becomes the classes; another count is left for
+    `objective_problems` to refuse)."""
+    if not getattr(OBJECTIVES.get(loss.type), "token_head", False):
+        return model
+    return replace(model, head="token", num_labels=loss.num_classes if model.num_labels == 1 else model.num_labels)
+
+
 def build_objective(loss: LossConfig, num_labels: int, *, vocab_size: int | None = None) -> Objective:
     """The objective named by `loss.type`, for a reward model with `num_labels` outputs or a policy
     whose real vocabulary is `vocab_size` (`objective_problems` checks that it suits the run)."""
@@ -55,4 +69,4 @@ def build_objective(loss: LossConfig, num_labels: int, *, vocab_size: int | None
     return OBJECTIVES[loss.type](loss, num_labels, vocab_size)
 
 
-__all__ = ["OBJECTIVES", "Objective", "build_objective", "objective_problems"]
+__all__ = ["OBJECTIVES", "Objective", "build_objective", "model_for_loss", "objective_problems"]

@@ -39,6 +39,8 @@ class Objective(ABC):
     """The model the loss trains: reward (`tools/train_rm.py`) or policy (`tools/train_sft.py`)."""
     centers_rewards = False
     """Whether the loss takes loss.centering_coef."""
+    grouping = "comparisons"
+    """How data rows become groups for this loss (`data.prepare.GROUPINGS`)."""
 
     def __init__(self, loss: LossConfig, num_labels: int = 1, vocab_size: int | None = None):
         self.type = loss.type
@@ -110,6 +112,11 @@ class Objective(ABC):
     @abstractmethod
     def data_problem(self, store) -> str | None:
         """What `store` lacks for this loss, naming the data key; None when it can feed it."""
+
+    def checkpoint_metadata(self, data: DataConfig) -> dict:
+        """What checkpoints record of this loss and its `data` settings for the tools that use the
+        model (scoring)."""
+        return {}
 
     def config_problems(self, data: DataConfig, parallel: ParallelConfig) -> list[str]:
         """Settings this loss cannot run with, each naming its keys and values."""

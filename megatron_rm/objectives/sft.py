@@ -36,6 +36,7 @@ class NextTokenSFT(Objective):
     NLL per response token of the global batch, however it is split."""
 
     model_kind = "policy"
+    grouping = "demonstrations"
 
     def forward(self, model, batch) -> torch.Tensor:
         return forward_logits(model, batch)

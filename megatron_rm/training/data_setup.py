@@ -22,6 +22,7 @@ from megatron_rm.data.batching import collate, eval_share, pack_groups, split_ev
 from megatron_rm.data.prepare import Settings, open_split
 from megatron_rm.data.sampler import GroupSampler
 from megatron_rm.data.split import split_by_prompt
+from megatron_rm.data.steps import Labelling
 from megatron_rm.data.store import GroupStore
 from megatron_rm.data.tokenize import fingerprint, load_tokenizer
 from megatron_rm.errors import DataError, UsageError
@@ -44,14 +45,19 @@ class Split:
         return cls(store, *store.document_lengths())
 
 
-def load_splits(data: DataConfig, tokenizer: str, run_dir: Path,
-                grouping: str = "comparisons") -> tuple[Split, Split | None, dict]:
-    """(train, eval or None, report), rows made into groups by `grouping` (see `prepare.GROUPINGS`).
-    Collective: call on every rank after process groups exist."""
+def labelling_for(cfg) -> Labelling:
+    """How a run's labelled steps are placed and mapped (`loss.*`, `data.step_*`)."""
+    return Labelling(cfg.loss.num_classes, cfg.loss.neutral, cfg.data.step_separator, cfg.data.step_tag)
+
+
+def load_splits(data: DataConfig, tokenizer: str, run_dir: Path, grouping: str = "comparisons",
+                labelling: Labelling | None = None) -> tuple[Split, Split | None, dict]:
+    """(train, eval or None, report), rows made into groups by `grouping` (see `prepare.GROUPINGS`;
+    labelled steps placed by `labelling`). Collective: call on every rank after process groups exist."""
     opened, problem = None, None
     if dist.get_rank() == 0:
         try:
-            opened = _open_all(data, tokenizer, run_dir, grouping)
+            opened = _open_all(data, tokenizer, run_dir, grouping, labelling)
         except UsageError as error:
             problem = str(error)
     # Rank 0 builds; the others wait for it, then fail alike or open what it built.
@@ -59,11 +65,12 @@ def load_splits(data: DataConfig, tokenizer: str, run_dir: Path,
     dist.broadcast_object_list(shared, src=0)
     if shared[0] is not None:
         raise DataError(shared[0])
-    return opened or _open_all(data, tokenizer, run_dir, grouping)
+    return opened or _open_all(data, tokenizer, run_dir, grouping, labelling)
 
 
-def _open_all(d: DataConfig, tokenizer: str, run_dir: Path, grouping: str) -> tuple[Split, Split | None, dict]:
-    settings = Settings.from_config(d, tokenizer, grouping)
+def _open_all(d: DataConfig, tokenizer: str, run_dir: Path, grouping: str,
+              labelling: Labelling | None) -> tuple[Split, Split | None, dict]:
+    settings = Settings.from_config(d, tokenizer, grouping, labelling)
     tokenizer_fingerprint = fingerprint(load_tokenizer(tokenizer))
 
     def open_one(path, split: str):

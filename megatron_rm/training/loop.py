@@ -21,12 +21,13 @@ from megatron_rm.core.schedule import run_objective
 from megatron_rm.data import load_tokenizer, pad_id
 from megatron_rm.errors import ConfigError
 from megatron_rm.model.layer_spec import layer_implementation
-from megatron_rm.objectives import build_objective
+from megatron_rm.objectives import build_objective, model_for_loss
 from megatron_rm.training import flops
 from megatron_rm.training.data_setup import (
     DataPosition,
     MicroBatching,
     eval_micro_batches,
+    labelling_for,
     load_splits,
     sampler_for,
     train_micro_batches,
@@ -47,6 +48,7 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     # Found before any process group starts, so a bad path fails fast.
     source = start_source(cfg.checkpoint, cfg.run.dir)
+    cfg = dataclasses.replace(cfg, model=model_for_loss(cfg.loss, cfg.model))
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")), cuda=runtime.cuda_available(),
              te_available=runtime.te_available(), vocab_size=len(tokenizer), model_kind=task.model_kind)
     objective = build_objective(cfg.loss, cfg.model.num_labels, vocab_size=cfg.model.vocab_size or len(tokenizer))
@@ -62,7 +64,8 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
     if is_logger:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir, task.grouping)
+    train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir, objective.grouping,
+                                                     labelling_for(cfg))
     objective.check_data(train_split.store, cfg.data.train_path)
     sampler = sampler_for(train_split, cfg.data, t)
     total = total_steps(t, sampler.steps_per_epoch)
@@ -106,7 +109,8 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
     def save(step: int, **extra) -> None:
         position.step = step
         saved = checkpoint.save(run_dir / "checkpoints", step, models, objects=objects, layout=layout,
-                                tokenizer=tokenizer, keep=cfg.checkpoint.keep, **extra)
+                                tokenizer=tokenizer, keep=cfg.checkpoint.keep,
+                                **objective.checkpoint_metadata(cfg.data), **extra)
         say(f"saved {saved}")
 
     stop = StopRequest()

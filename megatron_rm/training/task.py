@@ -16,8 +16,6 @@ class Task:
     checkpoint of the other kind is refused on loading)."""
     build_model: Callable
     """`build_reward_model` or `build_policy_model` (same signature)."""
-    grouping: str
-    """How data rows become groups (`data.prepare.GROUPINGS`)."""
     final_metadata: Callable[[dict | None], dict]
     """What the final checkpoint stores from the final evaluation's summary (None without one)."""
     output_layer: bool
@@ -35,7 +33,7 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-REWARD_MODEL = Task("reward", build_reward_model, "comparisons", reward_statistics, output_layer=False)
+REWARD_MODEL = Task("reward", build_reward_model, reward_statistics, output_layer=False)
 """`tools/train_rm.py`: a reward model on ranked responses."""
-SFT = Task("policy", build_policy_model, "demonstrations", lambda summary: {}, output_layer=True)
+SFT = Task("policy", build_policy_model, lambda summary: {}, output_layer=True)
 """`tools/train_sft.py`: a policy imitating one response per prompt."""
