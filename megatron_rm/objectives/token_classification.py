@@ -25,8 +25,10 @@ from megatron_rm.config import DataConfig, LossConfig, ParallelConfig
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.objectives.base import CALIBRATION_BINS, Objective
 
-SCORE_BINS = 1000
-"""Histogram bins of solution scores over [0, 1] for the AUROC (scores within 0.001 count as tied)."""
+SCORE_BINS = 2000
+"""Histogram bins of solution scores for the AUROC; scores in one bin (0.05 apart in log-odds) count
+as tied."""
+SCORE_LOGIT_RANGE = 50.0
 
 
 class TokenClassification(Objective):
@@ -209,4 +211,8 @@ class _Solutions:
 
 
 def _score_bin(scores: torch.Tensor) -> torch.Tensor:
-    return (scores * SCORE_BINS).floor().long().clamp(0, SCORE_BINS - 1)
+    """Equal bins of the log-odds over [-SCORE_LOGIT_RANGE, SCORE_LOGIT_RANGE]: a product of many
+    probabilities is far below 0.01, where equal bins of [0, 1] would tie every solution."""
+    log_odds = torch.log(scores) - torch.log1p(-scores)
+    position = (log_odds + SCORE_LOGIT_RANGE) / (2 * SCORE_LOGIT_RANGE) * SCORE_BINS
+    return position.nan_to_num(0.0).clamp(0, SCORE_BINS - 1).floor().long()

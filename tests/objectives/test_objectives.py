@@ -143,7 +143,7 @@ def test_pairwise_losses_refuse_single_responses_only(tmp_path):
 
 def test_settings_a_loss_cannot_run_with():
     data, parallel = DataConfig(), ParallelConfig()
-    assert all(objective(t, 2 if t == "regression" else 1).config_problems(data, parallel) == []
+    assert all(objective(t, 2 if t in ("regression", "orm", "prm") else 1).config_problems(data, parallel) == []
                for t in OBJECTIVES)
     assert objective("bradley_terry", 3).config_problems(data, parallel) == [
         "model.num_labels=3: loss.type=bradley_terry trains a scalar reward "
