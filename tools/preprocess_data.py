@@ -5,8 +5,10 @@
 
 Trailing `key=value` overrides are the training config's (conf/train_rm.yaml):
 model.tokenizer, data.max_length, data.truncation, data.on_invalid and the field
-names (data.prompt_key, ...). Train with `data.train_path=<output>` and the same
-settings; training refuses a store made with another tokenizer or other settings.
+names (data.prompt_key, ...); loss.type decides the rows' shape (loss.type=orm: outcome
+rows, loss.type=prm: stepwise rows, placed by data.step_separator, loss.num_classes and
+loss.neutral). Train with `data.train_path=<output>` and the same settings; training
+refuses a store made with another tokenizer or other settings.
 """
 
 import argparse
@@ -19,6 +21,8 @@ from hydra import compose, initialize_config_dir
 from megatron_rm.cli import CONF_DIR, register_schema, to_config
 from megatron_rm.data.prepare import Settings, build_store
 from megatron_rm.errors import UsageError
+from megatron_rm.objectives import OBJECTIVES
+from megatron_rm.training.data_setup import labelling_for
 
 
 def main() -> None:
@@ -36,7 +40,8 @@ def main() -> None:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = to_config(compose(config_name="train_rm", overrides=args.overrides), args.overrides)
         start = time.perf_counter()
-        settings = Settings.from_config(cfg.data, cfg.model.tokenizer)
+        objective = OBJECTIVES.get(cfg.loss.type, OBJECTIVES["bradley_terry"])
+        settings = Settings.from_config(cfg.data, cfg.model.tokenizer, objective.grouping, labelling_for(cfg))
         meta = build_store(args.input, args.output, settings, workers=args.workers)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

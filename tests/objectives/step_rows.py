@@ -1,9 +1,9 @@
 """Small step-labelled data sets on the demo's vocabulary, for ORM/PRM tests.
 
 A prompt asks for items of a category; each step names one item, and a step is
-wrong when its item belongs to another category. The label depends on the prompt
-and the step together, so a model has something to learn, and the demo tokenizer
-knows every word.
+wrong when it names an animal (no prompt asks for animals). A tiny model learns
+that from the step's own words in a few dozen steps, which is what tests of
+training need; the demo tokenizer knows every word.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from examples.demo.make_data import CATEGORIES
 
 
 def _solution(rng: random.Random) -> tuple[str, list[str], list[bool]]:
-    category = rng.choice(sorted(CATEGORIES))
-    others = [c for c in sorted(CATEGORIES) if c != category]
+    category = rng.choice(sorted(set(CATEGORIES) - {"animals"}))
     steps, right = [], []
     for number in range(1, rng.randint(1, 4) + 1):
         good = rng.random() < 0.7
-        item = rng.choice(CATEGORIES[category] if good else CATEGORIES[rng.choice(others)])
+        item = rng.choice(CATEGORIES[category if good else "animals"])
         steps.append(f"{number}. {item}")
         right.append(good)
     return f"User: Name {len(steps)} {category}.\nAssistant:", steps, right
