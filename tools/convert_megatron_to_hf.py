@@ -1,11 +1,12 @@
-"""Export a megatron-rm checkpoint (any TP/PP) as a Hugging Face *ForSequenceClassification or *ForCausalLM model.
+"""Export a megatron-rm checkpoint (any TP/PP) as a Hugging Face *For{Sequence,Token}Classification or *ForCausalLM.
 
     python tools/convert_megatron_to_hf.py --megatron-dir runs/demo/checkpoints --out-dir hf/demo-rm
 
 `--megatron-dir` is a converted checkpoint, one `step_<N>` folder, or a run's `checkpoints/`
 folder (its newest complete checkpoint). A reward model's output loads with
-`AutoModelForSequenceClassification.from_pretrained` and reads rewards at the last real token;
-a policy's with `AutoModelForCausalLM.from_pretrained`.
+`AutoModelForSequenceClassification.from_pretrained` and reads rewards at the last real token, or,
+for a token head (`model.head=token`), with `AutoModelForTokenClassification.from_pretrained` and gives
+class logits at every token; a policy's with `AutoModelForCausalLM.from_pretrained`.
 """
 
 import argparse

@@ -1,8 +1,8 @@
 """Weight-name tables, one per Hugging Face family: the single source of truth for conversion.
 
 One table serves both kinds of model we convert: the reward model
-(`*ForSequenceClassification`, its `score` head) and the policy (`*ForCausalLM`,
-its `lm_head`). Each rule names one parameter of our model (megatron-core's
+(`*ForSequenceClassification` or `*ForTokenClassification`, its `score` head) and the
+policy (`*ForCausalLM`, its `lm_head`). Each rule names one parameter of our model (megatron-core's
 local-spec names; the checkpoint's sharded keys follow from the model) and the
 Hugging Face tensors it is made of, with how they combine:
 
@@ -119,7 +119,8 @@ QWEN2 = Family("qwen2", "Qwen2", (_EMBEDDING, *_LAYER, _QKV_BIAS, *_FINAL))
 
 FAMILIES = {family.model_type: family for family in (LLAMA, MISTRAL, QWEN2)}
 HEAD_RULES = ("reward_head.weight", "reward_head.bias")
-"""Rules whose Hugging Face tensors exist only in a *ForSequenceClassification checkpoint."""
+"""Rules whose Hugging Face tensors exist only in a classifier's checkpoint: `score` is the head of
+both *ForSequenceClassification and *ForTokenClassification."""
 
 
 @dataclass(frozen=True)

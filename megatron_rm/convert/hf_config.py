@@ -18,12 +18,18 @@ from megatron_rm.errors import CheckpointError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+HF_HEADS = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+"""The Hugging Face class of each reward head (`ModelConfig.head`), after the family's stem; both
+name their head `score`. A policy is a `*ForCausalLM`."""
+TOKEN_LABELS = {2: ("negative", "positive"), 3: ("negative", "neutral", "positive")}
+"""A token head's class names by class count: negative first, positive last, the order
+`step_rewards.positive_probability` reads."""
 
 
-def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool,
-                 head_init_std: float | None, tie_word_embeddings: bool = False) -> tuple[Family, ModelConfig]:
-    """Our architecture for the Hugging Face config `hf` (read from `source`);
-    `tie_word_embeddings`: a policy whose output layer is its embedding."""
+def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool, head_init_std: float | None,
+                 head: str = "sequence", tie_word_embeddings: bool = False) -> tuple[Family, ModelConfig]:
+    """Our architecture for the Hugging Face config `hf` (read from `source`); `head`: where a
+    reward model is read; `tie_word_embeddings`: a policy whose output layer is its embedding."""
     fam = family(hf.get("model_type"), str(source))
 
     def refuse(field: str, why: str) -> None:
@@ -63,11 +69,25 @@ def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool,
         add_qkv_bias=fam.model_type == "qwen2",
         init_method_std=hf.get("initializer_range", 0.02),
         num_labels=num_labels,
+        head=head,
         head_bias=head_bias,
         head_init_std=head_init_std if head_init_std is not None else hf.get("initializer_range", 0.02),
         tie_word_embeddings=tie_word_embeddings,
     )
     return fam, model
+
+
+def classifier_head(hf: dict) -> str:
+    """The reward head of a classifier's config `hf`: token for a `*ForTokenClassification`, else
+    sequence (the tensors are alike, only `architectures` tells them apart)."""
+    token = any(name.endswith(HF_HEADS["token"]) for name in hf.get("architectures") or ())
+    return "token" if token else "sequence"
+
+
+def config_num_labels(hf: dict) -> int:
+    """The label count transformers reads from config.json: `id2label`'s length (`num_labels`
+    itself is not saved), else `num_labels`, else its default of 2."""
+    return len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels", 2)
 
 
 def ties_embeddings(hf: dict) -> bool:
@@ -104,7 +124,8 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
               bos_token_id: int | None, eos_token_id: int | None,
               reward_normalization: dict | None, model_kind: str = REWARD) -> transformers.PretrainedConfig:
     """The Hugging Face config of `model` (any checkpoint we wrote): `*ForSequenceClassification`
-    for a reward model, `*ForCausalLM` for a policy (`model_kind`)."""
+    or `*ForTokenClassification` for a reward model (by its head), `*ForCausalLM` for a policy
+    (`model_kind`)."""
     fam = FAMILIES.get(model.family)
     problems = [f"model.{name}={getattr(model, name)!r} (export needs {want!r})"
                 for name, want in (("normalization", "RMSNorm"), ("activation", "swiglu"),
@@ -115,12 +136,15 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
     elif model.add_qkv_bias != (fam.model_type == "qwen2"):
         problems.append(f"model.add_qkv_bias={model.add_qkv_bias} does not fit model.family="
                         f"{model.family!r} (q/k/v biases are Qwen2's)")
+    policy = model_kind == POLICY
+    if not policy and model.head == "token" and model.num_labels not in TOKEN_LABELS:
+        problems.append(f"model.num_labels={model.num_labels} with model.head='token' (a token classifier "
+                        "has 2 or 3 classes)")
     if problems:
         raise CheckpointError("this model has no Hugging Face counterpart:\n  " + "\n  ".join(problems))
     shapes = Shapes.of(model)
-    policy = model_kind == POLICY
     fields = dict(
-        architectures=[f"{fam.architecture}{'ForCausalLM' if policy else 'ForSequenceClassification'}"],
+        architectures=[fam.architecture + ("ForCausalLM" if policy else HF_HEADS[model.head])],
         vocab_size=vocab_size,
         hidden_size=model.hidden_size,
         intermediate_size=model.ffn_hidden_size,
@@ -142,6 +166,9 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
     )
     if not policy:  # a causal LM's config keeps transformers' default label count
         fields["num_labels"] = model.num_labels
+    if not policy and model.head == "token":  # named classes instead of LABEL_0, LABEL_1, ...
+        fields["id2label"] = dict(enumerate(TOKEN_LABELS[model.num_labels]))
+        fields["label2id"] = {name: i for i, name in fields["id2label"].items()}
     if fam.model_type == "mistral":
         fields["sliding_window"] = model.sliding_window
     if fam.model_type == "qwen2":

@@ -1,6 +1,6 @@
 """Import a Hugging Face Llama / Mistral / Qwen2 folder as our checkpoint: a reward model
-(the default: a `score` head kept, or a new one for a causal LM) or a policy (a causal LM,
-its `lm_head` or tied embedding as the output layer)."""
+(the default: a sequence or token classifier's `score` head kept, or a new one for a causal LM)
+or a policy (a causal LM, its `lm_head` or tied embedding as the output layer)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from transformers import PreTrainedTokenizerBase
 from megatron_rm.config import ModelConfig, padded_vocab_size
 from megatron_rm.convert import megatron_io
 from megatron_rm.convert.families import FAMILIES, HEAD_RULES, MODEL_KINDS, POLICY, REWARD, Shapes, to_megatron
-from megatron_rm.convert.hf_config import DTYPES, TORCH_DTYPE_NAMES, model_config, ties_embeddings
+from megatron_rm.convert.hf_config import (
+    DTYPES,
+    HF_HEADS,
+    TOKEN_LABELS,
+    TORCH_DTYPE_NAMES,
+    classifier_head,
+    config_num_labels,
+    model_config,
+    ties_embeddings,
+)
 from megatron_rm.convert.safetensors_io import SafetensorsFolder
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
 from megatron_rm.data import load_tokenizer
@@ -82,14 +91,16 @@ def is_hf_folder(path: str | Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def open_hf(hf_dir: str | Path, *, kind: str = REWARD, num_labels: int | None = None,
+def open_hf(hf_dir: str | Path, *, kind: str = REWARD, num_labels: int | None = None, head: str | None = None,
             dtype: str | None = None, head_init_std: float | None = None, seed: int = 0,
             tokenizer_dir: str | Path | None = None) -> HFSource:
     """Read and check `hf_dir` (config, tokenizer, tensor names and dtypes) without converting a tensor.
 
     As a reward model (`kind="reward"`): a `*ForSequenceClassification` source keeps its
-    `score` head (and `num_labels`); a `*ForCausalLM` source gets a new head of `num_labels`
-    outputs (default 1) drawn from N(0, head_init_std) with `seed`. As a policy
+    `score` head (and `num_labels`) as a sequence head, a `*ForTokenClassification` source
+    as a token head (2 or 3 classes); a `*ForCausalLM` source gets a new `head` (sequence,
+    the default, or token) of `num_labels` outputs (default 1; 2 classes for a token head)
+    drawn from N(0, head_init_std) with `seed`. As a policy
     (`kind="policy"`): a `*ForCausalLM` source, whose output layer is its `lm_head`, or its
     embedding when `tie_word_embeddings` is set; a reward model's folder is refused.
     `dtype` (fp32 or bf16) defaults to the source's.
@@ -109,16 +120,12 @@ def open_hf(hf_dir: str | Path, *, kind: str = REWARD, num_labels: int | None = 
     has_score = "score.weight" in names
     tied = False
     if kind == POLICY:
-        tied = _policy_checks(hf_dir, hf, names, num_labels, head_init_std)
-    elif has_score:
-        score_rows = weights.info("score.weight").shape[0]
-        if num_labels is not None and num_labels != score_rows:
-            raise CheckpointError(f"--num-labels {num_labels}: {hf_dir} has a score head of "
-                                  f"{score_rows} labels; leave --num-labels out to keep it")
-        num_labels = score_rows
+        tied = _policy_checks(hf_dir, hf, names, num_labels, head, head_init_std)
+    else:
+        head, num_labels = _reward_head(hf_dir, hf, weights if has_score else None, head, num_labels)
     family, model = model_config(hf, config_path, num_labels=num_labels or 1,
                                  head_bias=kind == REWARD and "score.bias" in names,
-                                 head_init_std=head_init_std, tie_word_embeddings=tied)
+                                 head_init_std=head_init_std, head=head or "sequence", tie_word_embeddings=tied)
     tokenizer_source = Path(tokenizer_dir) if tokenizer_dir else hf_dir
     try:
         tokenizer = load_tokenizer(str(tokenizer_source))
@@ -148,11 +155,40 @@ def open_hf(hf_dir: str | Path, *, kind: str = REWARD, num_labels: int | None = 
                     has_score, weights, seed, kind)
 
 
-def _policy_checks(hf_dir: Path, hf: dict, names: set[str], num_labels: int | None,
+def _reward_head(hf_dir: Path, hf: dict, weights: SafetensorsFolder | None, head: str | None,
+                 num_labels: int | None) -> tuple[str, int | None]:
+    """The head (sequence or token) and label count of a reward model from `hf_dir`: a classifier's
+    own (`weights`: its tensors, None for a causal LM), or the `head` and `num_labels` asked for."""
+    if head not in (None, *HF_HEADS):
+        raise CheckpointError(f"--head {head}: expected one of {', '.join(HF_HEADS)}")
+    if weights is None:
+        head = head or "sequence"
+        if head == "token" and num_labels not in (None, *TOKEN_LABELS):
+            raise CheckpointError(f"--num-labels {num_labels}: a token head has 2 or 3 classes "
+                                  "(negative, [neutral,] positive)")
+        return head, num_labels or (2 if head == "token" else None)
+    own = classifier_head(hf)
+    if head is not None and head != own:
+        raise CheckpointError(f"--head {head}: {hf_dir} is a {own} classifier (architectures="
+                              f"{hf.get('architectures')}); leave --head out to keep its head")
+    score_rows = weights.info("score.weight").shape[0]
+    if num_labels is not None and num_labels != score_rows:
+        raise CheckpointError(f"--num-labels {num_labels}: {hf_dir} has a score head of "
+                              f"{score_rows} labels; leave --num-labels out to keep it")
+    labels = config_num_labels(hf)
+    if own == "token" and labels not in TOKEN_LABELS:
+        raise CheckpointError(f"{hf_dir / 'config.json'}: num_labels={labels} (the length of id2label): a token "
+                              "classifier converts with 2 or 3 classes (negative, [neutral,] positive)")
+    if own == "token" and labels != score_rows:
+        raise CheckpointError(f"{hf_dir}: score.weight has {score_rows} rows but config.json has num_labels={labels}")
+    return own, score_rows
+
+
+def _policy_checks(hf_dir: Path, hf: dict, names: set[str], num_labels: int | None, head: str | None,
                    head_init_std: float | None) -> bool:
     """Refuse what cannot be a policy; returns whether its output layer is the tied embedding."""
-    if num_labels is not None or head_init_std is not None:
-        raise CheckpointError(f"{hf_dir}: --num-labels and --head-init-std describe a reward head; "
+    if num_labels is not None or head is not None or head_init_std is not None:
+        raise CheckpointError(f"{hf_dir}: --num-labels, --head and --head-init-std describe a reward head; "
                               "a policy keeps the model's vocabulary head")
     if "score.weight" in names:
         raise CheckpointError(f"{hf_dir}: holds a reward model (a `score` head, architectures="

@@ -1,5 +1,6 @@
 """Export one of our checkpoints (any TP/PP) as a Hugging Face folder: a reward model as
-`*ForSequenceClassification`, a policy as `*ForCausalLM`."""
+`*ForSequenceClassification` (`model.head=sequence`) or `*ForTokenClassification`
+(`model.head=token`), a policy as `*ForCausalLM`."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, model_name: str | None = None,
               kind: str | None = None) -> Path:
-    """Write `out_dir` for `AutoModelForSequenceClassification.from_pretrained` (a reward model)
-    or `AutoModelForCausalLM.from_pretrained` (a policy); returns it.
+    """Write `out_dir` for `AutoModelForSequenceClassification.from_pretrained` (a reward model
+    with a sequence head), `AutoModelForTokenClassification` (a token head) or
+    `AutoModelForCausalLM` (a policy); returns it.
 
     `megatron_dir` is a converted checkpoint, a training checkpoint, or a run's
     `checkpoints/` folder (its newest complete one). `dtype` (fp32 or bf16)
@@ -38,12 +40,14 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
         require_kind(directory, entry, kind, model_name)
     policy = entry.kind == POLICY
     model = entry.config
+    token_head = not policy and model.head == "token"
     stored = getattr(torch, entry.dtype)
     target = DTYPES[dtype] if dtype else stored
     tokenizer = load_tokenizer(model.tokenizer)
     vocab_size = model.vocab_size or len(tokenizer)
-    # A causal LM's logits do not depend on the pad token: the tokenizer's stays as it is.
-    pad_token_id = tokenizer.pad_token_id if policy else _reward_pad_token(tokenizer)
+    # Only a sequence classifier reads its output where the pad token says (the last token before
+    # it); a causal LM's or a token classifier's logits do not depend on it: the tokenizer's stays.
+    pad_token_id = tokenizer.pad_token_id if policy or token_head else _reward_pad_token(tokenizer)
     if pad_token_id is not None and pad_token_id >= vocab_size:  # the new pad token needs an embedding row
         vocab_size = pad_token_id + 1
     config = hf_config(model, vocab_size=vocab_size, dtype=target, pad_token_id=pad_token_id,
@@ -57,12 +61,16 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
         parameters = megatron_io.load(directory, model, padded, stored, entry.prefix, entry.kind)
     except Exception as error:  # megatron raises many kinds; say which checkpoint failed
         raise CheckpointError(f"{directory}: could not load: {error}") from error
+    # transformers' token classifier always has a `score` bias: a head without one has a zero bias.
+    zero_bias = token_head and not model.head_bias
+    if zero_bias:
+        parameters["reward_head.bias"] = torch.zeros(model.num_labels, dtype=megatron_io.HEAD_DTYPE)
 
     shapes = Shapes.of(model)
     hf_tensors = {}
     # A tied policy has no output layer of its own: its HF config says so, and transformers
     # ties `lm_head` to the embedding on loading.
-    rules = FAMILIES[model.family].rules_for(model.num_layers, model.head_bias, entry.kind,
+    rules = FAMILIES[model.family].rules_for(model.num_layers, model.head_bias or zero_bias, entry.kind,
                                              policy and model.tie_word_embeddings)
     for rule in rules:
         # Embedding and output layer are cut to the real vocabulary: padding rows never leave.

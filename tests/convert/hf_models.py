@@ -51,11 +51,12 @@ def hf_config(family: str, num_labels: int = 1, **overrides):
 def save_model(family: str, folder: Path, kind: str = "sequence_classification", *, num_labels: int = 1,
                dtype: torch.dtype = torch.float32, seed: int = 0, config: dict | None = None,
                **save_args) -> torch.nn.Module:
-    """A random `kind` (sequence_classification or causal_lm) model of `family`, saved with the
+    """A random `kind` (sequence_classification, token_classification or causal_lm) model of `family`, saved with the
     demo tokenizer; returns the model (fp32, eval mode). `config`: fields set on the family's
     tiny config (`tie_word_embeddings`, say)."""
     torch.manual_seed(seed)
     cls = {"sequence_classification": transformers.AutoModelForSequenceClassification,
+           "token_classification": transformers.AutoModelForTokenClassification,
            "causal_lm": transformers.AutoModelForCausalLM}[kind]
     model = cls.from_config(hf_config(family, num_labels, **(config or {})))
     with torch.no_grad():  # norms start at 1; make them count

@@ -9,12 +9,15 @@ batches in --batches. The last rank writes out/<layout>.pt, per checkpoint:
 
 - a reward model: the rewards and the final-norm hidden state at each row's last
   token (the reward head's input);
+- a token-head reward model: its class logits at every position, loaded from the
+  checkpoint and, converted in memory, from the Hugging Face folder it was imported from;
 - a policy: its logits over the real vocabulary (TP shards gathered, padding
   columns cut), loaded by `load_policy` from the checkpoint and, converted in
   memory, from the Hugging Face folder it was imported from.
 """
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,8 +30,9 @@ from megatron_rm.core.checkpoint_files import model_config, model_entry, read_me
 from megatron_rm.core.schedule import collect
 from megatron_rm.data import Batch, load_tokenizer
 from megatron_rm.model import build_reward_model
-from megatron_rm.model.loading import load_policy
+from megatron_rm.model.loading import build_and_load, find, load_policy
 from megatron_rm.model.policy import forward_logits
+from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.scoring.rewards import score
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))
@@ -56,12 +60,25 @@ def policy_logits(path: Path, layout: ParallelConfig, batches: list[Batch], grid
     return [tensor_parallel.gather_from_tensor_model_parallel_region(x)[..., :policy.vocab_size] for x in logits]
 
 
+def token_logits(path: Path, layout: ParallelConfig, batches: list[Batch], grid) -> list[torch.Tensor]:
+    """(rows, seq, classes) logits of each batch from the token-head reward model at `path`, on every rank."""
+    found = find(path, "reward")
+    model, _ = build_and_load(found, layout, "fp32", seed=0)
+    return collect([model], batches, partial(forward_documents, token_values=True), grid,
+                   shape=lambda batch: (*batch.input_ids.shape, found.config.num_labels), dtype=torch.float32)
+
+
 def run_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batch], grid) -> dict:
     metadata = read_metadata(directory)
-    if model_entry(directory, metadata).kind != "policy":
+    entry = model_entry(directory, metadata)
+    if entry.kind == "policy":
+        per_token = policy_logits
+    elif entry.config.head == "token":
+        per_token = token_logits
+    else:
         return score_checkpoint(directory, layout, batches, grid)
-    return {"logits": policy_logits(directory, layout, batches, grid),
-            "logits_from_hf": policy_logits(Path(metadata["source"]["hf_dir"]), layout, batches, grid)}
+    return {"logits": per_token(directory, layout, batches, grid),
+            "logits_from_hf": per_token(Path(metadata["source"]["hf_dir"]), layout, batches, grid)}
 
 
 def main() -> None:

@@ -89,6 +89,19 @@ def test_num_labels_must_match_an_existing_score_head(good, single_rank, tmp_pat
         import_hf(good, tmp_path / "out", num_labels=2)
 
 
+def test_a_token_head_has_2_or_3_classes_and_a_classifier_keeps_its_head(single_rank, tmp_path):
+    save_model("mistral", tmp_path / "token4", "token_classification", num_labels=4)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'token4' / 'config.json'}: num_labels=4"):
+        import_hf(tmp_path / "token4", tmp_path / "out")
+    save_model("qwen2", tmp_path / "causal_lm", "causal_lm")
+    with pytest.raises(CheckpointError, match="--num-labels 1: a token head has 2 or 3 classes"):
+        import_hf(tmp_path / "causal_lm", tmp_path / "out", head="token", num_labels=1)
+    save_model("qwen2", tmp_path / "sequence", num_labels=2)
+    with pytest.raises(CheckpointError, match=f"--head token: {tmp_path / 'sequence'} is a sequence classifier"):
+        import_hf(tmp_path / "sequence", tmp_path / "out", head="token")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_existing_output_is_never_overwritten(good, single_rank, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")

@@ -115,14 +115,20 @@ def test_a_policy_import_pads_the_vocabulary_with_zero_rows(folders):
 
 
 def test_reward_options_are_refused_for_a_policy(folders, tmp_path):
-    with pytest.raises(CheckpointError, match="--num-labels and --head-init-std describe a reward head"):
-        import_hf(folders / "causal_lm", tmp_path / "out", kind="policy", num_labels=2)
+    for option in ({"num_labels": 2}, {"head": "token"}):
+        with pytest.raises(CheckpointError, match="--num-labels, --head and --head-init-std describe a reward head"):
+            import_hf(folders / "causal_lm", tmp_path / "out", kind="policy", **option)
 
 
 @pytest.mark.slow
-def test_command_lines_take_the_model_kind(folders, tmp_path):
+def test_command_lines_take_the_model_kind_and_head(folders, tmp_path):
     to_megatron = str(REPO / "tools" / "convert_hf_to_megatron.py")
     to_hf = str(REPO / "tools" / "convert_megatron_to_hf.py")
+    result = run_command([PYTHON, to_megatron, "--head", "token", "--num-labels", "3", "--hf-dir",
+                          str(folders / "causal_lm"), "--out-dir", str(tmp_path / "t")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = read_metadata(tmp_path / "t")["models"]["model"]["config"]
+    assert (config["head"], config["num_labels"]) == ("token", 3)
     result = run_command([PYTHON, to_megatron, "--model-kind", "policy", "--hf-dir", str(folders / "causal_lm"),
                           "--out-dir", str(tmp_path / "m")])
     assert result.returncode == 0, result.stderr[-3000:]

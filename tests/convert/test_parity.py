@@ -6,7 +6,10 @@ the last token's hidden state compared) and as a policy (logits over the real
 vocabulary at every real token compared, loaded from the checkpoint and straight
 from the folder), then run by one 4-rank torchrun job over all layouts. The
 policies cover tied embeddings (llama, and a tied qwen2) and a separate `lm_head`
-(mistral, qwen2). Batches are right- and left-padded, with rows of different lengths.
+(mistral, qwen2). Token classifiers (llama with 3 classes, qwen2 with 2) are imported as
+token-head reward models: class logits and the positive class's probability at every real
+token compared, from the checkpoint and straight from the folder. Batches are right- and
+left-padded, with rows of different lengths.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from megatron_rm.convert import import_hf
 from megatron_rm.core.checkpoint_files import model_entry, read_metadata
+from megatron_rm.step_rewards import positive_probability
 from tests.conftest import REPO, torchrun
 from tests.convert.hf_models import FAMILIES, save_model, tokenizer
 
@@ -26,6 +30,8 @@ LAYOUTS = ("tp1_pp1", "tp2_pp1", "tp1_pp2", "tp2_pp2")
 POLICIES = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen2-tied": {"tie_word_embeddings": True}}
 """Causal LMs imported as policies: the family (the name's stem) and their config changes."""
 TIED = {"llama", "qwen2-tied"}
+TOKEN_HEADS = {"llama": 3, "qwen2": 2}
+"""`*ForTokenClassification` folders imported as token-head reward models: family and classes."""
 
 
 def _batches(lengths=(23, 9, 17, 4, 30)) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -106,6 +112,11 @@ def scored(parity_root):
         hf_model = save_model(name.split("-")[0], folder, "causal_lm", seed=len(references), config=changes)
         import_hf(folder, checkpoints / f"{name}-policy", kind="policy")
         references[f"{name}-policy"] = _hf_logits(hf_model, batches)
+    for family, classes in TOKEN_HEADS.items():
+        folder = root / "hf" / f"{family}-token"
+        hf_model = save_model(family, folder, "token_classification", num_labels=classes, seed=len(references))
+        import_hf(folder, checkpoints / f"{family}-token")
+        references[f"{family}-token"] = _hf_logits(hf_model, batches)
     (root / "out").mkdir()
     torchrun(4, REPO / "tests" / "convert" / "parity_worker.py", "--checkpoints", str(checkpoints),
              "--batches", str(root / "batches.pt"), "--out", str(root / "out"))
@@ -140,16 +151,34 @@ def test_left_and_right_padding_score_alike(scored):
     assert _relative_error(left, right) < TOLERANCE
 
 
+def _at_real_tokens(result: dict) -> list[list[torch.Tensor]]:
+    """A per-token result's logits at each batch's real tokens, (tokens, ...): from the converted
+    checkpoint and from the Hugging Face folder converted in memory."""
+    batches = _batches()
+    return [[logits[mask.bool()] for logits, (_, mask) in zip(result[source], batches)]
+            for source in ("logits", "logits_from_hf")]
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", POLICIES)
 def test_policy_logits_match_transformers(scored, name, layout):
     """From the converted checkpoint and from the Hugging Face folder, loaded by `load_policy`."""
     references, results = scored
-    batches = _batches()
-    result = results[layout][f"{name}-policy"]
-    for source in ("logits", "logits_from_hf"):
-        ours = [logits[mask.bool()] for logits, (_, mask) in zip(result[source], batches)]
+    for ours in _at_real_tokens(results[layout][f"{name}-policy"]):
         _assert_matches(ours, references[f"{name}-policy"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("family", TOKEN_HEADS)
+def test_token_logits_match_transformers(scored, family, layout):
+    """`AutoModelForTokenClassification`'s logits at every real token, from the converted checkpoint and
+    from the Hugging Face folder (`loading.find`), and the positive class's probability read from them."""
+    references, results = scored
+    reference = references[f"{family}-token"]
+    for ours in _at_real_tokens(results[layout][f"{family}-token"]):
+        assert ours[0].shape[-1] == TOKEN_HEADS[family]
+        _assert_matches(ours, reference)
+        _assert_matches([positive_probability(x) for x in ours], [positive_probability(x) for x in reference])
 
 
 def test_policies_cover_tied_and_separate_output_layers(scored, parity_root):

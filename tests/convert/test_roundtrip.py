@@ -1,4 +1,5 @@
-"""HF -> Megatron -> HF: every tensor comes back bit-identical, and transformers loads the result."""
+"""HF -> Megatron -> HF: every tensor comes back bit-identical, and transformers loads the result;
+checkpoints saved as training saves them export and come back with the same weights."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from safetensors.torch import load_file
 
 from megatron_rm.convert import export_hf, import_hf
 from megatron_rm.core.checkpoint_files import read_metadata
+from megatron_rm.model.loading import find
 from tests.convert.hf_models import FAMILIES, save_model
+
+CLASSIFIERS = {"sequence": transformers.AutoModelForSequenceClassification,
+               "token": transformers.AutoModelForTokenClassification}
+"""The transformers class that loads a reward model of each head (`model.head`)."""
 
 
 def _tensors(folder) -> dict[str, torch.Tensor]:
@@ -21,25 +27,37 @@ def _tensors(folder) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _load_classifier(folder):
-    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-        folder, output_loading_info=True)
+def _load_classifier(folder, head: str = "sequence"):
+    model, info = CLASSIFIERS[head].from_pretrained(folder, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == [], info
     return model
 
 
+@pytest.mark.parametrize("head", CLASSIFIERS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sequence_classification_round_trip_is_bit_identical(family, single_rank, tmp_path):
-    save_model(family, tmp_path / "hf", num_labels=2)
+def test_classifier_round_trip_is_bit_identical(family, head, single_rank, tmp_path):
+    """A *ForSequenceClassification (no score bias) or *ForTokenClassification (a score bias) folder."""
+    num_labels = 3 if family == "llama" else 2
+    save_model(family, tmp_path / "hf", f"{head}_classification", num_labels=num_labels)
     import_hf(tmp_path / "hf", tmp_path / "megatron")
+    config = read_metadata(tmp_path / "megatron")["models"]["model"]["config"]
+    expected = (head, num_labels, head == "token")
+    assert (config["head"], config["num_labels"], config["head_bias"]) == expected
+    found = find(tmp_path / "hf", "reward")  # converted in memory, as scoring loads a folder
+    assert (found.config.head, found.config.num_labels, found.config.head_bias) == expected
     export_hf(tmp_path / "megatron", tmp_path / "back")
     source, back = _tensors(tmp_path / "hf"), _tensors(tmp_path / "back")
     assert source.keys() == back.keys()
     for name, tensor in source.items():
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
-    model = _load_classifier(tmp_path / "back")
-    assert model.config.num_labels == 2 and model.config.model_type == family
+    model = _load_classifier(tmp_path / "back", head)
+    assert type(model).__name__ == json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"][0]
+    assert model.config.num_labels == num_labels and model.config.model_type == family
     assert model.config.pad_token_id == 0  # the demo tokenizer's <pad>, not EOS
+    if head == "token":
+        names = ["negative", "neutral", "positive"] if num_labels == 3 else ["negative", "positive"]
+        assert model.config.id2label == dict(enumerate(names))
+        assert model.config.label2id == {name: i for i, name in enumerate(names)}
 
 
 def test_bf16_sharded_round_trip(single_rank, tmp_path):
@@ -102,31 +120,81 @@ def test_reward_statistics_travel_with_the_model(single_rank, tmp_path):
     assert exported["reward_normalization"] == {"mean": [0.25], "std": [1.5]}
 
 
-def test_a_format_1_checkpoint_exports_and_comes_back_with_the_same_weights(single_rank, tmp_path):
-    """A checkpoint of the previous format (one unnamed model) exports; importing the export
-    gives a format-2 checkpoint whose weights equal the original's, bit for bit."""
+def _reward_weights(folder, rows: int) -> dict[str, torch.Tensor]:
+    """Every parameter of the reward model saved in `folder`, loaded as training loads it; the
+    embedding cut to its first `rows`: its padding rows beyond the vocabulary are not exported
+    (nor ever read)."""
     from megatron_rm.config import ParallelConfig
     from megatron_rm.core import checkpoint
     from megatron_rm.core.checkpoint_files import model_entry
     from megatron_rm.model import build_reward_model
+
+    entry = model_entry(folder, read_metadata(folder))
+    model = build_reward_model(entry.config, ParallelConfig(), entry.padded_vocab_size)
+    checkpoint.load(folder, {"model": checkpoint.ModelState(model, entry.config, entry.padded_vocab_size)})
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    weights["embedding.word_embeddings.weight"] = weights["embedding.word_embeddings.weight"][:rows]
+    return weights
+
+
+def test_a_format_1_checkpoint_exports_and_comes_back_with_the_same_weights(single_rank, tmp_path):
+    """A checkpoint of the previous format (one unnamed model) exports; importing the export
+    gives a format-2 checkpoint whose weights equal the original's, bit for bit."""
     from tests.core.test_checkpoint import FORMAT_1
 
     export_hf(FORMAT_1, tmp_path / "hf")
     assert _load_classifier(tmp_path / "hf").config.num_labels == 1
     import_hf(tmp_path / "hf", tmp_path / "back")
-    assert read_metadata(tmp_path / "back")["models"]["model"]["prefix"] == "model."
-    weights = []
-    for folder in (FORMAT_1, tmp_path / "back"):
-        entry = model_entry(folder, read_metadata(folder))
-        model = build_reward_model(entry.config, ParallelConfig(), entry.padded_vocab_size)
-        checkpoint.load(folder, {"model": checkpoint.ModelState(model, entry.config, entry.padded_vocab_size)})
-        weights.append({name: p.detach().clone() for name, p in model.named_parameters()})
-    assert weights[0].keys() == weights[1].keys()
-    # The embedding's padding rows beyond the vocabulary are not exported (nor ever read).
-    rows = entry.config.vocab_size
-    embedding = "embedding.word_embeddings.weight"
-    weights[0][embedding], weights[1][embedding] = weights[0][embedding][:rows], weights[1][embedding][:rows]
-    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    metadata = read_metadata(tmp_path / "back")
+    assert metadata["models"]["model"]["prefix"] == "model."
+    rows = metadata["models"]["model"]["config"]["vocab_size"]
+    original, back = _reward_weights(FORMAT_1, rows), _reward_weights(tmp_path / "back", rows)
+    assert original.keys() == back.keys()
+    assert all(torch.equal(original[name], back[name]) for name in original)
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+def test_a_saved_token_head_exports_as_a_token_classifier_and_comes_back(head_bias, single_rank, tmp_path):
+    """A token-head reward model saved by `checkpoint.save` (as training saves one) exports as a
+    *ForTokenClassification whose logits at every real token are ours; imported again, every
+    weight is the same, bit for bit. Without a bias of ours the export's score bias is zero (the
+    class always has one), and the import keeps it."""
+    import dataclasses
+
+    from megatron_rm.config import ParallelConfig, padded_vocab_size
+    from megatron_rm.core import checkpoint
+    from megatron_rm.model import build_reward_model, inputs
+    from tests.conftest import tiny_model_config
+
+    cfg = dataclasses.replace(tiny_model_config(), head="token", num_labels=3, head_bias=head_bias)
+    vocab = len(transformers.AutoTokenizer.from_pretrained(cfg.tokenizer))
+    model = build_reward_model(cfg, ParallelConfig(), vocab).eval()
+    if head_bias:  # drawn as zeros: make it count
+        with torch.no_grad():
+            model.reward_head.bias.normal_(generator=torch.Generator().manual_seed(0))
+    state = checkpoint.ModelState(model, cfg, padded_vocab_size(vocab, cfg))
+    saved = checkpoint.save(tmp_path / "run", 3, {"model": state})
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    bias = model.reward_head.bias.detach() if head_bias else torch.zeros(3)
+    assert torch.equal(_tensors(tmp_path / "hf")["score.bias"], bias)
+    hf_model = _load_classifier(tmp_path / "hf", "token").eval()
+    assert hf_model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    ids = torch.randint(4, vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # a right-padded row
+    with torch.no_grad():
+        ours = model(ids, inputs.position_ids(mask), mask, token_values=True)
+        theirs = hf_model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(theirs[mask.bool()], ours[mask.bool()], rtol=1e-4, atol=1e-5)
+
+    import_hf(tmp_path / "hf", tmp_path / "back")
+    config = read_metadata(tmp_path / "back")["models"]["model"]["config"]
+    assert (config["head"], config["num_labels"], config["head_bias"]) == ("token", 3, True)
+    original = _reward_weights(saved, vocab)
+    back = _reward_weights(tmp_path / "back", vocab)
+    assert back.pop("reward_head.bias").equal(original.pop("reward_head.bias", torch.zeros(3)))
+    assert original.keys() == back.keys()
+    assert all(torch.equal(original[name], back[name]) for name in original)
 
 
 POLICIES = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen2-tied": {"tie_word_embeddings": True}}
