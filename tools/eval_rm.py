@@ -10,6 +10,13 @@ Rows are pairs (`prompt`, `chosen`, `rejected`) or rankings (`responses` + `rank
 an optional `subset` field, in any format training reads (.jsonl, .json, .parquet, saved
 datasets). Invalid rows stop the run (`--on-invalid skip` counts and leaves them out); rows
 too long for the length policy are left out and counted.
+
+--judge evaluates a causal LM (a policy checkpoint or a `*ForCausalLM` folder) as a pairwise
+judge (`tools/judge.py`, docs/judge.md) on the same pairs, in the same report: accuracy counts
+preference > 0.5, a preference of exactly 0.5 is a tie (wrong, and counted in `ties`), ECE is
+the preference's, margin its mean log-odds.
+
+    python tools/eval_rm.py --judge --model hf/Qwen2-0.5B-Instruct --input rewardbench.parquet
 """
 
 import argparse
@@ -19,6 +26,9 @@ from pathlib import Path
 
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
+from megatron_rm.errors import UsageError
+from megatron_rm.judge.arguments import add_judge_arguments, judge_from_arguments
+from megatron_rm.judge.evaluation import evaluate_judge_file
 from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
 from megatron_rm.scoring.evaluation import evaluate_file
 from megatron_rm.scoring.report import format_table
@@ -27,16 +37,26 @@ from megatron_rm.scoring.report import format_table
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
+    parser.add_argument("--judge", action="store_true",
+                        help="--model is a causal LM to evaluate as a pairwise judge (options below)")
+    add_judge_arguments(parser)
     parser.add_argument("--input", required=True, help="the preference set")
     parser.add_argument("--output", type=Path, help="write the report as JSON here")
     parser.add_argument("--plot", type=Path, help="write a reliability diagram and reward histograms here (.png)")
     parser.add_argument("--on-invalid", choices=("error", "skip"), default="error")
     parser.add_argument("--bins", type=int, default=10, help="confidence bins for calibration")
     args = parser.parse_args()
+
+    def run():
+        if args.judge:
+            return evaluate_judge_file(args.input, judge_from_arguments(args), on_invalid=args.on_invalid,
+                                       bins=args.bins)
+        if args.template or args.labels:
+            raise UsageError("--template and --labels describe a judge: add --judge")
+        return evaluate_file(args.input, scorer_from_arguments(args), on_invalid=args.on_invalid, bins=args.bins)
+
     try:
-        result = exit_on_usage_error(lambda: evaluate_file(args.input, scorer_from_arguments(args),
-                                                           on_invalid=args.on_invalid, bins=args.bins),
-                                     rank=int(os.environ.get("RANK", "0")))
+        result = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))
     finally:
         parallel.shutdown()
     if result is None:

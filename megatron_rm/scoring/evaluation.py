@@ -4,13 +4,17 @@ RewardBench's section scores when the subsets are RewardBench's).
 
 Rows are validated and tokenized exactly as for training (`data.rows.parse_row`, the
 model's tokenizer); each response is scored as its own document, so a row's rewards are
-the ones `score_rm.py` and the server give for the same texts.
+the ones `score_rm.py` and the server give for the same texts. `evaluate_rows` is the same
+evaluation for any model that turns a row into documents and values (a generative judge:
+`judge.evaluation`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch.distributed as dist
 
@@ -39,26 +43,43 @@ class EvalInput:
     """Valid rows that cannot be scored (too long under the length policy, ...), by reason."""
 
 
+Documents = Callable[[RawRow], "list[list[int]] | RowProblem | str"]
+"""One row of a preference set as the documents to score (a group), its problem, or why it
+is dropped (a reason to count)."""
+
+
 def read_preferences(path: str, scorer: Scorer, keys: RowKeys | None = None, on_invalid: str = "error") -> EvalInput:
     """Parse, validate and tokenize every row of `path` (pairs or rankings, optional `subset`)."""
+    return read_rows(path, partial(_responses, scorer, keys or RowKeys()), on_invalid)
+
+
+def _responses(scorer: Scorer, keys: RowKeys, raw: RawRow) -> list[list[int]] | RowProblem | str:
+    """A reward model's documents: each response after the prompt, best first."""
+    parsed = parse_row(raw, keys)
+    if isinstance(parsed, RowProblem):
+        return parsed
+    if len(parsed.responses) < 2:
+        return RowProblem(raw.location, keys.response, "wrong_type",
+                          "a single response has nothing to be compared with")
+    encoded = scorer.encoder.texts([(parsed.prompt, response) for response in parsed.responses])
+    failed = next((one for one in encoded if one.ids is None), None)
+    return failed.reason if failed is not None else [one.ids for one in encoded]
+
+
+def read_rows(path: str, documents: Documents, on_invalid: str = "error") -> EvalInput:
+    """Every row of `path` as `documents` makes it, with its `subset`; invalid rows stop the
+    evaluation unless `on_invalid` is "skip"."""
     found = EvalInput()
     for raw in iter_raw_rows(path):
         found.rows += 1
-        parsed = parse_row(raw, keys or RowKeys())
-        if isinstance(parsed, RowProblem):
-            found.problems.add(parsed)
-            continue
-        if len(parsed.responses) < 2:
-            found.problems.add(RowProblem(raw.location, (keys or RowKeys()).response, "wrong_type",
-                                          "a single response has nothing to be compared with"))
-            continue
-        encoded = scorer.encoder.texts([(parsed.prompt, response) for response in parsed.responses])
-        failed = next((one for one in encoded if one.ids is None), None)
-        if failed is not None:
-            found.dropped[failed.reason] += 1
-            continue
-        found.sequences.extend(one.ids for one in encoded)
-        found.groups.append((_subset(raw), len(encoded)))
+        group = documents(raw)
+        if isinstance(group, RowProblem):
+            found.problems.add(group)
+        elif isinstance(group, str):
+            found.dropped[group] += 1
+        else:
+            found.sequences.extend(group)
+            found.groups.append((_subset(raw), len(group)))
     if found.problems.total and on_invalid == "error":
         raise DataError(found.problems.error_message(path).replace("data.on_invalid=skip", "--on-invalid skip"))
     if not found.groups:
@@ -76,23 +97,33 @@ def evaluate_file(path: str, scorer: Scorer, *, on_invalid: str = "error",
                   bins: int = 10) -> tuple[Report, dict] | None:
     """The report for `path` and what was read, on rank 0 (None elsewhere). Collective: every
     rank calls it; rank 0 reads the file and hands the token ids to the others."""
+    # Preferences compare the first label.
+    return evaluate_rows(path, partial(_responses, scorer, RowKeys()), lambda ids: scorer.score(ids)[:, 0].tolist(),
+                         on_invalid=on_invalid, bins=bins)
+
+
+def evaluate_rows(path: str, documents: Documents, score: Callable[[list[list[int]]], list], *,
+                  rewards: Callable[[list], list[float]] = list, on_invalid: str = "error", bins: int = 10,
+                  ties: bool = False) -> tuple[Report, dict] | None:
+    """`evaluate_file` for any model: `documents` makes each row's documents (rank 0),
+    `score` gives one value per document (collective) and `rewards` turns a row's values into
+    its rewards, best first. `ties`: the report counts the pairs with equal rewards."""
     found, problem = None, [None]
     if dist.get_rank() == 0:
         try:
-            found = read_preferences(path, scorer, on_invalid=on_invalid)
+            found = read_rows(path, documents, on_invalid)
         except DataError as error:
             problem = [str(error)]
     dist.broadcast_object_list(problem, src=0)  # a message rank 0 wrote: every rank stops alike
     if problem[0] is not None:
         raise DataError(problem[0])
-    rewards = scorer.score(broadcast_sequences(found.sequences if found else None))
+    values = score(broadcast_sequences(found.sequences if found else None))
     if found is None:
         return None
-    first_label = rewards[:, 0].tolist()  # preferences compare the first label
     evaluated, start = [], 0
     for subset, size in found.groups:
-        evaluated.append(EvaluatedGroup(subset, first_label[start:start + size]))
+        evaluated.append(EvaluatedGroup(subset, rewards(values[start:start + size])))
         start += size
     counts = {"rows": found.rows, "evaluated": len(found.groups), "invalid": found.problems.total,
               "invalid_by_reason": dict(found.problems.counts), "dropped": dict(found.dropped)}
-    return evaluate(evaluated, bins=bins), counts
+    return evaluate(evaluated, bins=bins, ties=ties), counts

@@ -49,7 +49,8 @@ class ReliabilityBin:
 @dataclass
 class Report:
     """Metrics per subset (first-seen order) and overall; each holds groups, pairs, accuracy, margin,
-    chosen_reward, rejected_reward, ece, and best_of_k when it has groups of more than two responses."""
+    chosen_reward, rejected_reward, ece, best_of_k when it has groups of more than two responses,
+    and ties (pairs with equal rewards, counted wrong in accuracy) when asked for."""
 
     subsets: dict[str, dict[str, float]]
     overall: dict[str, float]
@@ -80,8 +81,9 @@ def best_of_k_accuracy(rewards: Sequence[float]) -> float:
     return 1.0 / sum(reward == top for reward in rewards)
 
 
-def evaluate(groups: Sequence[EvaluatedGroup], bins: int = 10) -> Report:
-    """The report of `groups`. Groups without a subset count only in "overall"."""
+def evaluate(groups: Sequence[EvaluatedGroup], bins: int = 10, ties: bool = False) -> Report:
+    """The report of `groups`. Groups without a subset count only in "overall". `ties`: each
+    row also counts its tied pairs (a judge's preference of exactly 0.5)."""
     if not groups:
         raise ValueError("no group to evaluate")
     short = next((group for group in groups if len(group.rewards) < 2), None)
@@ -91,8 +93,8 @@ def evaluate(groups: Sequence[EvaluatedGroup], bins: int = 10) -> Report:
     for group in groups:
         if group.subset is not None:
             by_subset.setdefault(group.subset, []).append(group)
-    subsets = {name: _metrics(members, bins)[0] for name, members in by_subset.items()}
-    overall, calibration, (chosen, rejected) = _metrics(groups, bins)
+    subsets = {name: _metrics(members, bins, ties)[0] for name, members in by_subset.items()}
+    overall, calibration, (chosen, rejected) = _metrics(groups, bins, ties)
     report = Report(subsets, overall, _reliability(calibration), chosen.tolist(), rejected.tolist())
     if is_rewardbench(group.subset for group in groups):
         sections = section_scores({name: row["accuracy"] for name, row in subsets.items()})
@@ -105,11 +107,13 @@ def _pairs(groups: Sequence[EvaluatedGroup]) -> tuple[torch.Tensor, torch.Tensor
     return torch.tensor(better, dtype=torch.float64), torch.tensor(worse, dtype=torch.float64)
 
 
-def _metrics(groups: Sequence[EvaluatedGroup], bins: int):
+def _metrics(groups: Sequence[EvaluatedGroup], bins: int, ties: bool = False):
     chosen, rejected = _pairs(groups)
     calibration = calibration_sums(chosen, rejected, bins)
     row = {"groups": len(groups), **summarize(pair_sums(chosen, rejected)),
            "ece": expected_calibration_error(calibration)}
+    if ties:
+        row["ties"] = int((chosen == rejected).sum())
     ranked = [group.rewards for group in groups if len(group.rewards) > 2]
     if ranked:
         row["best_of_k"] = sum(map(best_of_k_accuracy, ranked)) / len(ranked)
@@ -139,8 +143,7 @@ def format_table(report: Report) -> str:
     """A row per subset, then "overall"; RewardBench's sections and average below when present."""
     rows = {**report.subsets, OVERALL: report.overall}
     names = ["groups", "pairs", "accuracy", "margin", "ece"]
-    if any("best_of_k" in row for row in rows.values()):
-        names.append("best_of_k")
+    names += [name for name in ("ties", "best_of_k") if any(name in row for row in rows.values())]
     columns = [(name, max(len(name), 8)) for name in names]
     first = max(len("subset"), *map(len, rows))
     lines = [f"{'subset':<{first}} " + " ".join(f"{name:>{width}}" for name, width in columns)]
