@@ -1,8 +1,10 @@
-"""Train a Bradley-Terry reward model with tensor, pipeline and data parallelism.
+"""Train a reward model (Bradley-Terry and its variants, or an outcome or process reward model)
+with tensor, pipeline and data parallelism.
 
     torchrun --nproc-per-node 2 tools/train_rm.py parallel.tp=2 run.dir=runs/demo
     torchrun --nproc-per-node 8 tools/train_rm.py parallel.tp=2 parallel.pp=2
     torchrun --nproc-per-node 2 tools/train_rm.py checkpoint.load=ckpt/llama-rm parallel.tp=2
+    torchrun --nproc-per-node 2 tools/train_rm.py loss.type=prm data.train_path=steps.jsonl
 
 With checkpoint.load the model (architecture and tokenizer) is the checkpoint's,
 e.g. one made by tools/convert_hf_to_megatron.py.

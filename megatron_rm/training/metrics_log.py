@@ -69,6 +69,10 @@ def _line(row: dict) -> str:
         parts += [f"accuracy {row['accuracy']:.3f}", f"margin {row['margin']:+.3f}", f"pairs {row['pairs']}"]
     elif "documents" in row:
         parts.append(f"documents {row['documents']}")
+    # Outcome and process reward models: labelled-token accuracy and the solutions' AUROC.
+    for key, label in (("step_accuracy", "step accuracy"), ("token_accuracy", "token accuracy"), ("auroc", "auroc")):
+        if row.get(key) is not None:
+            parts.append(f"{label} {row[key]:.3f}")
     # PPO: the reward, the KL against its coefficient, the actor's and critic's losses.
     if "kl_coef" in row:
         for key, label, form in PPO_FIELDS:
