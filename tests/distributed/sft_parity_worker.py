@@ -7,7 +7,7 @@ Each --layout TP PP OUT runs in turn in the same job, with process groups of its
 --create (one rank, TP1) the first initialises the policy and saves the shared checkpoint.
 Every rank writes OUT/rank<R>.json: its place in the grid, the per-step loss (mean NLL per
 response token), target tokens and gradient norm with padded and with packed micro-batches,
-and the evaluation loss of the trained weights.
+and the evaluation summary of the trained weights.
 """
 
 import argparse
@@ -16,20 +16,18 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from megatron.core import parallel_state
 
 from megatron_rm import parallel
 from megatron_rm.config import DataConfig, ParallelConfig, SFTConfig, TrainConfig, padded_vocab_size
 from megatron_rm.core import checkpoint
-from megatron_rm.core.optim import build_optimizer, train_step
-from megatron_rm.core.schedule import run_objective
 from megatron_rm.data import GroupStore, load_tokenizer, pad_id
 from megatron_rm.data.prepare import Settings, build_store
 from megatron_rm.model import build_policy_model
 from megatron_rm.objectives import build_objective
-from megatron_rm.training.data_setup import MicroBatching, Split, eval_micro_batches, sampler_for, train_micro_batches
+from megatron_rm.training.data_setup import Split
 from tests.conftest import DEMO, tiny_model_config
+from tests.distributed.layout_steps import train_and_evaluate
 
 TRAIN_ROWS = 64
 STEPS = 4
@@ -44,27 +42,6 @@ def demo_store(folder: Path, cfg: SFTConfig) -> GroupStore:
     build_store([source], folder, Settings.from_config(cfg.data, cfg.model.tokenizer, "demonstrations"),
                 progress_every=0)
     return GroupStore(folder)
-
-
-def train_steps(model, split: Split, layout, cfg: SFTConfig, pad: int, vocab_size: int) -> dict:
-    ddp_model, optimizer, scheduler = build_optimizer(model, cfg.train, STEPS)
-    objective = build_objective(cfg.loss, 1, vocab_size=vocab_size)
-    sampler = sampler_for(split, cfg.data, cfg.train)
-    batching = MicroBatching.of(cfg.data, cfg.train.micro_batch_size, pad)
-    out = {"losses": [], "targets": [], "grad_norms": []}
-    for step in range(STEPS):
-        batches = train_micro_batches(split, sampler, step, layout, batching)
-        result = train_step(ddp_model, optimizer, scheduler, objective, batches, cfg.train.clip_grad, layout)
-        summary = objective.summarize(result.sums)
-        out["losses"].append(summary["loss"])
-        out["targets"].append(summary["target_tokens"])
-        out["grad_norms"].append(result.grad_norm)
-    ddp_model.eval()
-    with torch.no_grad():
-        sums = sum(run_objective([ddp_model], batches, objective, layout, forward_only=True)
-                   for batches in eval_micro_batches(split, layout, batching))
-    out["eval_loss"] = objective.summarize(sums)["loss"]
-    return out
 
 
 def run_layout(tp: int, pp: int, checkpoint_dir: Path, out: Path, create: bool) -> None:
@@ -88,11 +65,12 @@ def run_layout(tp: int, pp: int, checkpoint_dir: Path, out: Path, create: bool) 
         return model
 
     pad = pad_id(tokenizer)
+    objective = build_objective(cfg.loss, 1, vocab_size=len(tokenizer))
     result = {"layout": layout.place(),
-              "padded": train_steps(fresh_from_checkpoint(create), split, layout, cfg, pad, len(tokenizer))}
+              "padded": train_and_evaluate(fresh_from_checkpoint(create), split, layout, cfg, pad, objective, STEPS)}
     # The same steps from the checkpoint with packed micro-batches: same examples, same loss.
     packed_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batching="pack", pack_length=96))
-    result["packed"] = train_steps(fresh_from_checkpoint(), split, layout, packed_cfg, pad, len(tokenizer))
+    result["packed"] = train_and_evaluate(fresh_from_checkpoint(), split, layout, packed_cfg, pad, objective, STEPS)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{layout.rank}.json").write_text(json.dumps(result))

@@ -7,28 +7,20 @@ single-process reference, one 2-rank job runs TP2, PP2 and DP2 in turn.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from tests.conftest import REPO, torchrun
+from tests.conftest import REPO
+from tests.distributed.layout_steps import LAYOUTS, layout_runs
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
 
 WORKER = REPO / "tests" / "distributed" / "sft_parity_worker.py"
-LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "dp2": (1, 1)}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sft_parity")
-    checkpoint = root / "checkpoint"
-    torchrun(1, WORKER, "--checkpoint", str(checkpoint), "--layout", "1", "1", str(root / "tp1"), "--create")
-    layouts = [arg for name, (tp, pp) in LAYOUTS.items() for arg in ("--layout", str(tp), str(pp), str(root / name))]
-    torchrun(2, WORKER, "--checkpoint", str(checkpoint), *layouts)
-    return {name: [json.loads(p.read_text()) for p in sorted((root / name).glob("rank*.json"))]
-            for name in ["tp1", *LAYOUTS]}
+    return layout_runs(tmp_path_factory.mktemp("sft_parity"), WORKER)
 
 
 def _tensor(values):
@@ -37,7 +29,7 @@ def _tensor(values):
 
 def test_packed_training_follows_padded_training_on_one_rank(runs):
     reference = runs["tp1"][0]
-    assert reference["packed"]["targets"] == reference["padded"]["targets"]
+    assert reference["packed"]["terms"] == reference["padded"]["terms"]
     torch.testing.assert_close(_tensor(reference["packed"]["losses"]), _tensor(reference["padded"]["losses"]),
                                rtol=1e-5, atol=0)
 
@@ -51,9 +43,9 @@ def test_training_steps_follow_the_single_rank_reference(runs, layout):
     for rank in runs[layout]:
         for kind in ("padded", "packed"):
             got = rank[kind]
-            assert got["targets"] == reference["targets"]
+            assert got["terms"] == reference["terms"]
             torch.testing.assert_close(_tensor(got["losses"]), losses, rtol=1e-5, atol=0)
             torch.testing.assert_close(_tensor(got["grad_norms"]), _tensor(reference["grad_norms"]),
                                        rtol=1e-4, atol=0)
-            torch.testing.assert_close(_tensor([got["eval_loss"]]), _tensor([reference["eval_loss"]]),
+            torch.testing.assert_close(_tensor([got["eval"]["loss"]]), _tensor([reference["eval"]["loss"]]),
                                        rtol=1e-5, atol=0)

@@ -16,27 +16,18 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from megatron.core import parallel_state
 
 from megatron_rm import parallel
 from megatron_rm.config import DataConfig, LossConfig, ParallelConfig, RMConfig, TrainConfig, padded_vocab_size
 from megatron_rm.core import checkpoint
-from megatron_rm.core.optim import build_optimizer, train_step
-from megatron_rm.core.schedule import run_objective
 from megatron_rm.data import GroupStore, load_tokenizer, pad_id
 from megatron_rm.data.prepare import Settings, build_store
 from megatron_rm.model import build_reward_model
 from megatron_rm.objectives import build_objective, model_for_loss
-from megatron_rm.training.data_setup import (
-    MicroBatching,
-    Split,
-    eval_micro_batches,
-    labelling_for,
-    sampler_for,
-    train_micro_batches,
-)
+from megatron_rm.training.data_setup import Split, labelling_for
 from tests.conftest import tiny_model_config
+from tests.distributed.layout_steps import train_and_evaluate
 from tests.objectives.step_rows import outcome_rows, stepwise_rows, write_rows
 
 STEPS = 4
@@ -50,27 +41,6 @@ def store(folder: Path, cfg: RMConfig) -> GroupStore:
     build_store([source], folder, Settings.from_config(cfg.data, cfg.model.tokenizer, grouping, labelling_for(cfg)),
                 progress_every=0)
     return GroupStore(folder)
-
-
-def train_steps(model, split: Split, layout, cfg: RMConfig, pad: int) -> dict:
-    ddp_model, optimizer, scheduler = build_optimizer(model, cfg.train, STEPS)
-    objective = build_objective(cfg.loss, cfg.model.num_labels)
-    sampler = sampler_for(split, cfg.data, cfg.train)
-    batching = MicroBatching.of(cfg.data, cfg.train.micro_batch_size, pad)
-    out = {"losses": [], "labelled": [], "grad_norms": []}
-    for step in range(STEPS):
-        batches = train_micro_batches(split, sampler, step, layout, batching)
-        result = train_step(ddp_model, optimizer, scheduler, objective, batches, cfg.train.clip_grad, layout)
-        summary = objective.summarize(result.sums)
-        out["losses"].append(summary["loss"])
-        out["labelled"].append(int(objective.layout.unpack(result.sums)["labelled"]))
-        out["grad_norms"].append(result.grad_norm)
-    ddp_model.eval()
-    with torch.no_grad():
-        sums = sum(run_objective([ddp_model], batches, objective, layout, forward_only=True)
-                   for batches in eval_micro_batches(split, layout, batching))
-    out["eval"] = objective.summarize(sums)
-    return out
 
 
 def run_loss(loss: str, tp: int, pp: int, checkpoint_dir: Path, out: Path, create: bool) -> dict:
@@ -95,11 +65,12 @@ def run_loss(loss: str, tp: int, pp: int, checkpoint_dir: Path, out: Path, creat
         checkpoint.load(folder, state)
         return model
 
-    pad = pad_id(tokenizer)
-    result = {"layout": layout.place(), "padded": train_steps(fresh_from_checkpoint(create), split, layout, cfg, pad)}
+    pad, objective = pad_id(tokenizer), build_objective(cfg.loss, cfg.model.num_labels)
+    result = {"layout": layout.place(),
+              "padded": train_and_evaluate(fresh_from_checkpoint(create), split, layout, cfg, pad, objective, STEPS)}
     # The same steps from the checkpoint with packed micro-batches: same documents, same loss.
     packed_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batching="pack", pack_length=96))
-    result["packed"] = train_steps(fresh_from_checkpoint(), split, layout, packed_cfg, pad)
+    result["packed"] = train_and_evaluate(fresh_from_checkpoint(), split, layout, packed_cfg, pad, objective, STEPS)
     parallel_state.destroy_model_parallel()
     return result
 
