@@ -9,25 +9,35 @@ Input: any format training reads (.jsonl, .json, .parquet, a saved dataset, a fo
 files), with rows `{prompt, response}`, `{messages}` or `{input_ids}` (-> `reward`),
 `{prompt, chosen, rejected}` (-> `chosen_reward`, `rejected_reward`) or
 `{prompt, responses}` (-> `rewards`, `best`); see megatron_rm/scoring/rows.py. Output:
-JSON Lines or Parquet by its extension. Rerunning with the same --output resumes after the
-rows already written. dp = world size / (tp * pp); rank 0 reads and writes.
+JSON Lines or Parquet by its extension.
+
+A token-head model (an outcome or process reward model) also scores stepwise rows
+`{prompt, completions: [step, ...]}` and Math-Shepherd `{input}` (-> `reward`, `step_rewards`),
+and best-of-N rows whose responses are lists of steps (-> `rewards`, `best`, `step_rewards`);
+a text response is an outcome, its reward aggregated over its tokens. --aggregation and
+--step-separator default to the checkpoint's; see megatron_rm/scoring/token_rows.py.
+
+Rerunning with the same --output resumes after the rows already written. dp = world size /
+(tp * pp); rank 0 reads and writes.
 """
 
 import argparse
 import os
+import sys
 
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.core.file_job import ON_INVALID
 from megatron_rm.core.row_output import RowOutput
 from megatron_rm.data.sources import iter_raw_rows
-from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
+from megatron_rm.scoring.arguments import add_model_arguments, add_token_arguments, scorer_from_arguments
 from megatron_rm.scoring.batch_job import score_file
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
+    add_token_arguments(parser)
     parser.add_argument("--input", required=True, help="the rows to score")
     parser.add_argument("--output", required=True, help="scored rows (.jsonl or .parquet)")
     parser.add_argument("--on-invalid", choices=ON_INVALID, default="error",
@@ -42,8 +52,10 @@ def main() -> None:
         # Checked on every rank before the (slow) model load; the file system is shared, as for --model.
         RowOutput(args.output)
         iter_raw_rows(args.input)
-        return score_file(scorer_from_arguments(args), args.input, args.output, on_invalid=args.on_invalid,
-                          chunk_rows=args.chunk_rows)
+        scorer = scorer_from_arguments(args)
+        if scorer.token_head and scorer.model.layout.rank == 0:
+            print(f"token head: {scorer.reading.describe()}", file=sys.stderr, flush=True)
+        return score_file(scorer, args.input, args.output, on_invalid=args.on_invalid, chunk_rows=args.chunk_rows)
 
     try:
         summary = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))

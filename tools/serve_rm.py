@@ -9,6 +9,11 @@ verl's reward loop calls), OpenAI's /v1/models, /health and a native /score.
     curl -s localhost:8000/score -H 'content-type: application/json' \\
         -d '{"items": [{"prompt": "What is 2+2?", "response": "4"}]}'
 
+A token-head model (an outcome or process reward model) serves the same paths: per-token class
+probabilities (`/pooling` task token_classify), rewards aggregated from them (/classify,
+/get_reward) and step scores (/score, natively or as vLLM's {queries, documents}); --aggregation
+and --step-separator default to the checkpoint's (docs/scoring.md).
+
 OpenRLHF: `--reward.remote_url http://HOST:PORT/get_reward` (add --normalize here to get the
 rewards normalised by the model's stored statistics, as OpenRLHF's own server does with
 --reward.normalize_enable). verl: its reward loop's vLLM client posts to http://HOST:PORT/classify.
@@ -33,7 +38,7 @@ import uvicorn
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.errors import UsageError
-from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
+from megatron_rm.scoring.arguments import add_model_arguments, add_token_arguments, scorer_from_arguments
 from megatron_rm.scoring.scorer import Scorer
 from megatron_rm.scoring.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS, Server, build_app, listen
 from megatron_rm.scoring.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, Lead, follow
@@ -42,6 +47,7 @@ from megatron_rm.scoring.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
+    add_token_arguments(parser)
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
     group.add_argument("--port", type=int, default=8000, help="0: a free port (the ready line names it)")
@@ -104,7 +110,9 @@ def main() -> None:
 
     def run():
         scorer = scorer_from_arguments(args)
-        if args.normalize and scorer.model.normalization is None:  # checked on every rank: all stop alike
+        if args.normalize and scorer.token_head:  # checked on every rank: all stop alike
+            raise UsageError(f"--normalize: {args.model} is a token-head model, whose rewards are probabilities")
+        if args.normalize and scorer.model.normalization is None:
             raise UsageError(f"--normalize: {args.model} stores no reward statistics to normalise with")
         if scorer.model.layout.rank == 0:
             serve(scorer, args)

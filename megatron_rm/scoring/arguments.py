@@ -1,5 +1,6 @@
 """The command-line options every scoring tool shares (score_rm, eval_rm, serve_rm): which
-model, at which layout, batched how, and what to do with over-long inputs."""
+model, at which layout, batched how, and what to do with over-long inputs; and how a token
+head's rewards are read (score_rm, serve_rm)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from megatron_rm.scoring.batching import BATCHINGS
 from megatron_rm.scoring.inputs import LENGTH_POLICIES
 from megatron_rm.scoring.load import PRECISIONS, load_model
 from megatron_rm.scoring.scorer import DEFAULT_MAX_TOKENS, Scorer, ScoreSettings
+from megatron_rm.step_rewards import AGGREGATIONS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +32,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="over-long inputs: refuse them, or cut the prompt's oldest tokens")
 
 
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("token-head models (outcome and process reward models)")
+    group.add_argument("--aggregation", choices=AGGREGATIONS, default=None,
+                       help="how step (or outcome token) probabilities make a response's reward (default: the "
+                            "checkpoint's for the rows it was trained on; else product over steps, mean over an "
+                            "outcome's tokens)")
+    group.add_argument("--step-separator", default=None,
+                       help="the text written after each step, taken literally (in bash: $'\\n\\n'); default: the "
+                            "checkpoint's data.step_separator, else a newline")
+
+
 def scorer_from_arguments(args: argparse.Namespace) -> Scorer:
     model = load_model(args.model, ParallelConfig(tp=args.tp, pp=args.pp), precision=args.precision,
                        model_name=args.model_name)
     return Scorer(model, ScoreSettings(max_tokens=args.max_tokens, batching=args.batching,
-                                       max_length=args.max_length, length_policy=args.length_policy))
+                                       max_length=args.max_length, length_policy=args.length_policy,
+                                       aggregation=getattr(args, "aggregation", None),
+                                       step_separator=getattr(args, "step_separator", None)))

@@ -1,5 +1,6 @@
 """Scoring a whole file on a TP/PP/DP job (`tools/score_rm.py`): the rows of `scoring.rows`
-through the file-job frame (`core.file_job`: chunks, resume, invalid rows, progress)."""
+(`scoring.token_rows` for a token head) through the file-job frame (`core.file_job`: chunks,
+resume, invalid rows, progress)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from megatron_rm.data.sources import RawRow
 from megatron_rm.scoring.batching import padding_efficiency, plan
 from megatron_rm.scoring.rows import prepare_rows, scored_fields
 from megatron_rm.scoring.scorer import Scorer
+from megatron_rm.scoring.token_rows import prepare_token_rows, token_fields
 
 
 class ScoreTask(RowTask):
@@ -23,8 +25,8 @@ class ScoreTask(RowTask):
     def prepare(self, raws: list[RawRow]) -> list[JobRow]:
         return prepare_rows(raws, self.scorer.encoder)
 
-    def run(self, sequences: list[list[int]], rows: list[int]) -> torch.Tensor:
-        return self.scorer.score(sequences)
+    def run(self, sequences: list[list[int]], rows: list[int]):
+        return self.scorer.outputs(sequences)
 
     def fields(self, row, results: torch.Tensor) -> dict:
         return scored_fields(row, results, self.scorer.normalized(results))
@@ -36,6 +38,16 @@ class ScoreTask(RowTask):
         return sum(lengths) / padding_efficiency(batches, lengths, settings.batching)
 
 
+class TokenScoreTask(ScoreTask):
+    """A token head's rows: responses as texts or steps, rewards read from per-token logits."""
+
+    def prepare(self, raws: list[RawRow]) -> list[JobRow]:
+        return prepare_token_rows(raws, self.scorer.encoder, self.scorer.reading)
+
+    def fields(self, row, results: list[torch.Tensor]) -> dict:
+        return token_fields(row, results, self.scorer.reading)
+
+
 def score_file(scorer: Scorer, input_path: str | Path, output_path: str | Path, *, on_invalid: str = "error",
                chunk_rows: int = 1024, progress: bool = True) -> Summary | None:
     """Score every row of `input_path` into `output_path`; the summary on rank 0, None elsewhere.
@@ -43,5 +55,6 @@ def score_file(scorer: Scorer, input_path: str | Path, output_path: str | Path, 
     Collective: every rank of the job calls it. Invalid rows stop the job (`on_invalid="error"`)
     or are written with an `error` field (`"skip"`).
     """
-    return run_file(ScoreTask(scorer), input_path, output_path, on_invalid=on_invalid, chunk_rows=chunk_rows,
+    task = TokenScoreTask(scorer) if scorer.token_head else ScoreTask(scorer)
+    return run_file(task, input_path, output_path, on_invalid=on_invalid, chunk_rows=chunk_rows,
                     progress=progress)

@@ -19,6 +19,8 @@ from megatron_rm.data.records import Text
 from megatron_rm.data.tokenize import blank, encode_many, fit
 
 LENGTH_POLICIES = ("error", "truncate_prompt")
+ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_input_ids": "bad_input_ids"}
+"""The encoder's reasons as row-problem reasons (training's parser never meets the last two)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class InputEncoder:
             else:
                 kept.append(index)
         for index, encoded in zip(kept, encode_many(self.tokenizer, [texts[i] for i in kept])):
-            out[index] = self._fit(encoded)
+            out[index] = self.fit(encoded)
         return out
 
     def whole_texts(self, texts: list[str]) -> list[Encoded]:
@@ -87,7 +89,8 @@ class InputEncoder:
             return Encoded(None, error=self._too_long(len(ids)), reason="too_long")
         return Encoded(ids)
 
-    def _fit(self, encoded) -> Encoded:
+    def fit(self, encoded) -> Encoded:
+        """Training's encoding (`data.tokenize.Encoded`: ids and prompt length) under the policy."""
         truncation = "drop" if self.policy == "error" else "truncate_prompt"
         ids, status = fit(encoded, self.max_length, truncation, self.tokenizer.bos_token_id)
         if ids is None:

@@ -52,18 +52,26 @@ class ScoringModel:
     normalization: Normalization | None
     name: str
     """What clients call the model (the path it was loaded from)."""
+    token_scores: dict | None = None
+    """How a token head was trained to be read (`token_scores` of a trained checkpoint's
+    metadata: loss, aggregation, step separator and tag); None when not stored."""
 
     @property
     def num_labels(self) -> int:
         return self.config.num_labels
+
+    @property
+    def token_head(self) -> bool:
+        """Class logits at every token (an outcome or process reward model), not one reward per document."""
+        return self.config.head == "token"
 
 
 def load_model(path: str | Path, parallel_config: ParallelConfig | None = None, *,
                precision: str = "fp32", model_name: str | None = None, seed: int = 0) -> ScoringModel:
     """The model at `path` on this job (process groups are created here when absent).
 
-    `path`: a Hugging Face folder (`*ForSequenceClassification`, or `*ForCausalLM` with a new
-    head drawn from `seed`), a checkpoint folder, or a run's `checkpoints/` folder (its newest
+    `path`: a Hugging Face folder (`*ForSequenceClassification`, `*ForTokenClassification`, or
+    `*ForCausalLM` with a new head drawn from `seed`), a checkpoint folder, or a run's `checkpoints/` folder (its newest
     complete checkpoint); a policy checkpoint is refused. `model_name` picks one model of a
     checkpoint that holds several.
     """
@@ -80,4 +88,4 @@ def scoring_model(found: Found, parallel_config: ParallelConfig | None = None, p
     model, layout = build_and_load(found, parallel_config or ParallelConfig(), precision, seed)
     return ScoringModel([model], found.config, found.tokenizer, layout,
                         Normalization.of(stored_normalization, found.config.num_labels, str(where)),
-                        name=str(found.path))
+                        name=str(found.path), token_scores=(found.metadata or {}).get("token_scores"))

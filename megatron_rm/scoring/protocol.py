@@ -60,22 +60,26 @@ class ScoreItem(_Request):
     messages: Any = None
 
     def texts(self, where: str) -> tuple:
+        if not self.is_conversation(where):
+            return _parsed(RawRow(where, {"prompt": self.prompt, "response": self.response}), RowKeys())
+        return conversation(self.messages, where)
+
+    def is_conversation(self, where: str) -> bool:
+        """Whether the item is `messages` (else `prompt` + `response`); a 422 when it is neither or both."""
         if (self.response is None) == (self.messages is None):
             raise RequestProblem(422, f"{where}: give 'response' (with an optional 'prompt') or 'messages', "
                                       "exactly one of them", where)
-        if self.messages is None:
-            return _parsed(RawRow(where, {"prompt": self.prompt, "response": self.response}), RowKeys())
-        if self.prompt is not None:
+        if self.messages is not None and self.prompt is not None:
             raise RequestProblem(422, f"{where}.prompt: not allowed with 'messages' (the turns before the "
                                       "final message are the prompt)", f"{where}.prompt")
-        return conversation(self.messages, where)
+        return self.messages is not None
 
 
 class ScoreRequest(_Request):
     items: list[ScoreItem] = Field(min_length=1)
 
     def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
-        _within(len(self.items), max_items, "items")
+        within(len(self.items), max_items, "items")
         names = [f"items[{i}]" for i in range(len(self.items))]
         return encoder.texts([item.texts(name) for item, name in zip(self.items, names)]), names
 
@@ -89,8 +93,13 @@ class RewardRequest(_Request):
     labels: list[Any] | None = None
 
     def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
-        _within(len(self.query), max_items, "query")
-        return encoder.whole_texts(self.query), [f"query[{i}]" for i in range(len(self.query))]
+        texts, names = self.texts(max_items)
+        return encoder.texts(texts), names
+
+    def texts(self, max_items: int) -> tuple[list[tuple], list[str]]:
+        """Each query as (prompt, response): whole strings, so the prompt is empty."""
+        within(len(self.query), max_items, "query")
+        return [("", query) for query in self.query], [f"query[{i}]" for i in range(len(self.query))]
 
 
 class ClassifyRequest(_Request):
@@ -110,6 +119,11 @@ class ClassifyRequest(_Request):
 
     def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
         """The inputs (whole strings, or one conversation) as ids, and their names for errors."""
+        texts, names = self.texts(max_items)
+        return encoder.texts(texts), names
+
+    def texts(self, max_items: int) -> tuple[list[tuple], list[str]]:
+        """The inputs as (prompt, response): whole strings (an empty prompt), or one conversation."""
         if self.truncate_prompt_tokens is not None:
             raise RequestProblem(422, "truncate_prompt_tokens is not supported: over-long inputs follow the "
                                       "server's --length-policy (error, or truncate_prompt which keeps the "
@@ -118,13 +132,13 @@ class ClassifyRequest(_Request):
             raise RequestProblem(422, "give 'input' (a string or a list of strings) or 'messages' (one "
                                       "conversation), exactly one of them", "input")
         if self.messages is not None:
-            return encoder.texts([conversation(self.messages, "")]), ["messages"]
+            return [conversation(self.messages, "")], ["messages"]
         if isinstance(self.input, str):
-            return encoder.whole_texts([self.input]), ["input"]
+            return [("", self.input)], ["input"]
         if not self.input:
             raise RequestProblem(422, "input: an empty list; nothing to score", "input")
-        _within(len(self.input), max_items, "input")
-        return encoder.whole_texts(self.input), [f"input[{i}]" for i in range(len(self.input))]
+        within(len(self.input), max_items, "input")
+        return [("", text) for text in self.input], [f"input[{i}]" for i in range(len(self.input))]
 
     def use_activation_resolved(self) -> bool:
         """vLLM's default is on; the legacy aliases mean the same and must not contradict it."""
@@ -153,12 +167,18 @@ def conversation(messages, where: str) -> tuple:
 def _parsed(raw: RawRow, keys: RowKeys) -> tuple:
     parsed = parse_row(raw, keys, scoring=True)
     if isinstance(parsed, RowProblem):
-        field = ".".join(part for part in (parsed.location, parsed.field) if part)
-        raise RequestProblem(422, f"{field}: {parsed.message}", field)
+        raise request_problem(parsed.location, parsed.field, parsed.message)
     return parsed.prompt, parsed.responses[0]
 
 
-def _within(count: int, max_items: int, field: str) -> None:
+def request_problem(where: str, field: str | None, message: str) -> RequestProblem:
+    """A 422 for a problem training's validation found in request item `where` (`items[2]`, or
+    "" for the request itself), naming the field as the client wrote it."""
+    name = ".".join(part for part in (where, field) if part)
+    return RequestProblem(422, f"{name}: {message}" if name else message, name or None)
+
+
+def within(count: int, max_items: int, field: str) -> None:
     """Checked before anything is tokenized: the limit bounds the work one request can ask for."""
     if count > max_items:
         raise RequestProblem(422, f"{field}: {count} items exceed the server's limit of {max_items} per request "
@@ -198,16 +218,16 @@ def classify_response(model: str, rewards: torch.Tensor, activation: bool, seque
     probs = activate(rewards) if activation else rewards
     data = [{"index": index, "label": f"LABEL_{int(row.argmax())}", "probs": row.tolist(),
              "num_classes": rewards.shape[-1]} for index, row in enumerate(probs)]
-    return _listing("classify", model, data, sequences)
+    return listing("classify", model, data, sequences)
 
 
 def pooling_response(model: str, rewards: torch.Tensor, activation: bool, sequences: list[list[int]]) -> dict:
     values = activate(rewards) if activation else rewards
     data = [{"index": index, "object": "pooling", "data": row.tolist()} for index, row in enumerate(values)]
-    return _listing("pool", model, data, sequences)
+    return listing("pool", model, data, sequences)
 
 
-def _listing(kind: str, model: str, data: list[dict], sequences: list[list[int]]) -> dict:
+def listing(kind: str, model: str, data: list[dict], sequences: list[list[int]]) -> dict:
     tokens = sum(len(ids) for ids in sequences)
     return {"id": f"{kind}-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model,
             "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,

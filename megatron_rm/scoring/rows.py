@@ -25,14 +25,12 @@ import torch
 from megatron_rm.core.file_job import JobRow
 from megatron_rm.data.rows import Invalid, RowKeys, RowProblem, decode, parse_row
 from megatron_rm.data.sources import RawRow
-from megatron_rm.scoring.inputs import Encoded, InputEncoder
+from megatron_rm.scoring.inputs import ENCODING_REASONS, Encoded, InputEncoder
 
 SINGLE, PAIR, LIST = "single", "pair", "list"
 TEXT_KEYS = RowKeys()
 MESSAGES_KEYS = RowKeys(response="messages")
 TEXT_FIELDS = ("prompt", "response", "chosen", "rejected", "responses", "messages")
-ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_input_ids": "bad_input_ids"}
-"""The encoder's reasons as row-problem reasons (training's parser never meets the last two)."""
 
 
 @dataclass

@@ -5,7 +5,9 @@ The sequences are planned into length-grouped micro-batches (`batching.plan`), d
 data-parallel replicas, run forward-only through megatron's pipeline schedule (the forward
 training uses), and the rewards come back to every rank in the order given. Where a rank
 has no micro-batch its rows are zeros, and one sum over the data-parallel group fills in
-every row exactly once: adding zeros changes no bit.
+every row exactly once: adding zeros changes no bit. `Scorer.token_logits` does the same
+for a token head's logits at every token (outcome and process reward models, read by
+`token_scores`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from megatron_rm.scoring.batching import BATCHINGS, deal, plan
 from megatron_rm.scoring.inputs import InputEncoder
 from megatron_rm.scoring.load import ScoringModel
 from megatron_rm.scoring.rewards import score as score_batches
+from megatron_rm.scoring.rewards import token_values
+from megatron_rm.scoring.token_scores import TokenReading
+from megatron_rm.step_rewards import AGGREGATIONS
 
 DEFAULT_MAX_TOKENS = 8192
 
@@ -36,9 +41,19 @@ class ScoreSettings:
     """Longest input in tokens; default the model's max_sequence_length."""
     length_policy: str = "error"
     """error or truncate_prompt (see scoring.inputs)."""
+    aggregation: str | None = None
+    """A token head's step (and outcome) aggregation; None: the checkpoint's (see token_scores)."""
+    step_separator: str | None = None
+    """The text after each step for a token head; None: the checkpoint's, else a newline."""
 
-    def problems(self, model_limit: int) -> list[str]:
+    def problems(self, model_limit: int, token_head: bool = False) -> list[str]:
         found = []
+        if not token_head:
+            found += [f"{name}={getattr(self, name)!r} reads a token head (an outcome or process reward model); "
+                      "this model has one reward per document" for name in ("aggregation", "step_separator")
+                      if getattr(self, name) is not None]
+        elif self.aggregation is not None and self.aggregation not in AGGREGATIONS:
+            found.append(f"aggregation={self.aggregation!r} must be one of {', '.join(AGGREGATIONS)}")
         if self.max_tokens < 1:
             found.append(f"max_tokens={self.max_tokens} must be >= 1")
         if self.batching not in BATCHINGS:
@@ -51,17 +66,29 @@ class ScoreSettings:
 
 class Scorer:
     def __init__(self, model: ScoringModel, settings: ScoreSettings = ScoreSettings()):
-        problems = settings.problems(model.config.max_sequence_length)
+        problems = settings.problems(model.config.max_sequence_length, model.token_head)
         if problems:
             raise ConfigError("invalid scoring settings:\n  " + "\n  ".join(problems))
         self.model, self.settings = model, settings
         self.max_length = settings.max_length or model.config.max_sequence_length
         self.encoder = InputEncoder(model.tokenizer, self.max_length, settings.length_policy)
         self._pad_id = pad_id(model.tokenizer)
+        self.reading = TokenReading.of(model.token_scores, model.num_labels, settings.aggregation,
+                                       settings.step_separator) if model.token_head else None
+        """How a token head's logits become rewards; None for a sequence head."""
 
     @property
     def num_labels(self) -> int:
         return self.model.num_labels
+
+    @property
+    def token_head(self) -> bool:
+        return self.model.token_head
+
+    def outputs(self, sequences: list[list[int]]):
+        """What a job computes per sequence (collective): `score`'s rewards for a sequence
+        head, `token_logits` for a token head; indexable in input order either way."""
+        return self.token_logits(sequences) if self.token_head else self.score(sequences)
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> torch.Tensor:
@@ -69,21 +96,45 @@ class Scorer:
 
         Collective: every rank passes the same `sequences` (see `parallel.broadcast_sequences`).
         """
-        layout = self.model.layout
         rewards = torch.zeros(len(sequences), self.num_labels, dtype=torch.float32, device=runtime.device())
         if not sequences:
             return rewards.cpu()
+        mine, batches = self._my_batches(sequences)
+        if batches:
+            local = score_batches(self.model.chunks, batches, self.model.layout)
+            order = torch.tensor([i for batch in mine for i in batch], device=rewards.device)
+            rewards[order] = local.to(rewards.device)
+        return self._summed(rewards).cpu()
+
+    @torch.no_grad()
+    def token_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Per sequence, its (len(ids), num_labels) fp32 head outputs at every token, on the CPU
+        of every rank, in input order. Collective, as `score`."""
+        lengths = [len(ids) for ids in sequences]
+        values = torch.zeros(sum(lengths), self.num_labels, dtype=torch.float32, device=runtime.device())
+        if not sequences:
+            return []
+        mine, batches = self._my_batches(sequences)
+        if batches:
+            local = token_values(self.model.chunks, batches, self.model.layout)
+            starts = torch.tensor(lengths).cumsum(0) - torch.tensor(lengths)
+            order = torch.cat([torch.arange(starts[i], starts[i] + lengths[i]) for batch in mine for i in batch])
+            values[order.to(values.device)] = local.to(values.device)
+        return list(self._summed(values).cpu().split(lengths))
+
+    def _my_batches(self, sequences: list[list[int]]) -> tuple[list[list[int]], list]:
+        """This data-parallel rank's micro-batches: their sequence indices, and the batches."""
+        layout = self.model.layout
         lengths = [len(ids) for ids in sequences]
         mine = deal(plan(lengths, self.settings.max_tokens, self.settings.batching), lengths, layout.dp)[layout.dp_rank]
         packed = self.settings.batching == "pack"
-        batches = [document_batch([sequences[i] for i in batch], self._pad_id, packed=packed) for batch in mine]
-        if batches:
-            local = score_batches(self.model.chunks, batches, layout)
-            order = torch.tensor([i for batch in mine for i in batch], device=rewards.device)
-            rewards[order] = local.to(rewards.device)
-        if layout.dp > 1:
-            dist.all_reduce(rewards, group=layout.groups.dp)
-        return rewards.cpu()
+        return mine, [document_batch([sequences[i] for i in batch], self._pad_id, packed=packed) for batch in mine]
+
+    def _summed(self, values: torch.Tensor) -> torch.Tensor:
+        """Every replica's rows (zeros where another one computed them) added up."""
+        if self.model.layout.dp > 1:
+            dist.all_reduce(values, group=self.model.layout.groups.dp)
+        return values
 
     def normalized(self, rewards: torch.Tensor) -> torch.Tensor | None:
         """Rewards standardised by the model's stored eval-set statistics; None without them."""

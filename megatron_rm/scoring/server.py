@@ -16,6 +16,10 @@ Endpoints (see `protocol` for the fields):
 - `GET /health`: counts of forwards, requests and items scored; a 503 once the forward loop
   has stopped (then every request is refused with a 503 instead of waiting forever).
 - `GET /v1/models`: OpenAI's list, with the served name and the length limit.
+
+A token-head model (outcome or process reward model) answers on the same paths with
+`token_server`'s routes: rewards aggregated from per-token probabilities, per-token class
+probabilities (`/pooling` task token_classify) and step scores (`/score`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from megatron_rm.scoring.protocol import (
 )
 from megatron_rm.scoring.scorer import Scorer
 from megatron_rm.scoring.serving_loop import Batcher, Closed
+from megatron_rm.scoring.token_server import add_token_routes
 
 # What one request may ask for: 1024 inputs, 32 MiB of JSON (some 8M tokens of text).
 DEFAULT_MAX_ITEMS = 1024
@@ -62,6 +67,8 @@ DEFAULT_MAX_BODY_BYTES = 32 * 2**20
 def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = False,
               max_items: int = DEFAULT_MAX_ITEMS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The app; it starts the batcher with itself and closes it (stopping the other ranks) last."""
+    if normalize and scorer.token_head:
+        raise UsageError(f"{name}: normalize applies to sequence rewards; a token head's are probabilities")
     if normalize and scorer.model.normalization is None:
         raise UsageError(f"{name}: normalize asks for the model's reward statistics, and it stores none")
     created = int(time.time())
@@ -77,7 +84,26 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
     app = FastAPI(title="megatron-rm reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     _add_error_handlers(app)
+    if scorer.token_head:
+        add_token_routes(app, scorer, batcher, name=name, max_items=max_items)
+    else:
+        _add_sequence_routes(app, scorer, batcher, name=name, normalize=normalize, max_items=max_items)
 
+    @app.get("/health")
+    async def health():
+        if not batcher.serving:
+            raise RequestProblem(503, "not serving: the forward loop has stopped")
+        return {"status": "ok", **batcher.counts}
+
+    @app.get("/v1/models")
+    async def models():
+        return models_response(name, created, scorer.max_length)
+
+    return app
+
+
+def _add_sequence_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool,
+                         max_items: int) -> None:
     async def rewards_of(request) -> tuple:
         try:
             encoded, names = request.encode(scorer.encoder, max_items)
@@ -111,18 +137,6 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
         activation = request.use_activation_resolved()
         rewards, sequences, _ = await rewards_of(request)
         return pooling_response(name, rewards, activation, sequences)
-
-    @app.get("/health")
-    async def health():
-        if not batcher.serving:
-            raise RequestProblem(503, "not serving: the forward loop has stopped")
-        return {"status": "ok", **batcher.counts}
-
-    @app.get("/v1/models")
-    async def models():
-        return models_response(name, created, scorer.max_length)
-
-    return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -1,7 +1,8 @@
 """Serving a reward model on a whole TP/PP/DP job: rank 0 gathers concurrent requests into
 batches and leads each forward; every other rank follows.
 
-`Scorer.score` is collective, so every rank must run the same forwards in the same order.
+`Scorer.outputs` (`score`, or `token_logits` for a token head) is collective, so every rank
+must run the same forwards in the same order.
 Rank 0 owns the order: one thread (the batcher's) makes every collective call there, and
 before each forward it broadcasts a one-integer command (score, idle tick or stop), then the
 batch's token ids (`broadcast_sequences`). Only integers cross ranks. The other ranks wait
@@ -9,7 +10,7 @@ in `follow`; while no request arrives rank 0 sends an idle tick now and then, so
 waiting rank never reaches the process group's timeout (30 minutes by default).
 
 Dynamic batching: the first request of a batch waits `wait_s` for others to join it, up
-to `max_tokens` tokens and `max_requests` requests; the whole batch is one `scorer.score`
+to `max_tokens` tokens and `max_requests` requests; the whole batch is one `scorer.outputs`
 call and each request gets back exactly its own rows. A request larger than `max_tokens`
 goes alone; it is never split. Requests arriving while a forward runs join the next one.
 """
@@ -38,17 +39,18 @@ IDLE_TICK_S = 30.0
 
 class Lead:
     """Rank 0's forward: each batch is announced to the other ranks, so that every rank calls
-    `scorer.score` with it. In a one-rank job it is the scorer alone."""
+    `scorer.outputs` with it. In a one-rank job it is the scorer alone."""
 
     def __init__(self, scorer: Scorer):
         self.scorer = scorer
         self._others = dist.get_world_size() > 1
 
-    def score(self, sequences: list[list[int]]) -> torch.Tensor:
+    def score(self, sequences: list[list[int]]):
+        """`scorer.outputs`: rewards (a sequence head) or per-token logits (a token head)."""
         if self._others:
             self._announce(SCORE)
             sequences = broadcast_sequences(sequences)
-        return self.scorer.score(sequences)
+        return self.scorer.outputs(sequences)
 
     def idle(self) -> None:
         self._announce(IDLE)
@@ -67,7 +69,7 @@ def follow(scorer: Scorer) -> None:
     while True:
         dist.broadcast(command, src=0)
         if int(command) == SCORE:
-            scorer.score(broadcast_sequences(None))
+            scorer.outputs(broadcast_sequences(None))
         elif int(command) == STOP:
             return
 
@@ -111,8 +113,9 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    async def score(self, sequences: list[list[int]]) -> torch.Tensor:
-        """(len(sequences), num_labels) rewards of this request, scored with whatever joins it."""
+    async def score(self, sequences: list[list[int]]):
+        """This request's outputs (`Scorer.outputs`: (len(sequences), num_labels) rewards, or each
+        sequence's per-token logits), scored with whatever joins it."""
         job = _Job(sequences, sum(map(len, sequences)), time.monotonic())
         with self._wake:
             if self._closing:

@@ -43,6 +43,9 @@ class VerlRewardModel:
     """A reward model with verl's `compute_reward(data)` interface."""
 
     def __init__(self, scorer: Scorer, policy_tokenizer: PreTrainedTokenizerBase | None = None, label: int = 0):
+        if scorer.token_head:  # its reward is an aggregate over steps or tokens, not one value at the EOS
+            raise ValueError(f"{scorer.model.name} is a token-head model (outcome or process rewards); the verl "
+                             "adapter reads sequence rewards: serve it with tools/serve_rm.py instead")
         if not 0 <= label < scorer.num_labels:
             raise ValueError(f"label={label} is not one of the model's {scorer.num_labels} label(s)")
         reward_tokenizer = scorer.model.tokenizer

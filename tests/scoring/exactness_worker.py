@@ -9,7 +9,9 @@ writes OUT/tp<TP>pp<PP>.json: for each source, the rewards of every pair's chose
 rejected text scored as one bucketed batch of mixed lengths under a small token budget,
 packed, one text at a time, and through verl's `compute_reward`; eval_rm's report of the
 pairs; and the chosen/rejected reward means of training's
-evaluation (`train.max_steps=0`) from the checkpoint.
+evaluation (`train.max_steps=0`) from the checkpoint. With --token-hf (a token classifier) and
+--token-rows, it also writes score_rm's output for those rows from that model, bucketed,
+packed and one text at a time: OUT/token_tp<TP>pp<PP>_<batching>.jsonl.
 """
 
 import argparse
@@ -24,6 +26,7 @@ from megatron.core import parallel_state
 from megatron_rm import cli
 from megatron_rm.config import ParallelConfig
 from megatron_rm.data import pad_id
+from megatron_rm.scoring.batch_job import score_file
 from megatron_rm.scoring.evaluation import evaluate_file
 from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
@@ -65,6 +68,16 @@ def verl_scores(scorer: Scorer, sequences: list[list[int]]) -> list[float]:
     return rm_scores[range(len(sequences)), last].tolist()
 
 
+def token_scores(source: Path, tp: int, pp: int, rows: Path, out: Path) -> None:
+    """A token-head model's scored rows under three batchings (one text at a time: a budget of
+    one token puts every text in a micro-batch of its own)."""
+    model = load_model(source, ParallelConfig(tp=tp, pp=pp))
+    for name, settings in (("bucket", ScoreSettings(max_tokens=96)), ("pack", ScoreSettings(max_tokens=96,
+                           batching="pack")), ("alone", ScoreSettings(max_tokens=1))):
+        score_file(Scorer(model, settings), rows, out / f"token_tp{tp}pp{pp}_{name}.jsonl", progress=False)
+    parallel_state.destroy_model_parallel()
+
+
 def training_evaluation(checkpoint: Path, pairs: Path, tp: int, pp: int, run_dir: Path) -> dict:
     overrides = [f"checkpoint.load={checkpoint}", f"parallel.tp={tp}", f"parallel.pp={pp}",
                  "train.max_steps=0", f"data.train_path={pairs}", f"data.eval_path={pairs}",
@@ -84,15 +97,19 @@ def main() -> None:
     parser.add_argument("--pairs", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layout", nargs=2, type=int, action="append", metavar=("TP", "PP"), required=True)
+    parser.add_argument("--token-hf", type=Path, help="a *ForTokenClassification folder")
+    parser.add_argument("--token-rows", type=Path, help="rows for it to score")
     args = parser.parse_args()
     texts = pair_texts(args.pairs)
+    args.out.mkdir(parents=True, exist_ok=True)
     for tp, pp in args.layout:
         result = {source: scores(path, tp, pp, texts, args.pairs) for source, path in
                   (("hf", args.hf), ("checkpoint", args.checkpoint))}
+        if args.token_hf:
+            token_scores(args.token_hf, tp, pp, args.token_rows, args.out)
         result["training"] = training_evaluation(args.checkpoint, args.pairs, tp, pp,
                                                  args.out / f"run_tp{tp}pp{pp}")
         if int(os.environ["RANK"]) == 0:
-            args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"tp{tp}pp{pp}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -1,7 +1,8 @@
 """Scores are the same numbers whatever the path: TP1, TP2, PP2 and DP2; from the Hugging Face
 folder (converted in memory) and from our checkpoint; one batch of mixed lengths, packed, or
 one text at a time; verl's `compute_reward`; eval_rm's report; training's own evaluation;
-and `transformers` on the exported model.
+and `transformers` on the exported model. A token-head model's step rewards and rewards
+(score_rm's rows) are held to the same layouts and batchings.
 
 Real torchrun jobs over gloo run exactness_worker.py: a one-rank job for TP1 and one
 two-rank job for TP2, PP2 and DP2 in turn.
@@ -20,6 +21,9 @@ from megatron_rm.data import load_tokenizer
 from megatron_rm.scoring.inputs import InputEncoder
 from tests.conftest import DEMO, REPO, torchrun
 from tests.convert.hf_models import save_model
+from tests.scoring.score_rm_files import read_rows, write_rows
+from tests.scoring.token_models import ROWS as TOKEN_ROWS
+from tests.scoring.token_models import save_token_model, written
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
 
@@ -36,7 +40,11 @@ def setup(tmp_path_factory, single_rank):
     rows = [json.loads(line) for line in (DEMO / "data" / "eval.jsonl").read_text().splitlines()[:PAIRS]]
     rows[0]["chosen"] += " and then a much longer answer" * 6  # lengths spread well apart
     (root / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    common = ["--hf", str(root / "hf"), "--checkpoint", str(root / "checkpoint"), "--pairs", str(root / "pairs.jsonl")]
+    save_token_model(root / "token_hf")
+    token_rows = TOKEN_ROWS + [{"prompt": "Count", "completions": ["one two" * n] * n} for n in range(1, 6)]
+    write_rows(root / "token_rows.jsonl", token_rows)
+    common = ["--hf", str(root / "hf"), "--checkpoint", str(root / "checkpoint"), "--pairs", str(root / "pairs.jsonl"),
+              "--token-hf", str(root / "token_hf"), "--token-rows", str(root / "token_rows.jsonl")]
     torchrun(1, WORKER, *common, "--out", str(root / "one"), "--layout", "1", "1")
     torchrun(2, WORKER, *common, "--out", str(root / "two"), "--layout", "2", "1", "--layout", "1", "2",
              "--layout", "1", "1")
@@ -60,6 +68,20 @@ def test_every_layout_source_and_batching_gives_the_same_rewards(setup):
         for source in ("hf", "checkpoint"):
             for batching in ("bucket", "pack", "alone", "verl"):
                 _close(result[source][batching], reference)
+
+
+def test_token_head_scores_are_the_same_at_every_layout_and_batching(setup):
+    root = setup[0]
+
+    def scores(folder: str, layout: str, batching: str) -> list[float]:
+        rows = read_rows(root / folder / f"token_{layout}_{batching}.jsonl")
+        return [value for row in rows for reward, steps in written(row) for value in (reward, *(steps or []))]
+
+    reference = scores("one", "tp1pp1", "alone")
+    assert len(reference) > 40 and len({round(value, 4) for value in reference}) > 20
+    for folder, layout in (("one", "tp1pp1"), ("two", "tp2pp1"), ("two", "tp1pp2"), ("two", "tp1pp1")):
+        for batching in ("bucket", "pack", "alone"):
+            _close(scores(folder, layout, batching), reference)
 
 
 def test_training_evaluation_and_eval_rm_report_the_scorers_rewards(setup):
