@@ -4,8 +4,10 @@ RewardBench's section scores when the subsets are RewardBench's).
 
 Rows are validated and tokenized exactly as for training (`data.rows.parse_row`, the
 model's tokenizer); each response is scored as its own document, so a row's rewards are
-the ones `score_rm.py` and the server give for the same texts. `evaluate_rows` is the same
-evaluation for any model that turns a row into documents and values (a generative judge:
+the ones `score_rm.py` and the server give for the same texts. A token head (an outcome or
+process reward model) scores each response as an outcome: the aggregate of its positive-class
+probabilities over the response tokens, as `score_rm.py` reads a text. `evaluate_rows` is the
+same evaluation for any model that turns a row into documents and values (a generative judge:
 `judge.evaluation`).
 """
 
@@ -18,12 +20,15 @@ from functools import partial
 
 import torch.distributed as dist
 
-from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, decode, parse_row
+from megatron_rm.data.records import Comparison
+from megatron_rm.data.rows import Invalid, ProblemLog, RowKeys, RowProblem, decode, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
+from megatron_rm.data.steps import LabelledSteps
 from megatron_rm.errors import DataError
 from megatron_rm.parallel import broadcast_sequences
 from megatron_rm.scoring.report import EvaluatedGroup, Report, evaluate
 from megatron_rm.scoring.scorer import Scorer
+from megatron_rm.scoring.token_scores import Located, locate, read
 
 SUBSET_KEY = "subset"
 
@@ -53,14 +58,19 @@ def read_preferences(path: str, scorer: Scorer, keys: RowKeys | None = None, on_
     return read_rows(path, partial(_responses, scorer, keys or RowKeys()), on_invalid)
 
 
-def _responses(scorer: Scorer, keys: RowKeys, raw: RawRow) -> list[list[int]] | RowProblem | str:
-    """A reward model's documents: each response after the prompt, best first."""
+def _compared(raw: RawRow, keys: RowKeys) -> Comparison | RowProblem:
     parsed = parse_row(raw, keys)
-    if isinstance(parsed, RowProblem):
-        return parsed
-    if len(parsed.responses) < 2:
+    if not isinstance(parsed, RowProblem) and len(parsed.responses) < 2:
         return RowProblem(raw.location, keys.response, "wrong_type",
                           "a single response has nothing to be compared with")
+    return parsed
+
+
+def _responses(scorer: Scorer, keys: RowKeys, raw: RawRow) -> list[list[int]] | RowProblem | str:
+    """A reward model's documents: each response after the prompt, best first."""
+    parsed = _compared(raw, keys)
+    if isinstance(parsed, RowProblem):
+        return parsed
     encoded = scorer.encoder.texts([(parsed.prompt, response) for response in parsed.responses])
     failed = next((one for one in encoded if one.ids is None), None)
     return failed.reason if failed is not None else [one.ids for one in encoded]
@@ -97,9 +107,38 @@ def evaluate_file(path: str, scorer: Scorer, *, on_invalid: str = "error",
                   bins: int = 10) -> tuple[Report, dict] | None:
     """The report for `path` and what was read, on rank 0 (None elsewhere). Collective: every
     rank calls it; rank 0 reads the file and hands the token ids to the others."""
+    if scorer.token_head:
+        return _evaluate_token_head(path, scorer, on_invalid=on_invalid, bins=bins)
     # Preferences compare the first label.
     return evaluate_rows(path, partial(_responses, scorer, RowKeys()), lambda ids: scorer.score(ids)[:, 0].tolist(),
                          on_invalid=on_invalid, bins=bins)
+
+
+def _evaluate_token_head(path: str, scorer: Scorer, *, on_invalid: str, bins: int):
+    """`evaluate_file` for a token head: each response read as an outcome (`token_scores`)."""
+    located: list[Located] = []  # rank 0's documents, in the order their ids are scored
+
+    def documents(raw: RawRow) -> list[list[int]] | RowProblem | str:
+        parsed = _compared(raw, RowKeys())
+        if isinstance(parsed, RowProblem):
+            return parsed
+        names = ["chosen", "rejected"] if len(parsed.responses) == 2 else [
+            f"responses[{i}]" for i in range(len(parsed.responses))]
+        try:
+            found = [locate(scorer.encoder, LabelledSteps(parsed.prompt, (response,), None, "", raw.location,
+                                                         (name,), outcome=True), name)
+                     for response, name in zip(parsed.responses, names)]
+        except Invalid as invalid:  # a response the length policy cannot keep is dropped and counted
+            return invalid.reason if invalid.reason == "too_long" else RowProblem(
+                raw.location, invalid.field, invalid.reason, invalid.message)
+        located.extend(found)
+        return [one.ids for one in found]
+
+    def score(sequences: list[list[int]]) -> list[float]:
+        logits = scorer.token_logits(sequences)  # collective; only rank 0 reads the rewards
+        return [read(values, one, scorer.reading)[0] for values, one in zip(logits, located)]
+
+    return evaluate_rows(path, documents, score, on_invalid=on_invalid, bins=bins)
 
 
 def evaluate_rows(path: str, documents: Documents, score: Callable[[list[list[int]]], list], *,

@@ -6,6 +6,7 @@ transformers; one slow test runs the tool at TP2 under torchrun."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -227,3 +228,24 @@ def test_torchrun_tp2_equals_one_process(setup, tmp_path):
         [row["id"] if "id" in row else row["prompt"] for row in single]
     assert_scores(parallel, [one for row in single for one in written(row)])
     assert_scores(single, expected(scorer, rows, step_how="min", outcome_how="min"))
+
+
+def test_eval_rm_reads_a_token_head_as_score_rm_reads_each_response(setup, tmp_path):
+    from megatron_rm.scoring.evaluation import evaluate_file
+
+    _, scorer, _ = setup
+    pairs = [{"prompt": "What is 2+3?", "chosen": " It is 5.", "rejected": " It is 6.", "subset": "math"},
+             {"prompt": "Pick a colour.", "chosen": " red", "rejected": " green and blue", "subset": "chat"},
+             {"prompt": "Count.", "responses": [" one two", " two", " three"], "ranking": [2, 0, 1]}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in pairs))
+    report, counts = evaluate_file(str(path), scorer)
+    assert counts["evaluated"] == 3 and counts["invalid"] == 0
+    # The reference: each response scored as an outcome by score_rm's reading, by hand.
+    right = []
+    for row in pairs:
+        texts = [row["chosen"], row["rejected"]] if "chosen" in row else [row["responses"][i] for i in row["ranking"]]
+        rewards = [expected(scorer, [{"prompt": row["prompt"], "response": text}])[0][0] for text in texts]
+        right += [better > worse for i, better in enumerate(rewards) for worse in rewards[i + 1:]]
+    assert report.to_dict()["overall"]["pairs"] == len(right)
+    assert report.to_dict()["overall"]["accuracy"] == pytest.approx(sum(right) / len(right))
