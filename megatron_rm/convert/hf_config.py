@@ -122,7 +122,8 @@ def _rope_scaling(scaling: dict | None, source: Path) -> RopeScalingConfig | Non
 
 def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_token_id: int | None,
               bos_token_id: int | None, eos_token_id: int | None,
-              reward_normalization: dict | None, model_kind: str = REWARD) -> transformers.PretrainedConfig:
+              reward_normalization: dict | None, model_kind: str = REWARD,
+              token_scores: dict | None = None) -> transformers.PretrainedConfig:
     """The Hugging Face config of `model` (any checkpoint we wrote): `*ForSequenceClassification`
     or `*ForTokenClassification` for a reward model (by its head), `*ForCausalLM` for a policy
     (`model_kind`)."""
@@ -175,6 +176,8 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
         fields["use_sliding_window"] = False
     if reward_normalization and not policy:
         fields["reward_normalization"] = reward_normalization
+    if token_scores and not policy and model.head == "token":  # how training read the model, for scoring
+        fields["token_scores"] = token_scores
     return transformers.AutoConfig.for_model(fam.model_type, **fields)
 
 

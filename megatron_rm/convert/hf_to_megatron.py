@@ -86,6 +86,12 @@ class HFSource:
         return None
 
 
+    def token_scores(self) -> dict | None:
+        """How a token head was trained to be read (our export's `token_scores`: loss, aggregation,
+        step separator), for scoring; None when the folder does not say."""
+        return self.hf.get("token_scores") if self.kind == REWARD and self.model.head == "token" else None
+
+
 def is_hf_folder(path: str | Path) -> bool:
     path = Path(path)
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
@@ -215,8 +221,10 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, **options) -> Path:
                   "head": _head_origin(source)}
         entry = ModelEntry(model, source.padded_vocab_size, TORCH_DTYPE_NAMES[source.dtype],
                            prefix=f"{DEFAULT_MODEL}.", kind=source.kind)
+        token_scores = source.token_scores()
         write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, source=origin,
-                       reward_normalization=source.reward_normalization())
+                       reward_normalization=source.reward_normalization(),
+                       **({"token_scores": token_scores} if token_scores else {}))
         (staging / "model.yaml").write_text(
             f"# Derived from {source.hf_dir / 'config.json'}; tokenizer is relative to this folder.\n"
             + yaml.safe_dump(asdict(model), sort_keys=False))

@@ -52,7 +52,8 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
         vocab_size = pad_token_id + 1
     config = hf_config(model, vocab_size=vocab_size, dtype=target, pad_token_id=pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       reward_normalization=metadata.get("reward_normalization"), model_kind=entry.kind)
+                       reward_normalization=metadata.get("reward_normalization"), model_kind=entry.kind,
+                       token_scores=metadata.get("token_scores"))
     padded = entry.padded_vocab_size
     if vocab_size > padded:
         raise CheckpointError(f"{directory}: {vocab_size} tokens need embedding rows beyond the "

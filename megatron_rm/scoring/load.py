@@ -83,9 +83,11 @@ def scoring_model(found: Found, parallel_config: ParallelConfig | None = None, p
     """The reward model `found` (see `model.loading.find`) built and loaded on this job."""
     if found.hf is not None:
         stored_normalization, where = found.hf.reward_normalization(), found.path / "config.json"
+        token_scores = found.hf.token_scores()
     else:
         stored_normalization, where = found.metadata.get("reward_normalization"), found.directory
+        token_scores = found.metadata.get("token_scores")
     model, layout = build_and_load(found, parallel_config or ParallelConfig(), precision, seed)
     return ScoringModel([model], found.config, found.tokenizer, layout,
                         Normalization.of(stored_normalization, found.config.num_labels, str(where)),
-                        name=str(found.path), token_scores=(found.metadata or {}).get("token_scores"))
+                        name=str(found.path), token_scores=token_scores)

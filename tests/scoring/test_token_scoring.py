@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from megatron_rm.convert import export_hf
+from megatron_rm.convert import export_hf, import_hf
 from megatron_rm.data.step_tokens import locate_steps
 from megatron_rm.data.steps import LabelledSteps
 from megatron_rm.errors import ConfigError, DataError
@@ -129,6 +129,11 @@ def test_the_checkpoints_aggregation_and_separator_are_the_defaults(setup, tmp_p
     _, out = score_rows(overridden, rows, tmp_path, target="last.jsonl")
     assert_scores(out, expected(scorer, rows, step_how="last", outcome_how="last"))
     assert out[0]["reward"] == out[0]["step_rewards"][-1]
+
+    # The export keeps how the model is read, and so does importing it back.
+    exported = export_hf(tmp_path / "prm", tmp_path / "prm_hf")
+    for folder in (exported, import_hf(exported, tmp_path / "prm_again")):
+        assert Scorer(load_model(folder)).reading == prm.reading
 
     orm = Scorer(load_model(token_checkpoint(root / "hf", tmp_path / "orm", "orm", "min")))
     assert (orm.reading.step_aggregation, orm.reading.outcome_aggregation) == ("product", "min")
