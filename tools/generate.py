@@ -24,9 +24,7 @@ import os
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.config import ParallelConfig
-from megatron_rm.core.file_job import ON_INVALID
-from megatron_rm.core.row_output import RowOutput
-from megatron_rm.data.sources import iter_raw_rows
+from megatron_rm.core.file_job import add_file_arguments, already_complete, check_files
 from megatron_rm.errors import UsageError
 from megatron_rm.generation.batch_job import PROMPT_POLICIES, GenerateTask, generate_file
 from megatron_rm.generation.sampling import SamplingParams
@@ -37,8 +35,7 @@ def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a policy checkpoint or a Hugging Face *ForCausalLM folder")
     parser.add_argument("--model-name", default=None, help="the model to load from a checkpoint of several")
-    parser.add_argument("--input", required=True, help="the prompts")
-    parser.add_argument("--output", required=True, help="rows with responses (.jsonl or .parquet)")
+    add_file_arguments(parser, "generated", "the prompts", "rows with responses", chunk_rows=256)
     parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
@@ -53,10 +50,6 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="responses generated together per replica")
     parser.add_argument("--prompt-policy", choices=PROMPT_POLICIES, default="error",
                         help="a prompt with no room for --max-new-tokens: refuse the row, or cut its oldest tokens")
-    parser.add_argument("--on-invalid", choices=ON_INVALID, default="error",
-                        help="invalid rows: stop, or write them with an 'error' field (counted)")
-    parser.add_argument("--chunk-rows", type=int, default=256,
-                        help="rows read, generated and written per step (what a rerun may redo)")
     return parser.parse_args()
 
 
@@ -66,12 +59,10 @@ def main() -> None:
                             top_p=args.top_p, stop_token_ids=tuple(args.stop_token_ids))
 
     def run():
-        problems = params.problems() + ([f"--chunk-rows {args.chunk_rows} must be >= 1"] if args.chunk_rows < 1
-                                        else [])
+        problems = params.problems()
         if problems:
             raise UsageError("; ".join(problems))
-        RowOutput(args.output)  # checked on every rank before the (slow) model load
-        iter_raw_rows(args.input)
+        check_files(args.input, args.output)
         policy = load_policy(args.model, ParallelConfig(tp=args.tp, pp=args.pp), precision=args.precision,
                              model_name=args.model_name, seed=args.seed)
         try:
@@ -87,10 +78,7 @@ def main() -> None:
     finally:
         parallel.shutdown()
     summary, task = result if result else (None, None)
-    if summary is None:
-        return
-    if summary.complete:
-        print(f"{args.output} is already complete ({summary.skipped} rows): nothing to generate")
+    if summary is None or already_complete(summary, args.output, "generate"):
         return
     generated = f"; {task.new_tokens} new tokens, {task.new_tokens / max(summary.seconds, 1e-9):.0f}/s"
     cut = f"; {task.truncated} prompt(s) cut to fit" if task.truncated else ""

@@ -20,9 +20,7 @@ import os
 
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
-from megatron_rm.core.file_job import ON_INVALID
-from megatron_rm.core.row_output import RowOutput
-from megatron_rm.data.sources import iter_raw_rows
+from megatron_rm.core.file_job import add_file_arguments, already_complete, check_files
 from megatron_rm.judge.arguments import add_judge_arguments, judge_from_arguments
 from megatron_rm.judge.batch_job import judge_file
 from megatron_rm.scoring.arguments import add_model_arguments
@@ -32,21 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
     add_judge_arguments(parser)
-    parser.add_argument("--input", required=True, help="the pairs to judge")
-    parser.add_argument("--output", required=True, help="judged rows (.jsonl or .parquet)")
-    parser.add_argument("--on-invalid", choices=ON_INVALID, default="error",
-                        help="error: stop at the first chunk with invalid rows; skip: write them with an "
-                             "'error' field (counted)")
-    parser.add_argument("--chunk-rows", type=int, default=1024,
-                        help="rows read, judged and written per step (what a rerun may redo)")
+    add_file_arguments(parser, "judged", "the pairs to judge", "judged rows")
     args = parser.parse_args()
-    if args.chunk_rows < 1:
-        parser.error(f"--chunk-rows {args.chunk_rows} must be >= 1")
     rank = int(os.environ.get("RANK", "0"))
 
     def run():
-        RowOutput(args.output)  # checked on every rank before the (slow) model load
-        iter_raw_rows(args.input)
+        check_files(args.input, args.output)
         judge = judge_from_arguments(args)
         if rank == 0:
             written = ", ".join(f"{label!r} as token {token} ({text!r})" for label, token, text in
@@ -58,12 +47,8 @@ def main() -> None:
         summary = exit_on_usage_error(run, rank=rank)
     finally:
         parallel.shutdown()
-    if summary is None:
-        return
-    if summary.complete:
-        print(f"{args.output} is already complete ({summary.skipped} rows): nothing to judge")
-        return
-    print(summary.line())
+    if summary is not None and not already_complete(summary, args.output, "judge"):
+        print(summary.line())
 
 
 if __name__ == "__main__":

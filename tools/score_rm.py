@@ -27,9 +27,7 @@ import sys
 
 from megatron_rm import parallel
 from megatron_rm.cli import exit_on_usage_error
-from megatron_rm.core.file_job import ON_INVALID
-from megatron_rm.core.row_output import RowOutput
-from megatron_rm.data.sources import iter_raw_rows
+from megatron_rm.core.file_job import add_file_arguments, already_complete, check_files
 from megatron_rm.scoring.arguments import add_model_arguments, add_token_arguments, scorer_from_arguments
 from megatron_rm.scoring.batch_job import score_file
 
@@ -38,20 +36,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
     add_token_arguments(parser)
-    parser.add_argument("--input", required=True, help="the rows to score")
-    parser.add_argument("--output", required=True, help="scored rows (.jsonl or .parquet)")
-    parser.add_argument("--on-invalid", choices=ON_INVALID, default="error",
-                        help="error: stop at the first chunk with invalid rows; skip: write them with an "
-                             "'error' field instead of rewards")
-    parser.add_argument("--chunk-rows", type=int, default=1024,
-                        help="rows read, scored and written per step (what a rerun may redo)")
+    add_file_arguments(parser, "scored", "the rows to score", "scored rows")
     args = parser.parse_args()
-    if args.chunk_rows < 1:
-        parser.error(f"--chunk-rows {args.chunk_rows} must be >= 1")
     def run():
-        # Checked on every rank before the (slow) model load; the file system is shared, as for --model.
-        RowOutput(args.output)
-        iter_raw_rows(args.input)
+        check_files(args.input, args.output)
         scorer = scorer_from_arguments(args)
         if scorer.token_head and scorer.model.layout.rank == 0:
             print(f"token head: {scorer.reading.describe()}", file=sys.stderr, flush=True)
@@ -61,12 +49,8 @@ def main() -> None:
         summary = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))
     finally:
         parallel.shutdown()
-    if summary is None:
-        return
-    if summary.complete:
-        print(f"{args.output} is already complete ({summary.skipped} rows): nothing to score")
-        return
-    print(summary.line())
+    if summary is not None and not already_complete(summary, args.output, "score"):
+        print(summary.line())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ rank), and the fields each row gains (`fields`, rank 0).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 import time
@@ -96,6 +97,39 @@ class Summary:
         line = (f"{self.verb} {self.done} rows, {invalid}; {self.tokens} tokens in {self.seconds:.1f} s: "
                 f"{self.done / seconds:.1f} rows/s, {self.tokens / seconds:.0f} tokens/s")
         return line + (f", padding efficiency {self.tokens / self.slots:.3f}" if self.slots else "")
+
+
+def add_file_arguments(parser, verb: str, input_help: str, output_help: str, chunk_rows: int = 1024) -> None:
+    """A file job's command line: --input, --output, --on-invalid and --chunk-rows (`verb`: what is
+    done to the rows, for the help)."""
+    parser.add_argument("--input", required=True, help=input_help)
+    parser.add_argument("--output", required=True, help=f"{output_help} (.jsonl or .parquet)")
+    parser.add_argument("--on-invalid", choices=ON_INVALID, default="error",
+                        help="invalid rows: stop at the first chunk holding one, or write them with an 'error' "
+                             "field (counted)")
+    parser.add_argument("--chunk-rows", type=_positive, default=chunk_rows,
+                        help=f"rows read, {verb} and written per step (what a rerun may redo)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def check_files(input_path, output_path) -> None:
+    """Refuse an unreadable input or an unusable output before a (slow) model load; every rank
+    checks, the file system being shared as it is for the model."""
+    RowOutput(output_path)
+    iter_raw_rows(input_path)
+
+
+def already_complete(summary: Summary, output, verb: str) -> bool:
+    """Whether a rerun found `output` complete (and said so, naming what there is nothing to do)."""
+    if summary.complete:
+        print(f"{output} is already complete ({summary.skipped} rows): nothing to {verb}")
+    return summary.complete
 
 
 def run_file(task: RowTask, input_path: str | Path, output_path: str | Path, *, on_invalid: str = "error",
