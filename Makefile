@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo ppo-demo test test-fast lint clean
+.PHONY: install demo ppo-demo prm-demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ PPO_DEMO_ARGS ?=
 ppo-demo: install
 	rm -rf $(PPO_DEMO_DIR)
 	$(PY) examples/ppo/run.py --work $(PPO_DEMO_DIR) $(PPO_DEMO_ARGS)
+
+# Outcome and process reward models on synthetic arithmetic chains: trains a PRM and an ORM on 2 CPU
+# processes and prints their held-out figures against the targets. PRM_DEMO_ARGS: e.g. --steps 800.
+PRM_DEMO_DIR ?= runs/prm_demo
+PRM_DEMO_ARGS ?=
+prm-demo: install
+	rm -rf $(PRM_DEMO_DIR)
+	$(PY) examples/prm/run.py --work $(PRM_DEMO_DIR) $(PRM_DEMO_ARGS)
 
 # The whole suite, linted first: what CI runs.
 test: lint

@@ -1,0 +1,62 @@
+"""Train the PRM example's small BPE tokenizer and save it as a Hugging Face tokenizer folder.
+
+    python examples/prm/train_tokenizer.py       # writes examples/prm/tokenizer/
+
+The demo's tokenizer (examples/demo/tokenizer) never saw "+", "-", "=" or a capital
+letter, so it maps them to <unk> and would erase the arithmetic. This one is trained on
+the chains themselves, with the same special tokens (<pad>, </s>, <unk>; no BOS). Every
+digit is its own token, so a number's digits line up for checking "a op b = c"; the step
+separator "\n" is always a token of its own, never merged, so a step's last token is the
+same "\n" whether the step is encoded alone (TRL's prompt + step + "\n" layout) or inside
+the whole text. Decoding gives back the exact text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+HERE = Path(__file__).resolve().parent
+SPECIAL = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def texts(data_dir: Path):
+    for name in ("steps_train.jsonl", "steps_eval.jsonl"):
+        with (data_dir / name).open(encoding="utf-8") as rows:
+            for line in rows:
+                row = json.loads(line)
+                yield row["prompt"] + "".join(step + "\n" for step in row["completions"])
+
+
+def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
+    # As in the demo: a space joins the next token ("▁+"), digits split one per token.
+    # The "\n" split comes first so that no merge can ever glue the separator to a neighbour.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
+        pre_tokenizers.Digits(individual_digits=True),
+    ])
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()))
+    tokenizer.train_from_iterator(texts(data_dir), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=HERE / "data")
+    parser.add_argument("--out-dir", type=Path, default=HERE / "tokenizer")
+    parser.add_argument("--vocab-size", type=int, default=64)
+    args = parser.parse_args()
+    tokenizer = build(args.data_dir, args.vocab_size)
+    tokenizer.save_pretrained(str(args.out_dir))
+    print(f"saved a {len(tokenizer)}-token tokenizer to {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
