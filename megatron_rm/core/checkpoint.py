@@ -73,6 +73,16 @@ class ModelState:
     kind: str = "reward"
     """reward or policy: recorded with the weights, and a checkpoint of the other kind is refused."""
 
+    @property
+    def has_optimizer_state(self) -> bool:
+        """Whether the model's optimizer holds a state to save. Adam makes its moments at its first
+        step, so one that never stepped (PPO's actor during the critic's warm-up) has none; it is
+        saved without one and resumes with a fresh optimizer, which is the same thing."""
+        if self.optimizer is None:
+            return False
+        parts = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+        return any(len(part.optimizer.state) > 0 for part in parts)
+
     def _sharded(self, prefix: str, *, loading: bool, with_optimizer: bool) -> dict:
         state = {"model": self.module.sharded_state_dict(prefix=prefix)}
         if with_optimizer:
@@ -97,7 +107,7 @@ def save(checkpoints_dir: str | Path, step: int, models: dict[str, ModelState], 
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     dist.barrier()
-    state = {name: model._sharded(f"{name}.", loading=False, with_optimizer=model.optimizer is not None)
+    state = {name: model._sharded(f"{name}.", loading=False, with_optimizer=model.has_optimizer_state)
              for name, model in models.items()}
     _start_results_queue_immune_to_sigterm()
     dist_checkpointing.save(state, str(staging))
@@ -113,7 +123,7 @@ def save(checkpoints_dir: str | Path, step: int, models: dict[str, ModelState], 
         (tokenizer or load_tokenizer(first.tokenizer)).save_pretrained(staging / TOKENIZER_DIR)
         entries = {name: ModelEntry(dataclasses.replace(model.config, tokenizer=TOKENIZER_DIR),
                                     model.padded_vocab_size, model.dtype, prefix=f"{name}.",
-                                    optimizer=model.optimizer is not None,
+                                    optimizer=model.has_optimizer_state,
                                     scheduler=model.scheduler.state_dict() if model.scheduler else None,
                                     kind=model.kind)
                    for name, model in models.items()}
