@@ -21,8 +21,8 @@ is always wrong.
 
 Why this error and not a miscalculation ("4+4=9"): a label has to be learnable at the
 step's last token by a 2-4 layer model in a few CPU minutes. Checking "a op b = c" needs
-an addition table, and tiny models trained on the step labels alone sit on a plateau for
-thousands of steps before they learn one (one- and two-digit variants were tried). A
+an addition table, and tiny models trained on the step labels alone did not learn one in
+1,500-4,000 steps (one- and two-digit variants, 2-3 layers, 64-128 wide were tried). A
 dropped operation is seen by comparing two tokens of the step ("4+4=4": the result
 repeats the first operand, which no right step does since every operand is at least 1).
 The labels after the first error still need context: a chain that goes on computing
@@ -31,9 +31,10 @@ right has locally flawless steps that are False only because an earlier step was
 Outcome rows are the same chains: response = the steps joined by "\n", label 1 iff the
 final answer is right (iff the chain has no error).
 
-Nothing else gives an error away: the prompt never says whether the solution is right,
-right and wrong solutions come from the same prompts distribution, every running value
-(right or wrong) is one digit, and eval prompts never occur in train.
+Nothing else gives an error away: the chain's length and its first error's step are drawn
+before its numbers (so the redraws cannot skew them), right and wrong solutions are drawn
+from the same prompts (up to those redraws), every running value, right or wrong, is one
+digit, and no eval prompt occurs in train.
 """
 
 from __future__ import annotations
