@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from megatron_rm.data.tokenize import encode
+from tests.examples.scripts import load_script, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo"
@@ -22,16 +21,7 @@ L2 = 1e-3
 
 
 def _load_script(name: str):
-    """Import examples/demo/<name>.py by path (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines]
+    return load_script(DEMO, name)
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +31,12 @@ def make_data():
 
 @pytest.fixture(scope="module")
 def train_rows():
-    return _read_jsonl(DATA / "train.jsonl")
+    return read_jsonl(DATA / "train.jsonl")
 
 
 @pytest.fixture(scope="module")
 def eval_rows():
-    return _read_jsonl(DATA / "eval.jsonl")
+    return read_jsonl(DATA / "eval.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from tests.examples.scripts import load_script, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 PRM = REPO / "examples" / "prm"
@@ -22,16 +22,7 @@ STEP = re.compile(r"(\d)([+-])(\d)=(\d)")
 
 
 def _load_script(name: str):
-    """Import examples/prm/<name>.py by path (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"prm_{name}", PRM / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines]
+    return load_script(PRM, name)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +87,16 @@ def test_generator_is_deterministic_for_a_seed(make_data):
 
 def test_files_written_are_the_generated_rows(data_dir, steps, outcomes):
     for split in ("train", "eval"):
-        assert _read_jsonl(data_dir / f"steps_{split}.jsonl") == steps[split]
-        assert _read_jsonl(data_dir / f"outcome_{split}.jsonl") == outcomes[split]
+        assert read_jsonl(data_dir / f"steps_{split}.jsonl") == steps[split]
+        assert read_jsonl(data_dir / f"outcome_{split}.jsonl") == outcomes[split]
 
 
 def test_files_in_the_repository_if_any_are_the_generator_output(steps, outcomes):
     if not (DATA / "steps_train.jsonl").exists():
         pytest.skip("examples/prm/data/ is not written (make_data.py writes it)")
     for split in ("train", "eval"):
-        assert _read_jsonl(DATA / f"steps_{split}.jsonl") == steps[split]
-        assert _read_jsonl(DATA / f"outcome_{split}.jsonl") == outcomes[split]
+        assert read_jsonl(DATA / f"steps_{split}.jsonl") == steps[split]
+        assert read_jsonl(DATA / f"outcome_{split}.jsonl") == outcomes[split]
 
 
 # --- 2. the formats -------------------------------------------------------------------------------
