@@ -51,7 +51,7 @@ prm-demo: install
 
 # The whole suite, linted first: what CI runs.
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
