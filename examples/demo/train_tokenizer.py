@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 HERE = Path(__file__).resolve().parent
@@ -29,18 +30,27 @@ def texts(data_dir: Path):
                 yield row["prompt"] + row["rejected"]
 
 
-def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
+def bpe(texts: Iterable[str], vocab_size: int, isolate: str | None = None) -> PreTrainedTokenizerFast:
+    """A byte-pair tokenizer trained on `texts`; what the regex `isolate` matches is always
+    a token of its own."""
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
     # Spaces become part of the next token ("▁word"), so decoding gives back the exact text
     # (generated responses are decoded, then scored as text); "never" adds no leading space.
+    # Splitting `isolate` off first means no merge can ever glue it to a neighbour.
+    splits = [pre_tokenizers.Split(Regex(isolate), behavior="isolated")] if isolate else []
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        *splits,
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
         pre_tokenizers.Digits(individual_digits=True),
     ])
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()))
-    tokenizer.train_from_iterator(texts(data_dir), trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL)
+
+
+def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
+    return bpe(texts(data_dir), vocab_size)
 
 
 def main() -> None:

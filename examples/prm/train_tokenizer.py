@@ -14,14 +14,17 @@ the whole text. Decoding gives back the exact text.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 HERE = Path(__file__).resolve().parent
-SPECIAL = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+# The demo's builder: the same special tokens, digits one per token, exact decoding.
+_spec = importlib.util.spec_from_file_location("demo_tokenizer", HERE.parent / "demo" / "train_tokenizer.py")
+demo_tokenizer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_tokenizer)
 
 
 def texts(data_dir: Path):
@@ -33,18 +36,7 @@ def texts(data_dir: Path):
 
 
 def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
-    # As in the demo: a space joins the next token ("▁+"), digits split one per token.
-    # The "\n" split comes first so that no merge can ever glue the separator to a neighbour.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL.values()))
-    tokenizer.train_from_iterator(texts(data_dir), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL)
+    return demo_tokenizer.bpe(texts(data_dir), vocab_size, isolate="\n")
 
 
 def main() -> None:
