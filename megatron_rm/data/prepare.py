@@ -27,7 +27,7 @@ from megatron_rm.data.records import Comparison
 from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, parse_demonstration, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
 from megatron_rm.data.step_tokens import StepEncoder
-from megatron_rm.data.steps import Labelling, parse_outcome, parse_steps
+from megatron_rm.data.steps import LabelledSteps, Labelling, parse_outcome, parse_steps
 from megatron_rm.data.store import GroupStore, StoreWriter, is_store, read_meta
 from megatron_rm.data.tokenize import GroupEncoder, fingerprint, load_tokenizer
 from megatron_rm.errors import DataError
@@ -80,10 +80,11 @@ class Settings:
         return recorded
 
 
-def prompt_key(comparison: Comparison) -> int:
+def prompt_key(row: Comparison | LabelledSteps) -> int:
     """A stable 64-bit hash of the prompt: equal prompts, equal keys, in any process."""
-    # A Math-Shepherd row's question is in its first step (its prompt is empty).
-    prompt = comparison.prompt or getattr(comparison, "steps", ("",))[0]
+    prompt = row.prompt
+    if not prompt and isinstance(row, LabelledSteps):  # Math-Shepherd: the question opens the first step
+        prompt = row.steps[0]
     text = prompt if isinstance(prompt, str) else json.dumps(
         list(prompt), sort_keys=True)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
@@ -123,8 +124,9 @@ def _encode_chunk(rows: list[RawRow]) -> list:
         else:
             # uint32 arrays pickle in a fraction of the bytes of int lists.
             ids = [np.asarray(d, dtype=np.uint32) for d in documents]
-            out.append((ids, getattr(row, "margin", None), getattr(row, "labels", None), prompt_key(row),
-                        prompt_lengths, *targets))
+            # Labelled steps carry their labels as `targets`; margins and attributes are a comparison's.
+            margin, attributes = (row.margin, row.labels) if isinstance(row, Comparison) else (None, None)
+            out.append((ids, margin, attributes, prompt_key(row), prompt_lengths, *targets))
     return out
 
 
