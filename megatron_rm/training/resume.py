@@ -65,9 +65,13 @@ def restore(source: Source | None, models: dict[str, checkpoint.ModelState], obj
     for name, obj in objects.items():
         obj.load_state_dict(metadata["state"][name])
     notes = []
-    saved_optimizers = all(metadata["models"][name]["optimizer"] for name in models)
-    if not (load_optimizer and saved_optimizers):
-        notes.append("a fresh optimizer state" + ("" if load_optimizer else " (checkpoint.load_optimizer=false)"))
+    # A model saved with no optimizer state had not stepped yet (PPO's actor during the critic's
+    # warm-up): its fresh optimizer is the one it had.
+    unstepped = [name for name in models if not metadata["models"][name]["optimizer"]]
+    if not load_optimizer:
+        notes.append("a fresh optimizer state (checkpoint.load_optimizer=false)")
+    elif unstepped:
+        notes.append(f"{', '.join(unstepped)} had not stepped: a fresh optimizer state")
     if not checkpoint.restore_rng(directory, metadata, layout):
         notes.append(f"RNG states not restored (saved at {metadata['layout']})")
     say(f"resumed from {directory} at step {metadata['step']}" + "".join(f"; {note}" for note in notes))

@@ -27,15 +27,17 @@ def _run(*args: str) -> None:
 
 
 def test_training_learns_the_demo_from_scratch(tmp_path):
-    """From a fresh model, 100 steps on the demo pairs: the loss falls and held-out pairs are ranked.
+    """From a fresh model, 200 steps on the demo pairs: the loss falls and held-out pairs are ranked.
     A sign error in the loss, a dead optimizer or a broken read-out all fail here, however well
-    every layout agrees with every other."""
-    _run("train.max_steps=100", "train.log_interval=10", "eval.interval=0", "logging.tensorboard=false",
+    every layout agrees with every other. The model sits on a plateau first, and when it leaves
+    it depends on the seed and on the CPU's rounding (from step 40 to step 90 with 100 steps);
+    with 200 it has learnt the set by step 140 from every start tried."""
+    _run("train.max_steps=200", "train.log_interval=20", "eval.interval=0", "logging.tensorboard=false",
          f"run.dir={tmp_path}")
     train, evaluation = _rows(tmp_path, "train"), _rows(tmp_path, "eval")
-    assert [row["step"] for row in train] == list(range(10, 101, 10))
+    assert [row["step"] for row in train] == list(range(20, 201, 20))
     assert train[0]["loss"] > 0.65 and train[-1]["loss"] < 0.5 * train[0]["loss"]
-    assert evaluation[-1]["step"] == 100 and evaluation[-1]["pairs"] == 1000
+    assert evaluation[-1]["step"] == 200 and evaluation[-1]["pairs"] == 1000
     assert evaluation[-1]["accuracy"] >= 0.9 and evaluation[-1]["loss"] < 0.4
 
 
@@ -51,7 +53,9 @@ def test_the_shipped_defaults_run_three_steps(tmp_path):
 
 def test_a_format_1_checkpoint_resumes_exactly(tmp_path):
     """The fixture was saved at step 2 by the previous checkpoint format; its continuation then
-    logged steps 3 and 4. Resuming it now logs the same floats."""
+    logged steps 3 and 4. Resuming it now logs the same floats, up to the last bits: they were
+    computed on another CPU, whose kernels may round differently (6e-7 relative seen). Anything
+    restored wrongly (weights, data order, Adam's moments) moves them by far more than 1e-5."""
     expected = json.loads((FIXTURES / "format1_checkpoint_continuation.json").read_text())["steps"]
     shutil.copytree(FIXTURES / "format1_checkpoint", tmp_path / "start")
     _run("train.max_steps=4", "train.lr_warmup_steps=0", "train.global_batch_size=8", "train.micro_batch_size=4",
@@ -60,7 +64,7 @@ def test_a_format_1_checkpoint_resumes_exactly(tmp_path):
     resumed = {str(row["step"]): row for row in _rows(tmp_path / "run", "train")}
     assert sorted(resumed) == ["3", "4"]
     for step, values in expected.items():
-        assert {key: resumed[step][key] for key in values} == values, step
+        assert {key: resumed[step][key] for key in values} == pytest.approx(values, rel=1e-5, abs=0), step
 
 
 def test_single_response_data_trains_and_evaluates_without_pair_metrics(tmp_path):
