@@ -19,12 +19,9 @@ generation_config.json names, or at --stop-token-ids. `--temperature 0` is greed
 """
 
 import argparse
-import os
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.config import ParallelConfig
-from megatron_rm.core.file_job import add_file_arguments, already_complete, check_files
+from megatron_rm.core.file_job import add_file_arguments, check_files, run_tool
 from megatron_rm.errors import UsageError
 from megatron_rm.generation.batch_job import PROMPT_POLICIES, GenerateTask, generate_file
 from megatron_rm.generation.sampling import SamplingParams
@@ -73,13 +70,10 @@ def main() -> None:
         return generate_file(task, args.input, args.output, on_invalid=args.on_invalid,
                              chunk_rows=args.chunk_rows), task
 
-    try:
-        result = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))
-    finally:
-        parallel.shutdown()
-    summary, task = result if result else (None, None)
-    if summary is None or already_complete(summary, args.output, "generate"):
+    result = run_tool(run, args.output, "generate")
+    if result is None:
         return
+    summary, task = result
     generated = f"; {task.new_tokens} new tokens, {task.new_tokens / max(summary.seconds, 1e-9):.0f}/s"
     cut = f"; {task.truncated} prompt(s) cut to fit" if task.truncated else ""
     print(summary.line() + generated + cut)

@@ -18,9 +18,7 @@ details. Rerunning with the same --output resumes; dp = world / (tp * pp).
 import argparse
 import os
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
-from megatron_rm.core.file_job import add_file_arguments, already_complete, check_files
+from megatron_rm.core.file_job import add_file_arguments, check_files, run_tool
 from megatron_rm.judge.arguments import add_judge_arguments, judge_from_arguments
 from megatron_rm.judge.batch_job import judge_file
 from megatron_rm.scoring.arguments import add_model_arguments
@@ -43,13 +41,9 @@ def main() -> None:
             print(f"labels: {written}; {'chat template' if judge.prompt.chat else 'plain text'}", flush=True)
         return judge_file(judge, args.input, args.output, on_invalid=args.on_invalid, chunk_rows=args.chunk_rows)
 
-    try:
-        summary = exit_on_usage_error(run, rank=rank)
-    finally:
-        parallel.shutdown()
-    if summary is not None and not already_complete(summary, args.output, "judge"):
+    summary = run_tool(run, args.output, "judge")
+    if summary is not None:
         print(summary.line())
-
 
 if __name__ == "__main__":
     main()

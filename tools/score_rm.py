@@ -22,12 +22,9 @@ Rerunning with the same --output resumes after the rows already written. dp = wo
 """
 
 import argparse
-import os
 import sys
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
-from megatron_rm.core.file_job import add_file_arguments, already_complete, check_files
+from megatron_rm.core.file_job import add_file_arguments, check_files, run_tool
 from megatron_rm.scoring.arguments import add_model_arguments, add_token_arguments, scorer_from_arguments
 from megatron_rm.scoring.batch_job import score_file
 
@@ -45,13 +42,9 @@ def main() -> None:
             print(f"token head: {scorer.reading.describe()}", file=sys.stderr, flush=True)
         return score_file(scorer, args.input, args.output, on_invalid=args.on_invalid, chunk_rows=args.chunk_rows)
 
-    try:
-        summary = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))
-    finally:
-        parallel.shutdown()
-    if summary is not None and not already_complete(summary, args.output, "score"):
+    summary = run_tool(run, args.output, "score")
+    if summary is not None:
         print(summary.line())
-
 
 if __name__ == "__main__":
     main()

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ import pyarrow.parquet as pq
 import torch.distributed as dist
 from tqdm import tqdm
 
+from megatron_rm import parallel
+from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.core.row_output import RowOutput
 from megatron_rm.data.rows import ProblemLog, RowProblem
 from megatron_rm.data.sources import FILE_FORMATS, RawRow, iter_raw_rows
@@ -125,11 +129,22 @@ def check_files(input_path, output_path) -> None:
     iter_raw_rows(input_path)
 
 
-def already_complete(summary: Summary, output, verb: str) -> bool:
-    """Whether a rerun found `output` complete (and said so, naming what there is nothing to do)."""
+def run_tool(run: Callable[[], Any], output, verb: str) -> Any:
+    """A file tool's body on every rank: `run()`, a usage error ending every rank with status 2,
+    the process group shut down however it ends. Returns `run()`'s result (a Summary, or a tuple
+    that starts with one), or None where nothing is left to report: a rank without a summary,
+    or a rerun that found `output` complete (said so)."""
+    try:
+        result = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))
+    finally:
+        parallel.shutdown()
+    summary = result[0] if isinstance(result, tuple) else result
+    if summary is None:
+        return None
     if summary.complete:
         print(f"{output} is already complete ({summary.skipped} rows): nothing to {verb}")
-    return summary.complete
+        return None
+    return result
 
 
 def run_file(task: RowTask, input_path: str | Path, output_path: str | Path, *, on_invalid: str = "error",
