@@ -45,5 +45,6 @@ def main() -> None:
     if summary is not None:
         print(summary.line())
 
+
 if __name__ == "__main__":
     main()
