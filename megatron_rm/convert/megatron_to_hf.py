@@ -10,10 +10,10 @@ import torch
 
 from megatron_rm.convert import megatron_io
 from megatron_rm.convert.families import FAMILIES, POLICY, Shapes, to_hf
-from megatron_rm.convert.hf_config import DTYPES, hf_config
+from megatron_rm.convert.hf_config import DTYPES, hf_config, save_config
 from megatron_rm.convert.safetensors_io import write_sharded
 from megatron_rm.core.checkpoint_files import atomic_folder, model_entry, read_metadata, require_kind, resolve
-from megatron_rm.data import load_tokenizer
+from megatron_rm.data import load_tokenizer, save_tokenizer
 from megatron_rm.errors import CheckpointError
 
 PAD_TOKEN = "<|pad|>"
@@ -84,8 +84,8 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
 
     with atomic_folder(out_dir) as staging:
         write_sharded(staging, plan, make, max_shard_bytes)
-        config.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        save_config(config, model, staging)
+        save_tokenizer(tokenizer, staging)
     return Path(out_dir)
 
 

@@ -45,7 +45,7 @@ from megatron_rm.core.checkpoint_files import (
     write_latest,
     write_metadata,
 )
-from megatron_rm.data import load_tokenizer
+from megatron_rm.data import load_tokenizer, save_tokenizer
 from megatron_rm.errors import CheckpointError, DamagedCheckpoint
 from megatron_rm.parallel import Layout
 
@@ -120,7 +120,7 @@ def save(checkpoints_dir: str | Path, step: int, models: dict[str, ModelState], 
         # The tokenizer travels inside, so the checkpoint converts and scores on its own.
         # (Passed in by training: a resumed run's tokenizer folder may be inside a checkpoint
         # that `keep` removes.)
-        (tokenizer or load_tokenizer(first.tokenizer)).save_pretrained(staging / TOKENIZER_DIR)
+        save_tokenizer(tokenizer or load_tokenizer(first.tokenizer), staging / TOKENIZER_DIR)
         entries = {name: ModelEntry(dataclasses.replace(model.config, tokenizer=TOKENIZER_DIR),
                                     model.padded_vocab_size, model.dtype, prefix=f"{name}.",
                                     optimizer=model.has_optimizer_state,

@@ -32,6 +32,21 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """Save `tokenizer` to `folder` so that transformers 5 and 4.x both load it.
+
+    transformers 5 names a plain `tokenizer.json` tokenizer's class `TokenizersBackend`, a
+    class 4.x does not have (it refuses the folder); `PreTrainedTokenizerFast`, the name 4.x
+    wrote for the same thing, loads as the same tokenizer under both.
+    """
+    tokenizer.save_pretrained(str(folder))
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """Padding id; its value never matters (the attention mask marks padding), so
     EOS stands in when the tokenizer has none, and pad == EOS is fine."""

@@ -8,6 +8,8 @@ Mistral's sliding window, and a vocabulary larger than the tokenizer's.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -66,3 +68,16 @@ def save_model(family: str, folder: Path, kind: str = "sequence_classification",
     model.to(dtype).save_pretrained(folder, **save_args)
     tokenizer().save_pretrained(folder)
     return model.float().eval()
+
+
+def respell_as_4x(folder: Path, out: Path) -> Path:
+    """A copy of `folder` (saved by transformers 5) with config.json's RoPE settings in transformers
+    4.x's spelling, a top-level `rope_theta` and `rope_scaling` (null when unscaled) and no
+    `rope_parameters`: the same weights, as a checkpoint saved by 4.x spells them. Returns `out`."""
+    shutil.copytree(folder, out)
+    config = json.loads((out / "config.json").read_text())
+    parameters = config.pop("rope_parameters")
+    config["rope_theta"] = parameters.pop("rope_theta")
+    config["rope_scaling"] = parameters if parameters.get("rope_type", "default") != "default" else None
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out

@@ -8,7 +8,8 @@ from the checkpoint's own config, loaded (resharded by megatron), and run on the
 batches in --batches. The last rank writes out/<layout>.pt, per checkpoint:
 
 - a reward model: the rewards and the final-norm hidden state at each row's last
-  token (the reward head's input);
+  token (the reward head's input), and for a classifier the rewards again, converted in memory
+  from the Hugging Face folder it was imported from;
 - a token-head reward model: its class logits at every position, loaded from the
   checkpoint and, converted in memory, from the Hugging Face folder it was imported from;
 - a policy: its logits over the real vocabulary (TP shards gathered, padding
@@ -51,6 +52,12 @@ def score_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batc
     return {"rewards": rewards, "hidden": hidden}
 
 
+def folder_rewards(path: Path, layout: ParallelConfig, batches: list[Batch], grid) -> list[torch.Tensor]:
+    """The rewards of each batch from the reward model at `path`, on every rank."""
+    model, _ = build_and_load(find(path, "reward"), layout, "fp32", seed=0)
+    return [score([model], [batch], grid) for batch in batches]
+
+
 def policy_logits(path: Path, layout: ParallelConfig, batches: list[Batch], grid) -> list[torch.Tensor]:
     """(rows, seq, vocab) logits of each batch from the policy at `path`, on every rank."""
     policy = load_policy(path, layout)
@@ -71,14 +78,18 @@ def token_logits(path: Path, layout: ParallelConfig, batches: list[Batch], grid)
 def run_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batch], grid) -> dict:
     metadata = read_metadata(directory)
     entry = model_entry(directory, metadata)
+    folder = Path(metadata["source"]["hf_dir"])
     if entry.kind == "policy":
         per_token = policy_logits
     elif entry.config.head == "token":
         per_token = token_logits
     else:
-        return score_checkpoint(directory, layout, batches, grid)
+        results = score_checkpoint(directory, layout, batches, grid)
+        if metadata["source"]["head"] == "score":  # a classifier: its head is in the folder too
+            results["rewards_from_hf"] = folder_rewards(folder, layout, batches, grid)
+        return results
     return {"logits": per_token(directory, layout, batches, grid),
-            "logits_from_hf": per_token(Path(metadata["source"]["hf_dir"]), layout, batches, grid)}
+            "logits_from_hf": per_token(folder, layout, batches, grid)}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import pytest
@@ -32,8 +33,10 @@ def _copy(good, tmp_path):
     return folder
 
 
-def _edit_config(folder, **fields):
+def _edit_config(folder, drop=(), **fields):
     config = json.loads((folder / "config.json").read_text())
+    for name in drop:
+        config.pop(name, None)
     config.update(fields)
     (folder / "config.json").write_text(json.dumps(config))
 
@@ -66,8 +69,26 @@ CASES = {
     "missing_shard": (lambda f: _first_shard(f).unlink(), "model-00001-of-"),
     "truncated_shard": (_truncate, "truncated"),
     "unknown_model_type": (lambda f: _edit_config(f, model_type="gpt2"), "model_type='gpt2'"),
-    "unsupported_rope_scaling": (lambda f: _edit_config(f, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+    # RoPE in transformers 5's spelling (what save_model writes), in 4.x's, or in both.
+    "unsupported_rope_type": (lambda f: _edit_config(f, rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                                                          "rope_theta": 1e4}),
+                              "rope_parameters.rope_type='yarn'"),
+    "unsupported_rope_scaling": (lambda f: _edit_config(f, drop=["rope_parameters"], rope_theta=1e4,
+                                                        rope_scaling={"rope_type": "yarn", "factor": 4.0}),
                                  "rope_scaling.rope_type='yarn'"),
+    "unread_rope_parameter": (lambda f: _edit_config(f, rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                          "rope_theta": 1e4, "beta_fast": 32}),
+                              "rope_parameters.beta_fast=32 is not supported with rope_type='linear'"),
+    "rope_in_neither_spelling": (lambda f: _edit_config(f, drop=["rope_parameters", "rope_theta", "rope_scaling"]),
+                                 "no RoPE base: rope_parameters.rope_theta (transformers 5) and rope_theta (4.x)"),
+    "rope_spellings_disagree": (lambda f: _edit_config(f, rope_theta=1e4),
+                                "rope_parameters.rope_theta=500000.0 and rope_theta=10000.0 disagree"),
+    "rope_scalings_disagree": (lambda f: _edit_config(f, rope_scaling={"rope_type": "linear", "factor": 8.0}),
+                               "and rope_scaling={'rope_type': 'linear', 'factor': 8.0} disagree"),
+    "rope_per_layer_type": (lambda f: _edit_config(f, rope_parameters={"full_attention": {"rope_theta": 1e4}}),
+                            "is given per layer type"),
+    "sliding_layers": (lambda f: _edit_config(f, layer_types=["sliding_attention", "full_attention"]),
+                       "layer_types=['sliding_attention', 'full_attention']"),
     "other_activation": (lambda f: _edit_config(f, hidden_act="gelu"), "hidden_act='gelu'"),
     "weights_for_another_config": (lambda f: _edit_config(f, num_hidden_layers=3), "missing ['model.layers.2"),
     "quantized_tensor": (_int8_tensor, "not floating point"),
@@ -79,7 +100,7 @@ def test_bad_source_is_refused_and_leaves_no_output(case, good, single_rank, tmp
     folder = _copy(good, tmp_path)
     break_it, message = CASES[case]
     break_it(folder)
-    with pytest.raises(CheckpointError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(CheckpointError, match=re.escape(message)):
         import_hf(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 

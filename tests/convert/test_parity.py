@@ -10,18 +10,23 @@ policies cover tied embeddings (llama, and a tied qwen2) and a separate `lm_head
 token-head reward models: class logits and the positive class's probability at every real
 token compared, from the checkpoint and straight from the folder. Batches are right- and
 left-padded, with rows of different lengths.
+
+Folders are saved by transformers 5, which spells RoPE as one `rope_parameters` entry; copies of
+some (llama's with llama3 scaling, qwen2's with theta 1e6) spell it the transformers 4.x way
+(`rope_theta`, `rope_scaling`), and convert to the same model as transformers reads from them.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from megatron_rm.convert import import_hf
 from megatron_rm.core.checkpoint_files import model_entry, read_metadata
 from megatron_rm.step_rewards import positive_probability
 from tests.conftest import REPO, torchrun
-from tests.convert.hf_models import FAMILIES, save_model, tokenizer
+from tests.convert.hf_models import FAMILIES, respell_as_4x, save_model, tokenizer
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
 
@@ -32,6 +37,11 @@ POLICIES = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen2-tied": {"tie_word_em
 TIED = {"llama", "qwen2-tied"}
 TOKEN_HEADS = {"llama": 3, "qwen2": 2}
 """`*ForTokenClassification` folders imported as token-head reward models: family and classes."""
+SPELLED_4X = ("llama-sequence_classification", "qwen2-sequence_classification", "llama-token", "llama-policy",
+              "qwen2-policy")
+"""Folders also converted from a copy whose config.json spells RoPE the transformers 4.x way."""
+AUTO_CLASSES = {"sequence_classification": transformers.AutoModelForSequenceClassification,
+                "token": transformers.AutoModelForTokenClassification, "policy": transformers.AutoModelForCausalLM}
 
 
 def _batches(lengths=(23, 9, 17, 4, 30)) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,6 +127,13 @@ def scored(parity_root):
         hf_model = save_model(family, folder, "token_classification", num_labels=classes, seed=len(references))
         import_hf(folder, checkpoints / f"{family}-token")
         references[f"{family}-token"] = _hf_logits(hf_model, batches)
+    for name in SPELLED_4X:
+        folder = respell_as_4x(root / "hf" / name, root / "hf" / f"{name}-4x")
+        import_hf(folder, checkpoints / f"{name}-4x", kind="policy" if name.endswith("policy") else "reward")
+        # The reference is what transformers reads from the respelled folder itself.
+        hf_model = AUTO_CLASSES[name.split("-")[1]].from_pretrained(folder, attn_implementation="eager").eval()
+        read = _hf_rewards if name.endswith("sequence_classification") else _hf_logits
+        references[f"{name}-4x"] = read(hf_model, batches)
     (root / "out").mkdir()
     torchrun(4, REPO / "tests" / "convert" / "parity_worker.py", "--checkpoints", str(checkpoints),
              "--batches", str(root / "batches.pt"), "--out", str(root / "out"))
@@ -129,6 +146,20 @@ def test_rewards_match_transformers(scored, family, layout):
     references, results = scored
     name = f"{family}-sequence_classification"
     _assert_matches(results[layout][name]["rewards"], references[name])
+    _assert_matches(results[layout][name]["rewards_from_hf"], references[name])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", SPELLED_4X)
+def test_either_config_spelling_converts_to_what_transformers_reads(scored, name, layout):
+    """The 4.x-spelled copy, from its checkpoint and straight from the folder, against transformers
+    reading that copy; which is the model the transformers 5 folder holds."""
+    references, results = scored
+    ours = results[layout][f"{name}-4x"]
+    classifier = name.endswith("sequence_classification")
+    for found in ([ours["rewards"], ours["rewards_from_hf"]] if classifier else _at_real_tokens(ours)):
+        _assert_matches(found, references[f"{name}-4x"])
+    _assert_matches(references[f"{name}-4x"], references[name])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -29,7 +29,7 @@ def _tensors(folder) -> dict[str, torch.Tensor]:
 
 def _load_classifier(folder, head: str = "sequence"):
     model, info = CLASSIFIERS[head].from_pretrained(folder, output_loading_info=True)
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [], info
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     return model
 
 
@@ -95,7 +95,7 @@ def test_a_tokenizer_without_a_distinct_pad_token_gets_one(single_rank, tmp_path
     settings = json.loads(config.read_text())
     settings["pad_token"] = settings["eos_token"]
     config.write_text(json.dumps(settings))
-    (tmp_path / "hf" / "special_tokens_map.json").unlink()
+    (tmp_path / "hf" / "special_tokens_map.json").unlink(missing_ok=True)  # transformers 4.x wrote one
     import_hf(tmp_path / "hf", tmp_path / "megatron")
     export_hf(tmp_path / "megatron", tmp_path / "back")
     model = _load_classifier(tmp_path / "back")
@@ -201,8 +201,8 @@ POLICIES = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen2-tied": {"tie_word_em
 """Causal LMs: llama's tiny config ties its embeddings; qwen2 comes both ways."""
 CONFIG_FIELDS = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
-                 "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "sliding_window",
-                 "tie_word_embeddings", "eos_token_id", "pad_token_id")
+                 "max_position_embeddings", "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling",
+                 "sliding_window", "tie_word_embeddings", "eos_token_id", "pad_token_id")
 """Compared between the source's config.json and the export's. Special-token ids come from the
 tokenizer on export; the tiny configs' `bos_token_id` is transformers' default, not the tokenizer's."""
 
@@ -210,7 +210,7 @@ tokenizer on export; the tiny configs' `bos_token_id` is transformers' default, 
 def _load_causal_lm(folder):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
                                                                     attn_implementation="eager")
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == [], info
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     return model
 
 

@@ -116,7 +116,7 @@ def test_exported_checkpoint_reproduces_the_runs_eval_in_transformers(eight_rank
     assert result.returncode == 0, result.stderr[-4000:]
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
-    assert info["missing_keys"] == info["unexpected_keys"] == []
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     loss, accuracy = _hf_pair_metrics(model.eval(), GroupStore(eight_rank_run / "data" / "eval"),
                                       model.config.pad_token_id)
     final = _rows(eight_rank_run)[-1]
