@@ -245,7 +245,7 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
         pad_token_id=pad_token_id,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
-        torch_dtype=TORCH_DTYPE_NAMES[dtype],
+        dtype=TORCH_DTYPE_NAMES[dtype],
     )
     if not policy:  # a causal LM's config keeps transformers' default label count
         fields["num_labels"] = model.num_labels

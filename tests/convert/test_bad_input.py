@@ -172,7 +172,7 @@ def test_command_lines(good, tmp_path):
     result = run_command([PYTHON, to_hf, "--megatron-dir", str(tmp_path / "m"), "--out-dir", str(tmp_path / "h")])
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "h" / "config.json").read_text())
-    assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16"  # the key's name depends on the version
+    assert saved["dtype"] == "bfloat16"
     result = run_command([PYTHON, to_hf, "--megatron-dir", str(good), "--out-dir", str(tmp_path / "x")])
     assert result.returncode == 2 and "error: " in result.stderr and "not a megatron-rm checkpoint" in result.stderr
     result = run_command([PYTHON, to_megatron, "--hf-dir", str(good), "--out-dir", str(tmp_path / "y"),
