@@ -26,6 +26,10 @@ $(STAMP): setup.py
 # tests/scoring/test_report.py runs rewardbench's own formulas; its dependencies are heavy, and the
 # wheel also installs top-level `tests` and `scripts` packages, so it goes to a folder of its own.
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/rewardbench "rewardbench==0.1.4"
+# tests/convert/test_transformers4.py reads our exports with transformers 4.x, kept apart with the hub and
+# tokenizers it needs (the package itself runs on transformers 5).
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/transformers4 \
+		"transformers==4.57.6" "huggingface-hub==0.36.2" "tokenizers==0.22.2"
 	touch $(STAMP)
 
 demo: install
