@@ -41,7 +41,7 @@ def build(folder: Path, args) -> None:
         pad_token_id=0, eos_token_id=1,
     )
     torch.manual_seed(0)
-    model = transformers.AutoModelForSequenceClassification.from_config(config, torch_dtype=torch.bfloat16)
+    model = transformers.AutoModelForSequenceClassification.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(REPO / "examples" / "demo" / "tokenizer").save_pretrained(folder)
 
