@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from megatron_rm.config import ModelConfig, RopeScalingConfig
+from megatron_rm.config import ModelConfig
 from megatron_rm.convert.families import FAMILIES, POLICY, REWARD, Family, Shapes, family
+from megatron_rm.convert.hf_rope import legacy_rope_keys, rope_settings
 from megatron_rm.errors import CheckpointError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -119,89 +120,6 @@ def ties_embeddings(hf: dict) -> bool:
     return bool(transformers.AutoConfig.for_model(hf["model_type"]).tie_word_embeddings)
 
 
-ROPE_PARAMETERS = {"default": (), "linear": ("factor",),
-                   "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
-"""The RoPE types we implement and the parameters each reads; any other key in the settings
-would change the model in a way we do not reproduce, so it is refused."""
-_ROPE_NEUTRAL = {"rope_type", "type", "rope_theta"}
-
-
-def rope_settings(hf: dict, source: Path) -> tuple[float, RopeScalingConfig | None]:
-    """The RoPE base and scaling of config `hf`, from either generation's spelling.
-
-    transformers 5 writes one `rope_parameters` entry (`rope_type`, `rope_theta` and the type's
-    parameters); 4.x wrote a top-level `rope_theta` and a `rope_scaling` dict (null when unscaled),
-    and reads nothing else, while 5 still reads those keys. A config may hold both spellings (our
-    exports do, so that either generation reads them): then they must agree, since each
-    generation would build a different model from a disagreement. A config with neither, or with a
-    type or parameter we do not implement, is refused rather than read as a default.
-    """
-    parameters = hf.get("rope_parameters")
-    legacy_scaling = hf.get("rope_scaling")
-    for key, value in (("rope_parameters", parameters), ("rope_scaling", legacy_scaling)):
-        if value is not None and not isinstance(value, dict):
-            raise CheckpointError(f"{source}: {key}={value!r} is not a JSON object")
-    if parameters and any(isinstance(value, dict) for value in parameters.values()):
-        raise CheckpointError(f"{source}: rope_parameters={parameters!r} is given per layer type; one RoPE "
-                              "for every layer is implemented")
-    parameters = parameters or {}
-    theta = _agreeing(source, "rope_parameters.rope_theta", parameters.get("rope_theta"),
-                      "rope_theta", hf.get("rope_theta"))
-    if theta is None:
-        raise CheckpointError(f"{source}: no RoPE base: rope_parameters.rope_theta (transformers 5) and "
-                              "rope_theta (4.x) are both missing; transformers would assume 10000.0, which is "
-                              "wrong for most current models: add the model's value")
-    scaling_keys = {key: value for key, value in parameters.items() if key != "rope_theta"}
-    if scaling_keys and legacy_scaling and _scaling_form(scaling_keys) != _scaling_form(legacy_scaling):
-        raise CheckpointError(f"{source}: rope_parameters={parameters!r} and rope_scaling={legacy_scaling!r} "
-                              "disagree (transformers 4.x reads only rope_scaling): keep one of them")
-    spelling, scaling = ("rope_scaling", legacy_scaling) if legacy_scaling else ("rope_parameters", parameters)
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in ROPE_PARAMETERS:
-        raise CheckpointError(f"{source}: {spelling}.rope_type={rope_type!r} is not supported "
-                              f"(supported: {', '.join(ROPE_PARAMETERS)})")
-    for key, value in scaling.items():
-        if key == "partial_rotary_factor" and value == 1.0:
-            continue
-        if key not in _ROPE_NEUTRAL and key not in ROPE_PARAMETERS[rope_type]:
-            raise CheckpointError(f"{source}: {spelling}.{key}={value!r} is not supported with rope_type="
-                                  f"{rope_type!r} (it reads {', '.join(ROPE_PARAMETERS[rope_type]) or 'nothing'})")
-    missing = [key for key in ROPE_PARAMETERS[rope_type] if key not in scaling
-               and key != "original_max_position_embeddings"]
-    if missing:
-        raise CheckpointError(f"{source}: {spelling} with rope_type={rope_type!r} is missing {', '.join(missing)}")
-    if rope_type == "default":
-        return float(theta), None
-    # transformers 5 takes the context length as the original one when a llama3 config omits it.
-    original = scaling.get("original_max_position_embeddings", hf.get("max_position_embeddings"))
-    defaults = RopeScalingConfig()
-    return float(theta), RopeScalingConfig(
-        rope_type=rope_type,
-        factor=float(scaling["factor"]),
-        low_freq_factor=float(scaling.get("low_freq_factor", defaults.low_freq_factor)),
-        high_freq_factor=float(scaling.get("high_freq_factor", defaults.high_freq_factor)),
-        original_max_position_embeddings=int(original if original is not None
-                                             else defaults.original_max_position_embeddings),
-    )
-
-
-def _agreeing(source: Path, new_key: str, new, old_key: str, old):
-    """The value both spellings give (either alone when only one is set), refusing two different ones."""
-    if new is not None and old is not None and float(new) != float(old):
-        raise CheckpointError(f"{source}: {new_key}={new!r} and {old_key}={old!r} disagree (transformers 4.x "
-                              f"reads only {old_key}): keep one of them")
-    return new if new is not None else old
-
-
-def _scaling_form(scaling: dict) -> dict:
-    """A scaling dict with `type` spelled `rope_type` and numbers as floats, for comparing spellings."""
-    form = {("rope_type" if key == "type" else key): (float(value) if isinstance(value, (int, float))
-                                                       and not isinstance(value, bool) else value)
-            for key, value in scaling.items() if key != "rope_theta"}
-    form.setdefault("rope_type", "default")
-    return form
-
-
 def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_token_id: int | None,
               bos_token_id: int | None, eos_token_id: int | None,
               reward_normalization: dict | None, model_kind: str = REWARD,
@@ -238,8 +156,7 @@ def hf_config(model: ModelConfig, *, vocab_size: int, dtype: torch.dtype, pad_to
         hidden_act="silu",
         max_position_embeddings=model.max_sequence_length,
         rms_norm_eps=model.norm_epsilon,
-        rope_theta=model.rotary_base,
-        rope_scaling=_hf_rope_scaling(model.rope_scaling),
+        **legacy_rope_keys(model.rope_scaling, model.rotary_base),  # transformers 5 makes rope_parameters of them
         initializer_range=model.init_method_std,
         tie_word_embeddings=policy and model.tie_word_embeddings,
         pad_token_id=pad_token_id,
@@ -273,15 +190,5 @@ def save_config(config: transformers.PretrainedConfig, model: ModelConfig, folde
     config.save_pretrained(folder)
     path = Path(folder) / "config.json"
     fields = json.loads(path.read_text())
-    fields.update(rope_theta=model.rotary_base, rope_scaling=_hf_rope_scaling(model.rope_scaling))
+    fields.update(legacy_rope_keys(model.rope_scaling, model.rotary_base))
     path.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
-
-
-def _hf_rope_scaling(scaling: RopeScalingConfig | None) -> dict | None:
-    if scaling is None:
-        return None
-    if scaling.rope_type == "linear":
-        return {"rope_type": "linear", "factor": scaling.factor}
-    return {"rope_type": "llama3", "factor": scaling.factor, "low_freq_factor": scaling.low_freq_factor,
-            "high_freq_factor": scaling.high_freq_factor,
-            "original_max_position_embeddings": scaling.original_max_position_embeddings}

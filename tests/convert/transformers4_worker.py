@@ -24,10 +24,10 @@ def read(folder: Path, ids: torch.Tensor, mask: torch.Tensor, text: str) -> dict
     cls = next(cls for suffix, cls in CLASSES.items() if config.architectures[0].endswith(suffix))
     model = cls.from_pretrained(folder, attn_implementation="eager").eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    return {"version": transformers.__version__, "rope_theta": getattr(config, "rope_theta", None),  # 4.x's keys
-            "rope_scaling": getattr(config, "rope_scaling", None), "logits": model(input_ids=ids, attention_mask=mask).logits,
-            "text_ids": tokenizer(text).input_ids, "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
+    return {"version": transformers.__version__,
+            "rope_theta": getattr(config, "rope_theta", None), "rope_scaling": getattr(config, "rope_scaling", None),
+            "logits": model(input_ids=ids, attention_mask=mask).logits, "text_ids": tokenizer(text).input_ids,
+            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
 
 
 def main() -> None:
