@@ -18,6 +18,7 @@ import transformers
 
 from megatron_rm.config import ParallelConfig, RopeScalingConfig
 from megatron_rm.convert import export_hf, import_hf
+from megatron_rm.convert.hf_config import model_config
 from megatron_rm.convert.hf_to_megatron import open_hf
 from megatron_rm.data import Batch
 from tests.convert.hf_models import FAMILIES, respell_as_4x, save_model
@@ -104,3 +105,31 @@ def test_an_export_spells_rope_for_both_generations(kind, single_rank, tmp_path)
                                rtol=1e-5, atol=1e-6)
     tokenizer = json.loads((exported / "tokenizer_config.json").read_text())
     assert tokenizer["tokenizer_class"] == "PreTrainedTokenizerFast"  # a class 4.x has too
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_field_the_importer_reads_is_transformers_5s(family, tmp_path):
+    """Each architecture field set to a value no default has, in a config transformers 5 writes,
+    comes out in our model config: no key the importer reads was renamed or moved."""
+    values = dict(vocab_size=301, hidden_size=96, intermediate_size=160, num_hidden_layers=3, num_attention_heads=6,
+                  num_key_value_heads=3, max_position_embeddings=777, rms_norm_eps=3e-5, initializer_range=0.03,
+                  rope_theta=12345.0, head_dim=20)
+    if family == "mistral":
+        values["sliding_window"] = 99
+    hf = transformers.AutoConfig.for_model(family, **values).to_dict()
+    model = open_hf_config(hf, tmp_path / "config.json")
+    assert (model.vocab_size, model.hidden_size, model.ffn_hidden_size, model.num_layers, model.num_attention_heads,
+            model.num_query_groups, model.max_sequence_length, model.norm_epsilon, model.init_method_std,
+            model.rotary_base, model.kv_channels) == tuple(values[k] for k in (
+                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "initializer_range", "rope_theta",
+                "head_dim"))
+    assert model.sliding_window == values.get("sliding_window")
+    del hf["head_dim"]  # absent: hidden_size / heads, as transformers derives it
+    hf.pop("sliding_window")  # absent: Mistral's 4096-token window, as transformers reads it
+    absent = open_hf_config(hf, tmp_path / "config.json")
+    assert (absent.kv_channels, absent.sliding_window) == (None, 4096 if family == "mistral" else None)
+
+
+def open_hf_config(hf: dict, source):
+    return model_config(hf, source, num_labels=1, head_bias=False, head_init_std=None)[1]
