@@ -126,7 +126,7 @@ def test_every_field_the_importer_reads_is_transformers_5s(family, tmp_path):
                 "head_dim"))
     assert model.sliding_window == values.get("sliding_window")
     del hf["head_dim"]  # absent: hidden_size / heads, as transformers derives it
-    hf.pop("sliding_window")  # absent: Mistral's 4096-token window, as transformers reads it
+    hf.pop("sliding_window", None)  # absent: Mistral's 4096-token window, as transformers reads it
     absent = open_hf_config(hf, tmp_path / "config.json")
     assert (absent.kv_channels, absent.sliding_window) == (None, 4096 if family == "mistral" else None)
 
