@@ -17,6 +17,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from megatron_rm.data import save_tokenizer
+
 HERE = Path(__file__).resolve().parent
 SPECIAL = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -60,7 +62,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=384)
     args = parser.parse_args()
     tokenizer = build(args.data_dir, args.vocab_size)
-    tokenizer.save_pretrained(str(args.out_dir))
+    save_tokenizer(tokenizer, args.out_dir)  # loadable by transformers 4.x too
     print(f"saved a {len(tokenizer)}-token tokenizer to {args.out_dir}")
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
+from megatron_rm.data import save_tokenizer
+
 HERE = Path(__file__).resolve().parent
 # The demo's builder: the same special tokens, digits one per token, exact decoding.
 _spec = importlib.util.spec_from_file_location("demo_tokenizer", HERE.parent / "demo" / "train_tokenizer.py")
@@ -46,7 +48,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=64)
     args = parser.parse_args()
     tokenizer = build(args.data_dir, args.vocab_size)
-    tokenizer.save_pretrained(str(args.out_dir))
+    save_tokenizer(tokenizer, args.out_dir)  # loadable by transformers 4.x too
     print(f"saved a {len(tokenizer)}-token tokenizer to {args.out_dir}")
 
 
