@@ -23,6 +23,8 @@ TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch
 HF_HEADS = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 """The Hugging Face class of each reward head (`ModelConfig.head`), after the family's stem; both
 name their head `score`. A policy is a `*ForCausalLM`."""
+SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+"""Fields a config must state: any other absent field takes transformers' default, as loading does."""
 TOKEN_LABELS = {2: ("negative", "positive"), 3: ("negative", "neutral", "positive")}
 """A token head's class names by class count: negative first, positive last, the order
 `step_rewards.positive_probability` reads."""
@@ -38,6 +40,10 @@ def model_config(hf: dict, source: Path, *, num_labels: int, head_bias: bool, he
     RoPE settings through `rope_settings`, which reads both generations' spellings.
     """
     fam = family(hf.get("model_type"), str(source))
+    absent = [key for key in SHAPE_KEYS if key not in hf]
+    if absent:
+        raise CheckpointError(f"{source}: {', '.join(absent)} missing: the model's shape is not in the file "
+                              f"(transformers would take the defaults of its {fam.architecture} config class)")
     rotary_base, rope_scaling = rope_settings(hf, source)
     read = _transformers_config(fam, hf, source)
 

@@ -89,6 +89,8 @@ CASES = {
                             "is given per layer type"),
     "sliding_layers": (lambda f: _edit_config(f, layer_types=["sliding_attention", "full_attention"]),
                        "layer_types=['sliding_attention', 'full_attention']"),
+    "shape_not_stated": (lambda f: _edit_config(f, drop=["hidden_size", "num_attention_heads"]),
+                         "hidden_size, num_attention_heads missing: the model's shape is not in the file"),
     "other_activation": (lambda f: _edit_config(f, hidden_act="gelu"), "hidden_act='gelu'"),
     "weights_for_another_config": (lambda f: _edit_config(f, num_hidden_layers=3), "missing ['model.layers.2"),
     "quantized_tensor": (_int8_tensor, "not floating point"),
