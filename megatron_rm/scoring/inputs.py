@@ -19,7 +19,8 @@ from megatron_rm.data.records import Text
 from megatron_rm.data.tokenize import blank, encode_many, fit
 
 LENGTH_POLICIES = ("error", "truncate_prompt")
-ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_input_ids": "bad_input_ids"}
+ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_input_ids": "bad_input_ids",
+                    "bad_text": "bad_text"}
 """The encoder's reasons as row-problem reasons (training's parser never meets the last two)."""
 
 
@@ -32,7 +33,7 @@ class Encoded:
     error: str | None = None
     """Why there are no ids: a sentence naming the problem."""
     reason: str | None = None
-    """The error's kind, for counting: "empty", "too_long" or "bad_input_ids"."""
+    """The error's kind, for counting: "empty", "too_long", "bad_input_ids" or "bad_text"."""
 
 
 class InputEncoder:
@@ -50,9 +51,11 @@ class InputEncoder:
         special tokens; message tuples are rendered with its chat template (training's rule)."""
         out: list[Encoded | None] = [None] * len(texts)
         kept = []
-        for index, (_, response) in enumerate(texts):
+        for index, (prompt, response) in enumerate(texts):
             if blank(response):
                 out[index] = Encoded(None, error="empty response: nothing to score", reason="empty")
+            elif (problem := _not_unicode(prompt) or _not_unicode(response)) is not None:
+                out[index] = Encoded(None, error=problem, reason="bad_text")
             else:
                 kept.append(index)
         for index, encoded in zip(kept, encode_many(self.tokenizer, [texts[i] for i in kept])):
@@ -104,3 +107,16 @@ class InputEncoder:
         if self.policy == "error":
             return message + " (length policy 'error'; 'truncate_prompt' cuts the prompt's oldest tokens)"
         return message + " (no prompt to cut)"
+
+
+def _not_unicode(text: Text) -> str | None:
+    """Why `text` (a string or messages) cannot be tokenized, or None. JSON's escapes can spell a
+    lone UTF-16 surrogate (`"\\ud800"`), which no tokenizer takes."""
+    for part in [text] if isinstance(text, str) else [message.get("content", "") for message in text]:
+        if isinstance(part, str):
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError as error:
+                return (f"not valid Unicode: a lone surrogate {part[error.start]!r} at character {error.start} "
+                        "(send UTF-8 text)")
+    return None

@@ -55,6 +55,13 @@ class ScoringModel:
     token_scores: dict | None = None
     """How a token head was trained to be read (`token_scores` of a trained checkpoint's
     metadata: loss, aggregation, step separator and tag); None when not stored."""
+    id2label: dict | None = None
+    """A Hugging Face classifier's class names (`id2label` of its config.json); None: LABEL_<i>."""
+
+    def label(self, index: int) -> str:
+        """The name of class `index`, as transformers names it: `id2label`, else LABEL_<index>."""
+        names = self.id2label or {}
+        return str(names.get(str(index), names.get(index, f"LABEL_{index}")))
 
     @property
     def num_labels(self) -> int:
@@ -84,10 +91,12 @@ def scoring_model(found: Found, parallel_config: ParallelConfig | None = None, p
     if found.hf is not None:
         stored_normalization, where = found.hf.reward_normalization(), found.path / "config.json"
         token_scores = found.hf.token_scores()
+        id2label = found.hf.hf.get("id2label") if found.hf.has_score else None
     else:
+        id2label = None
         stored_normalization, where = found.metadata.get("reward_normalization"), found.directory
         token_scores = found.metadata.get("token_scores")
     model, layout = build_and_load(found, parallel_config or ParallelConfig(), precision, seed)
     return ScoringModel([model], found.config, found.tokenizer, layout,
                         Normalization.of(stored_normalization, found.config.num_labels, str(where)),
-                        name=str(found.path), token_scores=token_scores)
+                        name=str(found.path), token_scores=token_scores, id2label=id2label)

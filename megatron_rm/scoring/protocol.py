@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
 from megatron_rm.data.rows import RowKeys, RowProblem, parse_row
 from megatron_rm.data.sources import RawRow
@@ -51,6 +52,17 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _VllmRequest(_Request):
+    """Fields every vLLM request may carry that change nothing here: accepted, so that a client
+    that sends them is served, and not read. `model` is not checked: verl sends its own path to
+    the reward model, which need not be the name this server gives it."""
+
+    model: StrictStr | None = None
+    user: StrictStr | None = None
+    request_id: StrictStr | None = None
+    priority: StrictInt = 0
+
+
 class ScoreItem(_Request):
     """One native item: `prompt` + `response` as a training row has them (strings or message
     lists), or `messages`, one whole conversation whose final message is the response."""
@@ -76,7 +88,7 @@ class ScoreItem(_Request):
 
 
 class ScoreRequest(_Request):
-    items: list[ScoreItem] = Field(min_length=1)
+    items: list[ScoreItem]
 
     def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
         within(len(self.items), max_items, "items")
@@ -88,7 +100,9 @@ class RewardRequest(_Request):
     """OpenRLHF's call: whole prompt+response strings. `prompts` and `labels` are sent by its
     client and accepted, but not read (OpenRLHF's own server ignores them too)."""
 
-    query: list[StrictStr] = Field(min_length=1)
+    query: list[StrictStr]
+    """Empty is answered with empty lists: OpenRLHF's multi-server client sends a server whose
+    share of a batch is empty an empty query."""
     prompts: list[Any] | None = None
     labels: list[Any] | None = None
 
@@ -102,11 +116,9 @@ class RewardRequest(_Request):
         return [("", query) for query in self.query], [f"query[{i}]" for i in range(len(self.query))]
 
 
-class ClassifyRequest(_Request):
-    """vLLM's classify request. `model` is accepted and not checked: verl sends its own path
-    to the reward model, which need not be the name this server gives it."""
+class ClassifyRequest(_VllmRequest):
+    """vLLM's classify request."""
 
-    model: StrictStr | None = None
     input: StrictStr | list[StrictStr] | None = None
     messages: list[Any] | None = None
     use_activation: StrictBool | None = None
@@ -135,8 +147,6 @@ class ClassifyRequest(_Request):
             return [conversation(self.messages, "")], ["messages"]
         if isinstance(self.input, str):
             return [("", self.input)], ["input"]
-        if not self.input:
-            raise RequestProblem(422, "input: an empty list; nothing to score", "input")
         within(len(self.input), max_items, "input")
         return [("", text) for text in self.input], [f"input[{i}]" for i in range(len(self.input))]
 
@@ -151,9 +161,11 @@ class ClassifyRequest(_Request):
 
 
 class PoolingRequest(ClassifyRequest):
-    """vLLM's pooling request; a sequence reward model serves task `classify` only."""
+    """vLLM's pooling request; a sequence reward model serves task `classify` only (null: the
+    model's own task, classify). `encoding_format` float is vLLM's default and the one served."""
 
-    task: StrictStr = CLASSIFY_TASK
+    task: StrictStr | None = CLASSIFY_TASK
+    encoding_format: Literal["float"] = "float"
 
 
 def conversation(messages, where: str) -> tuple:
@@ -186,10 +198,11 @@ def within(count: int, max_items: int, field: str) -> None:
 
 
 def checked(encoded: list[Encoded], names: list[str]) -> list[list[int]]:
-    """Every input's ids; a 422 naming the first input that cannot be scored (empty, too long)."""
+    """Every input's ids; a 4xx naming the first input that cannot be scored: a 400 for text that
+    is not Unicode, a 422 for one that is empty or too long."""
     for item, name in zip(encoded, names):
         if item.ids is None:
-            raise RequestProblem(422, f"{name}: {item.error}", name)
+            raise RequestProblem(400 if item.reason == "bad_text" else 422, f"{name}: {item.error}", name)
     return [item.ids for item in encoded]
 
 
@@ -214,9 +227,11 @@ def reward_response(rewards: torch.Tensor) -> dict:
     return {"rewards": values, "scores": values, "extra_logs": {}}
 
 
-def classify_response(model: str, rewards: torch.Tensor, activation: bool, sequences: list[list[int]]) -> dict:
+def classify_response(model: str, rewards: torch.Tensor, activation: bool, sequences: list[list[int]],
+                      label: Callable[[int], str]) -> dict:
+    """vLLM's classify answer; `label` names a class (the model's `id2label`)."""
     probs = activate(rewards) if activation else rewards
-    data = [{"index": index, "label": f"LABEL_{int(row.argmax())}", "probs": row.tolist(),
+    data = [{"index": index, "label": label(int(row.argmax())), "probs": row.tolist(),
              "num_classes": rewards.shape[-1]} for index, row in enumerate(probs)]
     return listing("classify", model, data, sequences)
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
+import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,7 +90,7 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
     else:
         _add_sequence_routes(app, scorer, batcher, name=name, normalize=normalize, max_items=max_items)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         if not batcher.serving:
             raise RequestProblem(503, "not serving: the forward loop has stopped")
@@ -110,6 +111,8 @@ def _add_sequence_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name
         except DataError as error:  # e.g. messages for a tokenizer without a chat template
             raise RequestProblem(422, str(error)) from None
         sequences = checked(encoded, names)
+        if not sequences:  # an empty batch: answered without a forward
+            return torch.zeros(0, scorer.num_labels), sequences, encoded
         return await batcher.score(sequences), sequences, encoded
 
     @app.post("/score")
@@ -127,11 +130,11 @@ def _add_sequence_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name
     async def classify(request: ClassifyRequest):
         activation = request.use_activation_resolved()
         rewards, sequences, _ = await rewards_of(request)
-        return classify_response(name, rewards, activation, sequences)
+        return classify_response(name, rewards, activation, sequences, scorer.model.label)
 
     @app.post("/pooling")
     async def pooling(request: PoolingRequest):
-        if request.task != CLASSIFY_TASK:
+        if request.task not in (CLASSIFY_TASK, None):
             raise RequestProblem(400, f"task {request.task!r} is not served: a sequence reward model serves "
                                       f"task {CLASSIFY_TASK!r} only", "task")
         activation = request.use_activation_resolved()

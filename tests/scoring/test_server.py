@@ -30,6 +30,8 @@ from tests.data.tokenizer_variants import save_variant
 
 MAX_LENGTH, MAX_ITEMS, MAX_BODY = 64, 8, 16384
 STATS = {"mean": [0.25, -0.5], "std": [2.0, 0.5]}
+LABELS = {"0": "rejected", "1": "chosen"}
+"""`two`'s class names (config.json's id2label), which /classify answers with."""
 PAIRS = [("What is 2+2?", " It is 4."), ("Name a colour.", " Blue, like the sky over the sea at noon."),
          ("Hi", " Hello there, how can I help you today with your question?")]
 CHAT = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
@@ -70,7 +72,8 @@ def two(tmp_path_factory, single_rank):
     folder = tmp_path_factory.mktemp("server") / "two"
     save_model("llama", folder, num_labels=2, seed=6)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "reward_normalization": STATS}))
+    (folder / "config.json").write_text(json.dumps({**config, "reward_normalization": STATS,
+                                                    "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}))
     scorer = Scorer(load_model(folder))
     with running(build_app(scorer, Batcher(Lead(scorer)), name="rm-two", normalize=True)) as url:
         yield url, scorer
@@ -142,7 +145,7 @@ def test_activation_and_its_legacy_aliases(one, two):
     raw = score(scorer, scorer.encoder.whole_texts([text]))
     answer = post(url, "/classify", {"input": [text]})["data"][0]
     assert answer["probs"] == raw[0].softmax(-1).tolist() and answer["num_classes"] == 2
-    assert answer["label"] == f"LABEL_{int(raw[0].argmax())}"
+    assert answer["label"] == LABELS[str(int(raw[0].argmax()))]
 
 
 def test_get_reward_keeps_order_and_normalises_the_first_label_when_asked(two):
@@ -155,6 +158,25 @@ def test_get_reward_keeps_order_and_normalises_the_first_label_when_asked(two):
     assert answer["rewards"] == normalized[:, 0].tolist() == answer["scores"]
     native = post(url, "/score", {"items": [{"response": query} for query in queries]})
     assert native["rewards"] == rewards.tolist() and native["rewards_normalized"] == normalized.tolist()
+
+
+def test_vllm_request_fields_empty_batches_and_head_health(one):
+    """Fields vLLM defines that change nothing here are served (and an unknown one is refused in
+    test_server_errors); an empty batch, as OpenRLHF's multi-server client sends, is an empty answer."""
+    url, scorer, _, _ = one
+    text = PAIRS[0][0] + PAIRS[0][1]
+    plain = post(url, "/classify", {"input": [text]})["data"]
+    metadata = {"model": "m", "user": "u-1", "request_id": "r-1", "priority": 3}
+    assert post(url, "/classify", {"input": [text], **metadata})["data"] == plain
+    pooling = post(url, "/pooling", {"input": [text], "task": None, "encoding_format": "float", **metadata})
+    assert [item["data"] for item in pooling["data"]] == [item["probs"] for item in plain]
+    assert post(url, "/get_reward", {"query": []}) == {"rewards": [], "scores": [], "extra_logs": {}}
+    assert post(url, "/score", {"items": []}) == {"rewards": [], "rewards_normalized": None, "truncated": []}
+    for path in ("/classify", "/pooling"):
+        empty = post(url, path, {"input": []})
+        assert empty["data"] == [] and empty["usage"]["prompt_tokens"] == 0
+    head = requests.head(url + "/health", timeout=30)
+    assert head.status_code == 200 and not head.content
 
 
 def test_normalize_needs_stored_statistics(one):
