@@ -45,6 +45,10 @@ class InputEncoder:
         if max_length < 2:
             raise ValueError(f"max_length={max_length} leaves no room for a response and its EOS")
         self.tokenizer, self.max_length, self.policy = tokenizer, max_length, policy
+        # A token spans at most the vocabulary's longest entry; a normalizer may fold two characters
+        # into one (NFKC). Past this many characters a text cannot fit, whatever it holds, and is
+        # refused without tokenizing it: a request of megabytes costs nothing.
+        self.max_chars = 2 * max_length * max(map(len, tokenizer.get_vocab()))
 
     def texts(self, texts: list[tuple[Text, Text]]) -> list[Encoded]:
         """(prompt, response) pairs: strings are joined as prompt + response with the tokenizer's
@@ -56,6 +60,9 @@ class InputEncoder:
                 out[index] = Encoded(None, error="empty response: nothing to score", reason="empty")
             elif (problem := _not_unicode(prompt) or _not_unicode(response)) is not None:
                 out[index] = Encoded(None, error=problem, reason="bad_text")
+            elif (chars := _chars(response) + (_chars(prompt) if self.policy == "error" else 0)) > self.max_chars:
+                out[index] = Encoded(None, error=f"{chars} characters cannot fit in {self.max_length} tokens "
+                                                 "(refused before tokenizing)", reason="too_long")
             else:
                 kept.append(index)
         for index, encoded in zip(kept, encode_many(self.tokenizer, [texts[i] for i in kept])):
@@ -107,6 +114,11 @@ class InputEncoder:
         if self.policy == "error":
             return message + " (length policy 'error'; 'truncate_prompt' cuts the prompt's oldest tokens)"
         return message + " (no prompt to cut)"
+
+
+def _chars(text: Text) -> int:
+    """The characters of a string, or of the messages' contents."""
+    return len(text) if isinstance(text, str) else sum(len(str(message.get("content", ""))) for message in text)
 
 
 def _not_unicode(text: Text) -> str | None:

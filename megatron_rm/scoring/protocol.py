@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
 
 from megatron_rm.data.rows import RowKeys, RowProblem, parse_row
 from megatron_rm.data.sources import RawRow
@@ -166,6 +166,11 @@ class PoolingRequest(ClassifyRequest):
 
     task: StrictStr | None = CLASSIFY_TASK
     encoding_format: Literal["float"] = "float"
+
+    @field_validator("task")
+    @classmethod
+    def _model_task(cls, task: str | None) -> str:
+        return CLASSIFY_TASK if task is None else task
 
 
 def conversation(messages, where: str) -> tuple:

@@ -3,8 +3,9 @@
 Every request is validated, limited and tokenized here, before it reaches the batcher, so
 a bad request is refused on its own and never delays or changes another client's rewards.
 Every refusal has one shape, `{"error": {"message", "type", "param", "code"}}`, whatever
-raised it (our checks, FastAPI's validation, an unknown route). Tokenizing stays on the
-event loop's thread: one tokenizer is not safe to call from several threads at once.
+raised it (our checks, FastAPI's validation, an unknown route). Requests are tokenized one
+at a time on a thread of their own (`Tokenizing`): one tokenizer is not safe to call from
+several threads at once, and off the event loop a long text never stalls other clients.
 
 Endpoints (see `protocol` for the fields):
 - `POST /score`: native items -> rewards, normalised rewards (when the model stores
@@ -31,6 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
@@ -74,21 +76,25 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
         raise UsageError(f"{name}: normalize asks for the model's reward statistics, and it stores none")
     created = int(time.time())
 
+    tokenizing = Tokenizing()
+
     @asynccontextmanager
     async def lifespan(_app):
         batcher.start()
         try:
             yield
         finally:
+            tokenizing.close()
             await asyncio.to_thread(batcher.close)
 
     app = FastAPI(title="megatron-rm reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.tokenizing = tokenizing
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     _add_error_handlers(app)
     if scorer.token_head:
-        add_token_routes(app, scorer, batcher, name=name, max_items=max_items)
+        add_token_routes(app, scorer, batcher, tokenizing, name=name, max_items=max_items)
     else:
-        _add_sequence_routes(app, scorer, batcher, name=name, normalize=normalize, max_items=max_items)
+        _add_sequence_routes(app, scorer, batcher, tokenizing, name=name, normalize=normalize, max_items=max_items)
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
@@ -103,11 +109,24 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
     return app
 
 
-def _add_sequence_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool,
-                         max_items: int) -> None:
+class Tokenizing:
+    """One thread that tokenizes requests in turn, awaited from the event loop."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    async def __call__(self, function: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _add_sequence_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokenizing: Tokenizing, *, name: str,
+                         normalize: bool, max_items: int) -> None:
     async def rewards_of(request) -> tuple:
         try:
-            encoded, names = request.encode(scorer.encoder, max_items)
+            encoded, names = await tokenizing(request.encode, scorer.encoder, max_items)
         except DataError as error:  # e.g. messages for a tokenizer without a chat template
             raise RequestProblem(422, str(error)) from None
         sequences = checked(encoded, names)
@@ -134,7 +153,7 @@ def _add_sequence_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name
 
     @app.post("/pooling")
     async def pooling(request: PoolingRequest):
-        if request.task not in (CLASSIFY_TASK, None):
+        if request.task != CLASSIFY_TASK:
             raise RequestProblem(400, f"task {request.task!r} is not served: a sequence reward model serves "
                                       f"task {CLASSIFY_TASK!r} only", "task")
         activation = request.use_activation_resolved()

@@ -39,7 +39,10 @@ from megatron_rm.scoring.token_scores import Located
 TASKS = (CLASSIFY_TASK, TOKEN_CLASSIFY_TASK)
 
 
-def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name: str, max_items: int) -> None:
+def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokenizing, *, name: str,
+                     max_items: int) -> None:
+    """The routes of a token-head model; `tokenizing` (the server's `Tokenizing`) runs each
+    request's tokenization off the event loop."""
     reading, encoder = scorer.reading, scorer.encoder
 
     async def logits_of(responses: list[Located]) -> tuple:
@@ -51,10 +54,13 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name: st
         return located(encoder, [outcome(prompt, response, name) for (prompt, response), name in zip(texts, names)],
                        names)
 
+    def score_located(request: TokenScoreRequest) -> list[Located]:
+        parsed, names = request.responses(reading, max_items)
+        return located(encoder, parsed, names)
+
     @app.post("/score")
     async def score(request: TokenScoreRequest):
-        parsed, names = request.responses(reading, max_items)
-        responses = located(encoder, parsed, names)
+        responses = await tokenizing(score_located, request)
         logits, sequences = await logits_of(responses)
         scored = rewards(logits, responses, reading)
         if request.native:
@@ -63,7 +69,7 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name: st
 
     @app.post("/get_reward")
     async def get_reward(request: RewardRequest):
-        responses = texts_located(request)
+        responses = await tokenizing(texts_located, request)
         logits, _ = await logits_of(responses)
         scored = rewards(logits, responses, reading)
         return reward_response(torch.tensor([reward for reward, _ in scored], dtype=torch.float64))
@@ -72,7 +78,7 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name: st
     @app.post("/v1/classify")
     async def classify(request: ClassifyRequest):
         request.use_activation_resolved()  # checked, but the reward is a probability either way
-        responses = texts_located(request)
+        responses = await tokenizing(texts_located, request)
         logits, sequences = await logits_of(responses)
         return classify_response(name, rewards(logits, responses, reading), sequences)
 
@@ -83,7 +89,7 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, *, name: st
                                       f"tasks {CLASSIFY_TASK!r} (each input's reward) and {TOKEN_CLASSIFY_TASK!r} "
                                       "(class probabilities at every token)", "task")
         activation = request.use_activation_resolved()
-        responses = texts_located(request)
+        responses = await tokenizing(texts_located, request)
         logits, sequences = await logits_of(responses)
         if request.task == TOKEN_CLASSIFY_TASK:
             return pooling_response(name, token_probabilities(logits, activation), sequences)

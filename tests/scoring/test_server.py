@@ -179,6 +179,26 @@ def test_vllm_request_fields_empty_batches_and_head_health(one):
     assert head.status_code == 200 and not head.content
 
 
+def test_tokenizing_never_holds_other_clients_and_a_huge_text_is_refused_untokenized(one):
+    """While the tokenizing thread is held, /health answers and a request waits for it; a text
+    far past the limit is refused before it is tokenized."""
+    _, scorer, _, _ = one
+    app = build_app(scorer, Batcher(Lead(scorer)), name="rm-big", max_body_bytes=8 * 2**20)
+    gate = threading.Event()
+    text = PAIRS[0][0] + PAIRS[0][1]
+    with running(app) as big, ThreadPoolExecutor(1) as client:
+        app.state.tokenizing.pool.submit(gate.wait, 60)
+        waiting = client.submit(post, big, "/classify", {"input": [text], "use_activation": False})
+        assert requests.get(big + "/health", timeout=30).status_code == 200
+        assert not waiting.done()  # held behind the tokenizing thread, not the event loop
+        gate.set()
+        expected = score(scorer, scorer.encoder.whole_texts([text]))[0].tolist()
+        assert waiting.result(timeout=30)["data"][0]["probs"] == expected
+        huge = requests.post(big + "/get_reward", json={"query": [text, "word " * 1_200_000]}, timeout=30)
+        assert huge.status_code == 422, huge.text
+        assert "query[1]: 6000000 characters cannot fit in 64 tokens" in huge.json()["error"]["message"]
+
+
 def test_normalize_needs_stored_statistics(one):
     _, scorer, _, _ = one
     with pytest.raises(UsageError, match="stores none"):
