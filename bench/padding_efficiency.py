@@ -128,7 +128,7 @@ def report(args, shared_prompt: bool, full: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=300, help="at most one epoch")
     parser.add_argument("--global-batch-size", type=int, default=64)

@@ -126,7 +126,7 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="demo,100m", help="comma-separated: demo, 100m")
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--samples-per-prompt", type=int, default=4)

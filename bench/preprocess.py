@@ -115,7 +115,7 @@ def folder_mb(folder: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--workers", default="1 2", help="worker counts to run, e.g. \"1 2\"")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/megatron_rm_bench"))

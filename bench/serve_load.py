@@ -103,7 +103,7 @@ def in_process(folder: Path, pairs: list[tuple[str, str]], clients: int) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=320)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=256)

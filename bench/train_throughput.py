@@ -189,7 +189,7 @@ def run_reference(name: str, ours: dict, warmup: int, steps: int, args, workdir:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,100m", help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--steps", type=int, help="measured steps per model (default: demo 200, 100m 10)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: steps // 10, at least 2)")

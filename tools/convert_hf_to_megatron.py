@@ -21,7 +21,7 @@ from megatron_rm.convert import import_hf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf-dir", required=True, help="folder with config.json, safetensors and tokenizer")
     parser.add_argument("--out-dir", required=True, help="checkpoint folder to create (must not exist)")
     parser.add_argument("--model-kind", choices=["reward", "policy"], default="reward",

@@ -18,7 +18,7 @@ from megatron_rm.convert import export_hf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megatron-dir", required=True, help="checkpoint folder or a run's checkpoints/")
     parser.add_argument("--out-dir", required=True, help="Hugging Face folder to create (must not exist)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help="saved dtype (default: the checkpoint's)")

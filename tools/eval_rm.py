@@ -35,7 +35,7 @@ from megatron_rm.scoring.report import format_table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--judge", action="store_true",
                         help="--model is a causal LM to evaluate as a pairwise judge (options below)")

@@ -29,7 +29,7 @@ from megatron_rm.model.loading import PRECISIONS, load_policy
 
 
 def arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a policy checkpoint or a Hugging Face *ForCausalLM folder")
     parser.add_argument("--model-name", default=None, help="the model to load from a checkpoint of several")
     add_file_arguments(parser, "generated", "the prompts", "rows with responses", chunk_rows=256)

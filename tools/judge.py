@@ -25,7 +25,7 @@ from megatron_rm.scoring.arguments import add_model_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     add_judge_arguments(parser)
     add_file_arguments(parser, "judged", "the pairs to judge", "judged rows")

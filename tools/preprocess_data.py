@@ -26,7 +26,7 @@ from megatron_rm.training.data_setup import labelling_for
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="data files or folders, read in this order")
     parser.add_argument("--output", type=Path, required=True, help="the token store folder to write")
     parser.add_argument("--workers", type=int, default=1, help="tokenizing processes")

@@ -30,7 +30,7 @@ from megatron_rm.scoring.batch_job import score_file
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     add_token_arguments(parser)
     add_file_arguments(parser, "scored", "the rows to score", "scored rows")

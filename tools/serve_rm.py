@@ -45,7 +45,7 @@ from megatron_rm.scoring.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, 
 
 
 def arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     add_token_arguments(parser)
     group = parser.add_argument_group("server")

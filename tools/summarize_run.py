@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").open()]

@@ -60,7 +60,7 @@ def judge(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "best_of_n")
     parser.add_argument("--reward-model", type=Path, help="an existing reward model (default: train the demo's)")
     parser.add_argument("--policy", type=Path, help="an existing policy (default: SFT on the demo's chosen responses)")

@@ -77,7 +77,7 @@ def generate(num_train: int, num_eval: int, seed: int) -> tuple[list[dict], list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=HERE / "data")
     parser.add_argument("--num-train", type=int, default=6000)
     parser.add_argument("--num-eval", type=int, default=1000)

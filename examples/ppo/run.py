@@ -63,7 +63,7 @@ def judge(samples: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "ppo_demo")
     parser.add_argument("--reward-model", type=Path, help="an existing reward model (default: `make demo`'s, "
                         "runs/demo/checkpoints, when it exists, else the demo's trained here)")

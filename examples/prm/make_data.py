@@ -122,7 +122,7 @@ def write(path: Path, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=HERE / "data")
     parser.add_argument("--num-train", type=int, default=4000)
     parser.add_argument("--num-eval", type=int, default=500)

@@ -55,7 +55,7 @@ def final_eval(run_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "prm_demo")
     parser.add_argument("--steps", type=int, help=f"optimizer steps of each model (default {STEPS})")
     parser.add_argument("--nproc", type=int, default=2)

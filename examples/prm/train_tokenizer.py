@@ -42,7 +42,7 @@ def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=HERE / "data")
     parser.add_argument("--out-dir", type=Path, default=HERE / "tokenizer")
     parser.add_argument("--vocab-size", type=int, default=64)
