@@ -248,6 +248,11 @@ def _texts(prompt, prompt_name: str, texts: list, names: list[str], distinct: bo
         else:
             raise Invalid("wrong_type", prompt_name,
                            f"expected a string or a list of messages, got {_type_name(prompt)}")
+        for text, name in zip(texts, names):  # a reward is read at the end of the answer
+            if text[-1]["role"] != "assistant":
+                raise Invalid("bad_messages", f"{name}[{len(text) - 1}].role",
+                              f"is {text[-1]['role']!r}: the final message is the response, so it must be the "
+                              "assistant's")
     for later in range(len(responses) if distinct else 0):
         for earlier in range(later):
             if responses[later] == responses[earlier]:

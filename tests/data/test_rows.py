@@ -157,6 +157,8 @@ PROBLEMS = [
     ({"chosen": [user("q"), bot(" ")], "rejected": [user("q"), bot("x")]},
      "empty_response", "chosen[1].content", "final message"),
     ({"chosen": [user("q")], "rejected": [user("q"), bot("x")]}, "empty_response", "chosen", "none is left"),
+    ({"chosen": [user("q"), bot("x")], "rejected": [user("q"), bot("y"), user("z")]},
+     "bad_messages", "rejected[2].role", "is 'user': the final message is the response"),
     ({**PAIR, "rejected": "yes"}, "identical_responses", "rejected", "'chosen'"),
     ({"chosen": [user("q"), bot("x")], "rejected": [user("q"), bot("x")]},
      "identical_responses", "rejected", "'chosen'"),

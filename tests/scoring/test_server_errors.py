@@ -37,6 +37,8 @@ CASES = [
     ("/classify", {"input": "x y", "use_activation": True, "activation": False}, 422, "disagree"),
     ("/classify", {"messages": [CHAT[0], {"role": "assistant"}]}, 422, "messages[1].content: expected a string"),
     ("/classify", {"messages": []}, 422, "messages: no messages"),
+    ("/classify", {"messages": [CHAT[0]]}, 422, "messages[0].role: is 'user': the final message is the response"),
+    ("/score", {"items": [{"messages": CHAT[:1]}]}, 422, "items[0].messages[0].role: is 'user'"),
     ("/pooling", {"input": "x y", "task": "embed"}, 400, "serves task 'classify' only"),
     ("/pooling", {"input": "x y", "encoding_format": "base64"}, 422, "encoding_format: Input should be 'float'"),
     ("/classify", {"input": "x y", "priority": "high"}, 422, "priority: Input should be a valid integer"),
