@@ -270,12 +270,28 @@ def _messages(value: list, name: str) -> tuple:
         if message.get("role") not in ROLES:
             problem = "missing" if message.get("role") is None else f"unknown role {message['role']!r}"
             raise Invalid("bad_messages", f"{field}.role", f"{problem} (expected one of {', '.join(ROLES)})")
-        if not isinstance(message.get("content"), str):
-            got = "missing" if "content" not in message else _type_name(message["content"])
+        content = message.get("content")
+        if isinstance(content, list):
+            content = _text_parts(content, f"{field}.content")
+        if not isinstance(content, str):
+            got = "missing" if "content" not in message else _type_name(content)
             raise Invalid("bad_messages", f"{field}.content", f"expected a string, got {got}")
         # Extra keys (name, tool_calls, ...) are dropped: the chat template gets role and content only.
-        messages.append({"role": message["role"], "content": message["content"]})
+        messages.append({"role": message["role"], "content": content})
     return tuple(messages)
+
+
+def _text_parts(parts: list, name: str) -> str:
+    """OpenAI's content-part list as one string: its text parts joined by newlines, as vLLM joins
+    them; any other part (an image, audio) is refused, since a text model cannot read it."""
+    texts = []
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else _type_name(part)
+            raise Invalid("bad_messages", f"{name}[{index}]",
+                          f"expected a text part {{\"type\": \"text\", \"text\": ...}}, got {kind!r}")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _shared_prefix(responses: list[tuple], names: list[str]) -> tuple[tuple, list[tuple]]:

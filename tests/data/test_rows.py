@@ -48,6 +48,12 @@ def test_conversation_with_separate_prompt_keeps_only_role_and_content():
                                     ((bot("hello"),), (bot("go away"),)), WHERE)
 
 
+def test_content_part_lists_are_their_text_parts_joined_by_newlines_as_vllm_joins_them():
+    parts = [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]
+    row = {"prompt": [{"role": "user", "content": parts}], "chosen": [bot("a")], "rejected": [bot("b")]}
+    assert parse(row).prompt == (user("first\nsecond"),)
+
+
 def test_conversation_without_prompt_moves_the_shared_turns_into_the_prompt():
     shared = [user("hi"), bot("hello"), user("tell me a joke")]
     row = {"chosen": shared + [bot("a good joke")], "rejected": shared + [bot("no"), user("why"), bot("because")]}
@@ -157,6 +163,8 @@ PROBLEMS = [
     ({"chosen": [user("q"), bot(" ")], "rejected": [user("q"), bot("x")]},
      "empty_response", "chosen[1].content", "final message"),
     ({"chosen": [user("q")], "rejected": [user("q"), bot("x")]}, "empty_response", "chosen", "none is left"),
+    ({"chosen": [user("q"), bot("x")], "rejected": [{"role": "user", "content": [{"type": "image_url"}]}, bot("y")]},
+     "bad_messages", "rejected[0].content[0]", "expected a text part"),
     ({"chosen": [user("q"), bot("x")], "rejected": [user("q"), bot("y"), user("z")]},
      "bad_messages", "rejected[2].role", "is 'user': the final message is the response"),
     ({**PAIR, "rejected": "yes"}, "identical_responses", "rejected", "'chosen'"),

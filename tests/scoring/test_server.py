@@ -131,6 +131,8 @@ def test_conversations_score_as_training_renders_them(one):
     assert post(url, "/score", {"items": [{"prompt": CHAT[:1], "response": CHAT[1:]}]})["rewards"] == [expected]
     assert post(url, "/classify", {"messages": CHAT, "use_activation": False})["data"][0]["probs"] == [expected]
     assert post(url, "/pooling", {"messages": CHAT, "use_activation": False})["data"][0]["data"] == [expected]
+    parts = [{**message, "content": [{"type": "text", "text": message["content"]}]} for message in CHAT]
+    assert post(url, "/classify", {"messages": parts, "use_activation": False})["data"][0]["probs"] == [expected]
 
 
 def test_activation_and_its_legacy_aliases(one, two):
