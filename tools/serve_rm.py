@@ -40,7 +40,14 @@ from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.errors import UsageError
 from megatron_rm.scoring.arguments import add_model_arguments, add_token_arguments, scorer_from_arguments
 from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS, Server, build_app, listen
+from megatron_rm.scoring.server import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ITEMS,
+    Server,
+    build_app,
+    listen,
+)
 from megatron_rm.scoring.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, Lead, follow
 
 
@@ -62,6 +69,10 @@ def arguments() -> argparse.Namespace:
                        help="how long a batch's first request waits for others to join it")
     group.add_argument("--max-items", type=int, default=DEFAULT_MAX_ITEMS, help="inputs per request")
     group.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="request body size")
+    group.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                       help="a request whose body stops arriving this long is answered 408")
+    group.add_argument("--drain-timeout-s", type=float, default=30.0,
+                       help="on SIGTERM, how long requests in flight may take to finish before they are cut")
     group.add_argument("--idle-tick-s", type=float, default=IDLE_TICK_S,
                        help="while idle, wake the other ranks this often (keep it under the process "
                             "group's timeout)")
@@ -70,8 +81,8 @@ def arguments() -> argparse.Namespace:
         value, lowest = getattr(args, name), 0 if name == "port" else 1
         if value is not None and value < lowest:
             parser.error(f"--{name.replace('_', '-')}={value} must be >= {lowest}")
-    if args.batch_wait_ms < 0 or args.idle_tick_s <= 0:
-        parser.error("--batch-wait-ms must be >= 0 and --idle-tick-s > 0")
+    if args.batch_wait_ms < 0 or args.idle_tick_s <= 0 or args.body_timeout_s <= 0 or args.drain_timeout_s < 0:
+        parser.error("--batch-wait-ms and --drain-timeout-s must be >= 0, --idle-tick-s and --body-timeout-s > 0")
     return args
 
 
@@ -87,7 +98,8 @@ def serve(scorer: Scorer, args: argparse.Namespace) -> None:
                          wait_s=args.batch_wait_ms / 1000)
     name = args.served_model_name or scorer.model.name
     app = build_app(scorer, Batcher(lead, limits, idle_tick_s=args.idle_tick_s), name=name,
-                    normalize=args.normalize, max_items=args.max_items, max_body_bytes=args.max_body_bytes)
+                    normalize=args.normalize, max_items=args.max_items, max_body_bytes=args.max_body_bytes,
+                    body_timeout_s=args.body_timeout_s)
     layout = scorer.model.layout
     host, port = sock.getsockname()[:2]
     address = f"[{host}]" if ":" in host else host
@@ -96,7 +108,8 @@ def serve(scorer: Scorer, args: argparse.Namespace) -> None:
         print(f"serving {name} on http://{address}:{port} (tp={layout.tp} pp={layout.pp} dp={layout.dp})",
               flush=True)
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=args.drain_timeout_s)
     # The loaded model, tokenizer and libraries are a million long-lived objects: frozen, they
     # are out of the collector's sight, whose full passes over them would otherwise stall
     # every client for a third of a second now and then.

@@ -29,7 +29,7 @@ from megatron_rm.data.sources import RawRow
 from megatron_rm.scoring.inputs import Encoded, InputEncoder
 
 CLASSIFY_TASK = "classify"
-ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError",
+ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError", 408: "RequestTimeoutError",
                413: "PayloadTooLargeError", 415: "UnsupportedMediaTypeError", 422: "UnprocessableEntityError",
                500: "InternalServerError", 503: "ServiceUnavailableError"}
 

@@ -62,13 +62,16 @@ from megatron_rm.scoring.scorer import Scorer
 from megatron_rm.scoring.serving_loop import Batcher, Closed
 from megatron_rm.scoring.token_server import add_token_routes
 
-# What one request may ask for: 1024 inputs, 32 MiB of JSON (some 8M tokens of text).
+# What one request may ask for: 1024 inputs, 32 MiB of JSON (some 8M tokens of text), and a body
+# that keeps arriving (a client stalled mid-body would otherwise hold its request, and a drain, forever).
 DEFAULT_MAX_ITEMS = 1024
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
 def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = False,
-              max_items: int = DEFAULT_MAX_ITEMS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+              max_items: int = DEFAULT_MAX_ITEMS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """The app; it starts the batcher with itself and closes it (stopping the other ranks) last."""
     if normalize and scorer.token_head:
         raise UsageError(f"{name}: normalize applies to sequence rewards; a token head's are probabilities")
@@ -89,7 +92,7 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
 
     app = FastAPI(title="megatron-rm reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tokenizing = tokenizing
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
     _add_error_handlers(app)
     if scorer.token_head:
         add_token_routes(app, scorer, batcher, tokenizing, name=name, max_items=max_items)
@@ -202,10 +205,11 @@ def _field(location: tuple) -> str:
 
 class BodyLimit:
     """Refuses a body over `max_bytes` with a 413 before anything parses it (a declared
-    length at once, a chunked body as soon as it grows past the limit)."""
+    length at once, a chunked body as soon as it grows past the limit), and one whose next
+    part does not arrive within `timeout_s` with a 408."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -215,7 +219,12 @@ class BodyLimit:
             return await self._refuse(scope, receive, send)
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                message = f"the request body stopped arriving for {self.timeout_s:g} s (--body-timeout-s)"
+                return await JSONResponse(error_body(408, message), status_code=408,
+                                          headers={"connection": "close"})(scope, receive, send)
             if message["type"] != "http.request":
                 return
             chunks.append(message.get("body", b""))

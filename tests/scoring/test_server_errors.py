@@ -3,10 +3,14 @@ which the server answers the next request as before (a bad request is refused on
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import requests
 
-from tests.scoring.test_server import CHAT, MAX_BODY, MAX_ITEMS, one  # noqa: F401 (a fixture)
+from megatron_rm.scoring.server import build_app
+from megatron_rm.scoring.serving_loop import Batcher, Lead
+from tests.scoring.test_server import CHAT, MAX_BODY, MAX_ITEMS, one, running  # noqa: F401 (a fixture)
 
 GOOD = {"items": [{"prompt": "What is 2+2?", "response": " 4"}]}
 ITEM = {"prompt": "p", "response": "r"}
@@ -86,3 +90,19 @@ def test_bodies_over_the_limit_wrong_media_routes_and_methods(one):  # noqa: F81
     refused(requests.get(url + "/score", timeout=30), 405, "Method Not Allowed")
     still_serving(url)
     assert requests.get(url + "/v1/models", timeout=30).json()["data"][0]["id"] == "rm-one"
+
+
+def test_a_body_that_stops_arriving_is_a_408(one):  # noqa: F811
+    """A client stalled mid-body is answered and cut off, instead of holding its request forever."""
+    url, scorer = one[0], one[1]
+    app = build_app(scorer, Batcher(Lead(scorer)), name="rm-slow", body_timeout_s=0.5)
+    with running(app) as slow:
+        host, port = slow.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\n\r\n" + b'{"items": [')
+            answer = b"".join(iter(lambda: client.recv(65536), b"")).decode()  # until it closes
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert '"code":408' in answer and "stopped arriving for 0.5 s" in answer
+        still_serving(slow)
+    still_serving(url)

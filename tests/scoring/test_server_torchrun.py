@@ -1,5 +1,6 @@
 """tools/serve_rm.py as users run it: a real two-rank torchrun job at TP2 answers like the
-one-process scorer, keeps its idle rank waiting through idle ticks, and stops cleanly on SIGTERM.
+one-process scorer, keeps its idle rank waiting through idle ticks, and stops cleanly on SIGTERM,
+within --drain-timeout-s even when a client has stalled mid-request.
 
 The SIGTERM goes to rank 0, the server: it drains, stops rank 1 and both exit 0, so torchrun
 does too. (A SIGTERM to torchrun itself ends the ranks the same way, but torchrun then
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -22,7 +24,7 @@ import torch
 
 from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer
-from tests.conftest import REPO, TORCHRUN, child_env
+from tests.conftest import PYTHON, REPO, TORCHRUN, child_env
 from tests.convert.hf_models import save_model
 
 pytestmark = pytest.mark.slow  # a real torchrun job
@@ -31,7 +33,7 @@ TOOL = str(REPO / "tools" / "serve_rm.py")
 PAIRS = [("What is 2+2?", " It is 4."), ("Name a colour.", " Blue, like the sky over the sea at noon.")]
 
 
-def ready_url(job: subprocess.Popen, timeout: float) -> str:
+def ready_url(job: subprocess.Popen, timeout: float, layout: str = "(tp=2 pp=1 dp=1)") -> str:
     """The URL of the job's ready line, read from its stdout while it starts."""
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in job.stdout], daemon=True).start()
@@ -43,7 +45,7 @@ def ready_url(job: subprocess.Popen, timeout: float) -> str:
             assert job.poll() is None, f"the server exited with {job.returncode}"
             continue
         if line.startswith("serving "):
-            assert line.rstrip().endswith("(tp=2 pp=1 dp=1)"), line
+            assert line.rstrip().endswith(layout), line
             return line.split(" on ")[1].split()[0]
     pytest.fail("no ready line")
 
@@ -77,4 +79,27 @@ def test_tp2_server_answers_like_one_process_and_stops_on_sigterm(tmp_path, sing
             for process in [*ranks, psutil.Process(job.pid)]:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     process.kill()
+            job.wait()
+
+
+def test_sigterm_drains_in_bounded_time_with_a_stalled_client(tmp_path):
+    """A client stalled mid-body keeps its request in flight; on SIGTERM the server waits for it at
+    most --drain-timeout-s, then exits 0, where it would otherwise wait out the body timeout."""
+    folder = tmp_path / "rm"
+    save_model("llama", folder, seed=7)
+    job = subprocess.Popen([PYTHON, TOOL, "--model", str(folder), "--port", "0", "--drain-timeout-s", "1",
+                            "--body-timeout-s", "600"], cwd=REPO, env=child_env(), text=True,
+                           stdout=subprocess.PIPE, stderr=(tmp_path / "stderr").open("w"))
+    try:
+        url = ready_url(job, timeout=180, layout="(tp=1 pp=1 dp=1)")
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as stalled:
+            stalled.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 100\r\n\r\n" + b'{"items": [')
+            time.sleep(0.5)  # the request is in flight, waiting for the rest of its body
+            job.send_signal(signal.SIGTERM)
+            assert job.wait(timeout=60) == 0, (tmp_path / "stderr").read_text()[-4000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
             job.wait()
