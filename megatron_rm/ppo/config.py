@@ -55,8 +55,11 @@ class RewardConfig:
     clip: Optional[float] = None
     """Scores are clipped to [-clip, clip] after normalising; null: not clipped."""
     timeout_s: float = 60.0
-    retries: int = 3
-    """A failed request to `url` is retried this many times (exponential back-off), then the run stops."""
+    retries: int = 6
+    """A failed request to `url` is retried this many times, then the run stops. The waits double from
+    `backoff_s`: 1 + 2 + ... + 32 = 63 s by default, longer than a reward server takes to restart."""
+    backoff_s: float = 1.0
+    """The wait before the first retry."""
     batch_size: int = 256
     """Texts per request to `url` (0: a replica's whole step in one request; our server takes up to
     1024 per request by default)."""
@@ -216,7 +219,8 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
                            "critic.warmup_steps": cfg.critic.warmup_steps, "ppo.mini_batch_size": p.mini_batch_size,
                            "eval.interval": cfg.eval.interval, "eval.max_prompts": cfg.eval.max_prompts,
                            "checkpoint.save_interval": cfg.checkpoint.save_interval,
-                           "checkpoint.keep": cfg.checkpoint.keep, "reward.batch_size": cfg.reward.batch_size})
+                           "checkpoint.keep": cfg.checkpoint.keep, "reward.batch_size": cfg.reward.batch_size,
+                           "reward.backoff_s": cfg.reward.backoff_s})
     if not cfg.eval.temperature >= 0:
         found.append(f"eval.temperature={cfg.eval.temperature} must be >= 0 (0: greedy)")
     if not r.temperature > 0:

@@ -131,7 +131,8 @@ def build_context(cfg: PPOConfig, models: PPOModels, controller: FixedKLControll
         rewards = ModelRewards(models.reward, cfg.reward.normalize)
     else:
         rewards = ServerRewards(RemoteReward(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
-                                             retries=cfg.reward.retries, batch_size=cfg.reward.batch_size),
+                                             retries=cfg.reward.retries, backoff_s=cfg.reward.backoff_s,
+                                             batch_size=cfg.reward.batch_size),
                                 models.layout)
     config = models.actor.state.config
     generator = Generator([models.actor.ddp], models.layout, vocab_size=models.vocab_size,

@@ -14,9 +14,12 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 
 from megatron_rm.errors import RewardServerError
+from megatron_rm.ppo.config import RewardConfig
 from megatron_rm.ppo.remote_reward import RemoteReward
+from tests.conftest import REPO
 
 # The server's answer to one request's queries (and how many requests came before): (status, body).
 Respond = Callable[[list[str], int], tuple[int, bytes]]
@@ -161,3 +164,20 @@ def test_nothing_listening_fails_naming_the_url_after_the_bounded_attempts():
             RemoteReward(url, retries=2, backoff_s=0.001).score(["a"])
     message = str(raised.value)
     assert f"{url}/get_reward: 3 attempts failed" in message and "refused" in message.lower()
+
+
+def test_the_shipped_retries_wait_out_a_server_restart():
+    """conf/train_ppo.yaml's retries and back-off wait at least a minute in all (a reward server
+    takes 20-30 s to start), and the client waits exactly those doubling times."""
+    reward = yaml.safe_load((REPO / "conf" / "train_ppo.yaml").read_text())["reward"]
+    assert (reward["retries"], reward["backoff_s"]) == (RewardConfig.retries, RewardConfig.backoff_s)
+    waits = [reward["backoff_s"] * 2 ** attempt for attempt in range(reward["retries"])]
+    assert sum(waits) >= 60, waits
+    slept = []
+    with socket.socket() as held, pytest.MonkeyPatch.context() as patch:
+        held.bind(("127.0.0.1", 0))
+        patch.setattr(time, "sleep", slept.append)
+        with pytest.raises(RewardServerError, match=f"{reward['retries'] + 1} attempts failed"):
+            RemoteReward(f"http://127.0.0.1:{held.getsockname()[1]}", retries=reward["retries"],
+                         backoff_s=reward["backoff_s"]).score(["a"])
+    assert slept == waits
