@@ -21,7 +21,7 @@ from megatron_rm.data.tokenize import blank, encode_many, fit
 LENGTH_POLICIES = ("error", "truncate_prompt")
 ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_input_ids": "bad_input_ids",
                     "bad_text": "bad_text"}
-"""The encoder's reasons as row-problem reasons (training's parser never meets the last two)."""
+"""The encoder's reasons as row-problem reasons (training's parser never meets bad_input_ids or bad_text)."""
 
 
 @dataclass(frozen=True)
@@ -116,19 +116,22 @@ class InputEncoder:
         return message + " (no prompt to cut)"
 
 
+def _contents(text: Text) -> list[str]:
+    """The strings of a text: itself, or each message's content."""
+    return [text] if isinstance(text, str) else [message["content"] for message in text]
+
+
 def _chars(text: Text) -> int:
-    """The characters of a string, or of the messages' contents."""
-    return len(text) if isinstance(text, str) else sum(len(str(message.get("content", ""))) for message in text)
+    return sum(map(len, _contents(text)))
 
 
 def _not_unicode(text: Text) -> str | None:
     """Why `text` (a string or messages) cannot be tokenized, or None. JSON's escapes can spell a
     lone UTF-16 surrogate (`"\\ud800"`), which no tokenizer takes."""
-    for part in [text] if isinstance(text, str) else [message.get("content", "") for message in text]:
-        if isinstance(part, str):
-            try:
-                part.encode("utf-8")
-            except UnicodeEncodeError as error:
-                return (f"not valid Unicode: a lone surrogate {part[error.start]!r} at character {error.start} "
-                        "(send UTF-8 text)")
+    for part in _contents(text):
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return (f"not valid Unicode: a lone surrogate {part[error.start]!r} at character {error.start} "
+                    "(send UTF-8 text)")
     return None

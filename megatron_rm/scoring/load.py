@@ -60,8 +60,7 @@ class ScoringModel:
 
     def label(self, index: int) -> str:
         """The name of class `index`, as transformers names it: `id2label`, else LABEL_<index>."""
-        names = self.id2label or {}
-        return str(names.get(str(index), names.get(index, f"LABEL_{index}")))
+        return str((self.id2label or {}).get(str(index), f"LABEL_{index}"))  # JSON keys are strings
 
     @property
     def num_labels(self) -> int:

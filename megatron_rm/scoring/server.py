@@ -35,7 +35,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -133,8 +132,6 @@ def _add_sequence_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokeniz
         except DataError as error:  # e.g. messages for a tokenizer without a chat template
             raise RequestProblem(422, str(error)) from None
         sequences = checked(encoded, names)
-        if not sequences:  # an empty batch: answered without a forward
-            return torch.zeros(0, scorer.num_labels), sequences, encoded
         return await batcher.score(sequences), sequences, encoded
 
     @app.post("/score")
@@ -222,8 +219,8 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), self.timeout_s)
             except asyncio.TimeoutError:
-                message = f"the request body stopped arriving for {self.timeout_s:g} s (--body-timeout-s)"
-                return await JSONResponse(error_body(408, message), status_code=408,
+                why = f"the request body stopped arriving for {self.timeout_s:g} s (--body-timeout-s)"
+                return await JSONResponse(error_body(408, why), status_code=408,
                                           headers={"connection": "close"})(scope, receive, send)
             if message["type"] != "http.request":
                 return

@@ -115,7 +115,11 @@ class Batcher:
 
     async def score(self, sequences: list[list[int]]):
         """This request's outputs (`Scorer.outputs`: (len(sequences), num_labels) rewards, or each
-        sequence's per-token logits), scored with whatever joins it."""
+        sequence's per-token logits), scored with whatever joins it. An empty request (OpenRLHF's
+        multi-server client sends one to a server whose share is empty) runs no forward: the
+        scorer's empty outputs need no other rank."""
+        if not sequences:
+            return self.forward.scorer.outputs([])
         job = _Job(sequences, sum(map(len, sequences)), time.monotonic())
         with self._wake:
             if self._closing:

@@ -95,6 +95,8 @@ def test_sequence_level_answers_aggregate_the_responses_tokens(served):
     rewards = post(url, "/get_reward", {"query": TEXTS, "prompts": ["x", "y"]})
     close(rewards["rewards"], want)
     assert rewards["scores"] == rewards["rewards"]
+    assert post(url, "/get_reward", {"query": []}) == {"rewards": [], "scores": [], "extra_logs": {}}
+    assert post(url, "/classify", {"input": []})["data"] == []
     # A conversation: its final message's tokens and the EOS only.
     encoded = encode(scorer.model.tokenizer, tuple(CHAT[:1]), tuple(CHAT[1:]))
     probabilities = positive_probability(alone(scorer, encoded.ids))
