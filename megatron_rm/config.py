@@ -43,6 +43,14 @@ class ModelConfig:
 
     tokenizer: str = "examples/demo/tokenizer"
     """Hugging Face tokenizer folder."""
+    append_eos: bool = True
+    """Every complete text the model reads ends in the EOS (appended where the tokenizer does not
+    write it), and a reward is read there: models trained here, and checkpoints saved before this
+    field. false: the tokenizer's own ids, nothing appended (a Hugging Face reward model, imported
+    or trained from one). See `megatron_rm.data.ending`."""
+    pad_token_id: Optional[int] = None
+    """With append_eos false: the pad id of the model's config.json; transformers does not read a
+    reward at trailing pad tokens, so neither does scoring."""
     vocab_size: Optional[int] = None
     """Embedding rows before padding; None: the tokenizer's size. Converted models keep
     their Hugging Face `vocab_size`, which may exceed the tokenizer's."""

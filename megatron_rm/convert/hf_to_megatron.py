@@ -4,6 +4,7 @@ or a policy (a causal LM, its `lm_head` or tied embedding as the output layer)."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from megatron_rm.convert.hf_config import (
 from megatron_rm.convert.safetensors_io import SafetensorsFolder
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
 from megatron_rm.data import load_tokenizer, save_tokenizer
+from megatron_rm.data.ending import ending_with_eos
 from megatron_rm.errors import CheckpointError
 
 IGNORED = {REWARD: ("lm_head.weight",), POLICY: ()}
@@ -132,12 +134,16 @@ def open_hf(hf_dir: str | Path, *, kind: str = REWARD, num_labels: int | None = 
     family, model = model_config(hf, config_path, num_labels=num_labels or 1,
                                  head_bias=kind == REWARD and "score.bias" in names,
                                  head_init_std=head_init_std, head=head or "sequence", tie_word_embeddings=tied)
+    if has_score and kind == REWARD:  # a Hugging Face reward model reads its own tokenization
+        model = dataclasses.replace(model, append_eos=False, pad_token_id=hf.get("pad_token_id"))
     tokenizer_source = Path(tokenizer_dir) if tokenizer_dir else hf_dir
     try:
         tokenizer = load_tokenizer(str(tokenizer_source))
     except Exception as error:  # transformers raises OSError, ValueError, ... for a folder without one
         raise CheckpointError(f"{tokenizer_source}: no usable tokenizer ({error}); pass "
                               "--tokenizer-dir") from None
+    if kind == REWARD and model.append_eos:  # a new head, trained here: read at the EOS
+        tokenizer = ending_with_eos(tokenizer)
     if len(tokenizer) > model.vocab_size:
         raise CheckpointError(f"{config_path}: vocab_size={model.vocab_size} is smaller than the "
                               f"tokenizer's {len(tokenizer)} tokens ({tokenizer_source})")

@@ -14,6 +14,7 @@ from megatron_rm.convert.hf_config import DTYPES, hf_config, save_config
 from megatron_rm.convert.safetensors_io import write_sharded
 from megatron_rm.core.checkpoint_files import atomic_folder, model_entry, read_metadata, require_kind, resolve
 from megatron_rm.data import load_tokenizer, save_tokenizer
+from megatron_rm.data.tokenize import reward_tokenizer
 from megatron_rm.errors import CheckpointError
 
 PAD_TOKEN = "<|pad|>"
@@ -43,11 +44,15 @@ def export_hf(megatron_dir: str | Path, out_dir: str | Path, *, dtype: str | Non
     token_head = not policy and model.head == "token"
     stored = getattr(torch, entry.dtype)
     target = DTYPES[dtype] if dtype else stored
-    tokenizer = load_tokenizer(model.tokenizer)
+    tokenizer = load_tokenizer(model.tokenizer) if policy else reward_tokenizer(model)
     vocab_size = model.vocab_size or len(tokenizer)
     # Only a sequence classifier reads its output where the pad token says (the last token before
     # it); a causal LM's or a token classifier's logits do not depend on it: the tokenizer's stays.
-    pad_token_id = tokenizer.pad_token_id if policy or token_head else _reward_pad_token(tokenizer)
+    # A Hugging Face model's own pad token stays what it was.
+    if policy or token_head:
+        pad_token_id = tokenizer.pad_token_id
+    else:
+        pad_token_id = _reward_pad_token(tokenizer) if model.append_eos else model.pad_token_id
     if pad_token_id is not None and pad_token_id >= vocab_size:  # the new pad token needs an embedding row
         vocab_size = pad_token_id + 1
     config = hf_config(model, vocab_size=vocab_size, dtype=target, pad_token_id=pad_token_id,

@@ -46,6 +46,7 @@ from megatron_rm.core.checkpoint_files import (
     write_metadata,
 )
 from megatron_rm.data import load_tokenizer, save_tokenizer
+from megatron_rm.data.ending import ending_with_eos
 from megatron_rm.errors import CheckpointError, DamagedCheckpoint
 from megatron_rm.parallel import Layout
 
@@ -120,7 +121,10 @@ def save(checkpoints_dir: str | Path, step: int, models: dict[str, ModelState], 
         # The tokenizer travels inside, so the checkpoint converts and scores on its own.
         # (Passed in by training: a resumed run's tokenizer folder may be inside a checkpoint
         # that `keep` removes.)
-        save_tokenizer(tokenizer or load_tokenizer(first.tokenizer), staging / TOKENIZER_DIR)
+        tokenizer = tokenizer or load_tokenizer(first.tokenizer)
+        if next(iter(models.values())).kind == "reward" and first.append_eos:
+            tokenizer = ending_with_eos(tokenizer)  # scored alike by us and by whoever loads the folder
+        save_tokenizer(tokenizer, staging / TOKENIZER_DIR)
         entries = {name: ModelEntry(dataclasses.replace(model.config, tokenizer=TOKENIZER_DIR),
                                     model.padded_vocab_size, model.dtype, prefix=f"{name}.",
                                     optimizer=model.has_optimizer_state,

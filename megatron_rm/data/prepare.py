@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_rm.config import DataConfig
+from megatron_rm.data.ending import APPEND_EOS, Ending
 from megatron_rm.data.records import Comparison
 from megatron_rm.data.rows import ProblemLog, RowKeys, RowProblem, parse_demonstration, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
@@ -58,18 +59,21 @@ class Settings:
     response per group), outcomes or steps (one response with per-token targets)."""
     labelling: Labelling = field(default_factory=Labelling)
     """How the labelled groupings (LABELLED) place and map their labels."""
+    ending: Ending = field(default_factory=Ending)
+    """How the model's documents end (`data.ending`)."""
 
     @classmethod
     def from_config(cls, d: DataConfig, tokenizer: str, grouping: str = "comparisons",
-                    labelling: Labelling | None = None) -> Settings:
-        """From a run's data settings, its tokenizer folder, how its rows become groups and (for
-        labelled steps) how their labels are placed."""
+                    labelling: Labelling | None = None, ending: Ending = APPEND_EOS) -> Settings:
+        """From a run's data settings, its tokenizer folder, how its rows become groups, (for
+        labelled steps) how their labels are placed, and how the model's documents end."""
         keys = RowKeys(prompt=d.prompt_key, chosen=d.chosen_key, rejected=d.rejected_key,
                        response=d.response_key, responses=d.responses_key, ranking=d.ranking_key,
                        margin=d.margin_key, labels=d.labels_key, completions=d.completions_key,
                        label=d.label_key, input=d.input_key)
         return cls(tokenizer=tokenizer, max_length=d.max_length, truncation=d.truncation,
-                   keys=keys, on_invalid=d.on_invalid, grouping=grouping, labelling=labelling or Labelling())
+                   keys=keys, on_invalid=d.on_invalid, grouping=grouping, labelling=labelling or Labelling(),
+                   ending=ending)
 
     def recorded(self, tokenizer_fingerprint: str) -> dict:
         """The part of meta.json a store must share with a run to be used by it."""
@@ -77,6 +81,8 @@ class Settings:
                     "truncation": self.truncation, "keys": dataclasses.asdict(self.keys), "grouping": self.grouping}
         if self.grouping in LABELLED:
             recorded["labelling"] = dataclasses.asdict(self.labelling)
+        if self.ending != Ending():  # stores built before models could end otherwise stay usable
+            recorded["ending"] = dataclasses.asdict(self.ending)
         return recorded
 
 
@@ -101,10 +107,11 @@ def _start_worker(settings: Settings) -> None:
     tokenizer = load_tokenizer(settings.tokenizer)
     parse = GROUPINGS[settings.grouping]
     if settings.grouping in LABELLED:
-        _worker["encoder"] = StepEncoder(tokenizer, settings.max_length, settings.truncation, settings.labelling)
+        _worker["encoder"] = StepEncoder(tokenizer, settings.max_length, settings.truncation, settings.labelling,
+                                        settings.ending)
         _worker["parse"] = lambda raw: parse(raw, settings.keys, settings.labelling)
     else:
-        _worker["encoder"] = GroupEncoder(tokenizer, settings.max_length, settings.truncation)
+        _worker["encoder"] = GroupEncoder(tokenizer, settings.max_length, settings.truncation, settings.ending)
         _worker["parse"] = lambda raw: parse(raw, settings.keys)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_rm.data.ending import APPEND_EOS, Ending
 from megatron_rm.data.rows import Invalid, RowProblem
 from megatron_rm.data.steps import LabelledSteps, Labelling
 from megatron_rm.data.tokenize import Encoded, document_text, encode, fit, kept_prompt_tokens
@@ -36,21 +37,21 @@ class StepTokens:
     """Ids positions that carry a label: each step's last token, or (outcome) every response token."""
 
 
-def locate_steps(tokenizer, row: LabelledSteps) -> StepTokens:
+def locate_steps(tokenizer, row: LabelledSteps, ending: Ending = APPEND_EOS) -> StepTokens:
     """The ids of `row` and the token ending each step; `Invalid` (naming the step's field) when
     a step's end cannot be placed on a token of its own."""
     if row.outcome:
-        encoded = encode(tokenizer, row.prompt, row.steps[0])
+        encoded = encode(tokenizer, row.prompt, row.steps[0], ending)
         return StepTokens(encoded, list(range(encoded.prompt_tokens, len(encoded.ids))))
     answer = "".join(step + row.separator for step in row.steps)
     response = answer if isinstance(row.prompt, str) else ({"role": "assistant", "content": answer},)
-    encoded = encode(tokenizer, row.prompt, response)
+    encoded = encode(tokenizer, row.prompt, response, ending)
     text, special = document_text(tokenizer, row.prompt, response)
     start = len(row.prompt) if isinstance(row.prompt, str) else text.rfind(answer)
     if start < 0:
         raise Invalid("bad_separator", row.step_names[0], "the chat template changes the steps' text (e.g. strips "
                                                          "it), so the step ends cannot be found in it")
-    offsets = _offsets(tokenizer, text, special, encoded.ids[:-1])
+    offsets = _offsets(tokenizer, text, special, encoded.ids[:-1] if ending.eos else encoded.ids)
     positions, end = [], start
     for index, step in enumerate(row.steps):
         end += len(step) + len(row.separator)
@@ -64,7 +65,7 @@ def locate_steps(tokenizer, row: LabelledSteps) -> StepTokens:
 
 
 def _offsets(tokenizer, text: str, special: bool, ids: list[int]) -> np.ndarray:
-    """(len(ids), 2) character spans of `ids` (the document's ids before its EOS) in `text`."""
+    """(len(ids), 2) character spans of `ids` (the document's ids before the EOS it ends with) in `text`."""
     if not tokenizer.is_fast:
         raise Invalid("bad_separator", None, f"placing step labels needs a fast tokenizer's character offsets; "
                                              f"{tokenizer.name_or_path} is a slow one")
@@ -98,9 +99,10 @@ class StepEncoder:
     """Encodes labelled rows under one length policy: per row its document, prompt length and
     targets, a drop reason, or the row's problem."""
 
-    def __init__(self, tokenizer, max_length: int, truncation: str, labelling: Labelling):
+    def __init__(self, tokenizer, max_length: int, truncation: str, labelling: Labelling,
+                 ending: Ending = APPEND_EOS):
         self.tokenizer, self.max_length, self.truncation = tokenizer, max_length, truncation
-        self.labelling = labelling
+        self.labelling, self.ending = labelling, ending
 
     def encode_groups(self, rows: list[LabelledSteps]) -> list:
         """Per row: `RowProblem`, or (documents, prompt lengths, drop reason or None, targets), each
@@ -109,10 +111,11 @@ class StepEncoder:
 
     def _encode(self, row: LabelledSteps):
         try:
-            located = locate_steps(self.tokenizer, row)
+            located = locate_steps(self.tokenizer, row, self.ending)
         except Invalid as invalid:
             return RowProblem(row.source, invalid.field, invalid.reason, invalid.message)
-        ids, status = fit(located.encoded, self.max_length, self.truncation, self.tokenizer.bos_token_id)
+        ids, status = fit(located.encoded, self.max_length, self.truncation, self.tokenizer.bos_token_id,
+                          self.tokenizer.eos_token_id)
         if ids is None:
             return None, None, status, None
         values = self._targets(row, len(located.label_positions))

@@ -3,20 +3,23 @@
 Plain rows are `prompt + response` with the tokenizer's own special tokens
 (BOS where it adds one). Conversational rows are rendered with the tokenizer's
 chat template, which writes its special tokens itself, so none are added on
-top. Either way the ids end in exactly one EOS: the reward is read at the last
-token, so every scored text must end the same way.
+top. How the ids end is the model's (`ending.Ending`): exactly one EOS for the
+models trained here, the tokenizer's own ending for a Hugging Face model's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from jinja2 import TemplateError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from megatron_rm.config import TRUNCATION_MODES
+from megatron_rm.data.ending import APPEND_EOS, Ending, ending_with_eos
 from megatron_rm.data.records import Comparison, Text
 from megatron_rm.errors import DataError
 
@@ -32,6 +35,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def reward_tokenizer(model) -> PreTrainedTokenizerBase:
+    """A reward model's tokenizer (its `ModelConfig`'s), ending texts as the model reads them
+    (`ending`). A policy's is `load_tokenizer(model.tokenizer)`: its prompts must not end in EOS."""
+    tokenizer = load_tokenizer(model.tokenizer)
+    return ending_with_eos(tokenizer) if model.append_eos else tokenizer
+
+
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
     """Save `tokenizer` to `folder` so that transformers 5 and 4.x both load it.
 
@@ -44,7 +54,11 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> No
     config = json.loads(path.read_text())
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    # Classes that build their post-processor from this flag (4.x's LlamaTokenizerFast) would
+    # drop an EOS the post-processor appends (`ending_with_eos`).
+    if config.get("add_eos_token") is False and tokenizer("a")["input_ids"][-1:] == [tokenizer.eos_token_id]:
+        config["add_eos_token"] = True
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -72,28 +86,52 @@ class Encoded:
     """How many leading ids belong to the prompt (the only part `truncate_prompt` cuts)."""
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -> Encoded:
-    """Ids of one prompt/response text, ending in exactly one EOS."""
-    return encode_many(tokenizer, [(prompt, response)])[0]
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text, ending: Ending = APPEND_EOS) -> Encoded:
+    """Ids of one prompt/response text, ending as `ending` says."""
+    return encode_many(tokenizer, [(prompt, response)], ending)[0]
 
 
-def encode_many(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[Text, Text]]) -> list[Encoded]:
+def encode_many(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[Text, Text]], ending: Ending = APPEND_EOS,
+                special_tokens: bool = True, chat: dict | None = None) -> list[Encoded]:
     """`encode` for many (prompt, response) texts in two tokenizer calls (a fast
-    tokenizer's batch call costs about as much as one text's Python overhead)."""
-    full = [document_text(tokenizer, prompt, response) for prompt, response in texts]
-    prompts = [_prompt_text(tokenizer, prompt) for prompt, _ in texts]
+    tokenizer's batch call costs about as much as one text's Python overhead).
+    `special_tokens=False` tokenizes plain texts without the tokenizer's special tokens (vLLM's
+    `add_special_tokens: false`): nothing is added at either end, the EOS included. `chat`: more
+    arguments of the chat template (vLLM's `add_generation_prompt`, `chat_template_kwargs`); a
+    conversation rendered with a generation prompt is not finished, and gets no EOS."""
+    chat = chat or {}
+    full = [document_text(tokenizer, prompt, response, special_tokens, chat) for prompt, response in texts]
+    prompts = [_prompt_text(tokenizer, prompt, special_tokens, chat) for prompt, _ in texts]
     full_ids = _ids(tokenizer, full)
     unique_prompts = list(dict.fromkeys(prompts))
     prompt_ids = dict(zip(unique_prompts, _ids(tokenizer, unique_prompts)))
-    return [_ended(tokenizer, ids, prompt_ids[p] if p[0] else []) for ids, p in zip(full_ids, prompts)]
+    eos = tokenizer.eos_token_id
+    append = special_tokens and ending.eos and not _appends_eos(tokenizer)
+    plain = [isinstance(prompt, str) and isinstance(response, str) for prompt, response in texts]
+    finished = not chat.get("add_generation_prompt")
+    return [_with_prompt(ending.finish(ids, eos, text=append and is_plain, conversation=finished and not is_plain),
+                         prompt_ids[p] if p[0] else [])
+            for ids, p, is_plain in zip(full_ids, prompts, plain)]
 
 
-def document_text(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -> tuple[str, bool]:
+_APPENDS_EOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _appends_eos(tokenizer) -> bool:
+    """Whether `tokenizer` itself ends a text with the EOS (`ending.ending_with_eos`); asked once."""
+    if tokenizer not in _APPENDS_EOS:
+        _APPENDS_EOS[tokenizer] = tokenizer("a")["input_ids"][-1:] == [tokenizer.eos_token_id]
+    return _APPENDS_EOS[tokenizer]
+
+
+def document_text(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text,
+                  special_tokens: bool = True, chat: dict | None = None) -> tuple[str, bool]:
     """(text, add the tokenizer's special tokens?) that `encode_many` tokenizes for one document:
-    plain prompt + response, or the conversation rendered by the chat template."""
+    plain prompt + response, or the conversation rendered by the chat template (with `chat`'s
+    arguments)."""
     if isinstance(prompt, str) and isinstance(response, str):
-        return prompt + response, True
-    return _render(tokenizer, [*prompt, *response]), False
+        return prompt + response, special_tokens
+    return _render(tokenizer, [*prompt, *response], **(chat or {})), False
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Text]) -> list[list[int]]:
@@ -104,11 +142,12 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Text]) -> l
     return _ids(tokenizer, [_prompt_text(tokenizer, prompt) for prompt in prompts])
 
 
-def _prompt_text(tokenizer, prompt: Text) -> tuple[str, bool]:
+def _prompt_text(tokenizer, prompt: Text, special_tokens: bool = True, chat: dict | None = None) -> tuple[str, bool]:
     """(text, add the tokenizer's special tokens?) of a prompt."""
     if isinstance(prompt, str):
-        return prompt, True
-    return (_render(tokenizer, list(prompt), generation_prompt=True) if prompt else ""), False
+        return prompt, special_tokens
+    chat = {**(chat or {}), "add_generation_prompt": True}
+    return (_render(tokenizer, list(prompt), **chat) if prompt else ""), False
 
 
 def _ids(tokenizer, texts: list[tuple[str, bool]]) -> list[list[int]]:
@@ -130,10 +169,7 @@ def _single_bos(tokenizer, ids: list[int]) -> list[int]:
     return ids[1:] if bos is not None and ids[:2] == [bos, bos] else ids
 
 
-def _ended(tokenizer, ids: list[int], prompt_ids: list[int]) -> Encoded:
-    while ids and ids[-1] == tokenizer.eos_token_id:
-        ids.pop()
-    ids.append(tokenizer.eos_token_id)
+def _with_prompt(ids: list[int], prompt_ids: list[int]) -> Encoded:
     # BPE merges can straddle the prompt/response boundary, so the prompt's share
     # is the common prefix of the two encodings, never more than the text's tokens.
     shared = 0
@@ -151,16 +187,24 @@ def blank(response: Text) -> bool:
     return not response or not response[-1]["content"].strip()
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False, **variables) -> str:
+    """`messages` through the chat template; `variables` are more of the template's variables."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("conversational rows need a tokenizer with a chat template "
                         f"({tokenizer.name_or_path} has none)")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **variables)
+    except TemplateError as error:  # the template's own raise_exception, or a bad variable
+        raise DataError(f"the chat template of {tokenizer.name_or_path} cannot render the conversation: "
+                        f"{error}") from None
 
 
-def fit(encoded: Encoded, max_length: int, truncation: str, bos_id: int | None) -> tuple[list[int] | None, str | None]:
+def fit(encoded: Encoded, max_length: int, truncation: str, bos_id: int | None,
+        eos_id: int | None) -> tuple[list[int] | None, str | None]:
     """Apply the length policy: (ids, None) when kept, (ids, "truncated") when cut,
-    (None, reason) when the text cannot be kept."""
+    (None, reason) when the text cannot be kept. `eos_id`: a text ending in it still does when
+    its response is cut."""
     ids = encoded.ids
     excess = len(ids) - max_length
     if excess <= 0:
@@ -173,10 +217,11 @@ def fit(encoded: Encoded, max_length: int, truncation: str, bos_id: int | None) 
         if encoded.prompt_tokens - keep_head < excess:
             return None, "response_too_long"
         return ids[:keep_head] + ids[keep_head + excess:], "truncated"
-    # truncate_response: keep the start, cut the response's tail, end with EOS again.
-    if encoded.prompt_tokens >= max_length - 1:
+    # truncate_response: keep the start, cut the response's tail, end with the EOS again.
+    tail = ids[-1:] if eos_id is not None and ids[-1] == eos_id else []
+    if encoded.prompt_tokens >= max_length - len(tail):
         return None, "prompt_too_long"
-    return ids[: max_length - 1] + ids[-1:], "truncated"
+    return ids[: max_length - len(tail)] + tail, "truncated"
 
 
 def kept_prompt_tokens(encoded: Encoded, kept: list[int], truncation: str) -> int:
@@ -194,12 +239,14 @@ class GroupEncoder:
     """Encodes whole comparisons under one length policy for training and evaluation (scoring
     encodes single texts with the same `encode_many` and `fit`, `scoring.inputs.InputEncoder`)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str,
+                 ending: Ending = APPEND_EOS):
         if truncation not in TRUNCATION_MODES:
             raise DataError(f"data.truncation={truncation!r} must be one of {', '.join(TRUNCATION_MODES)}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncation = truncation
+        self.ending = ending
 
     def encode_comparison(self, comparison: Comparison) -> tuple[list[list[int]] | None, str | None]:
         return self.encode_comparisons([comparison])[0]
@@ -208,7 +255,7 @@ class GroupEncoder:
         """Per comparison: (documents best first, None), or (None, drop reason) for a
         group that cannot be trained on. A single-response comparison is a group of one."""
         texts = [(c.prompt, response) for c in comparisons for response in c.responses]
-        encoded = iter(encode_many(self.tokenizer, texts))
+        encoded = iter(encode_many(self.tokenizer, texts, self.ending))
         return [self._group([next(encoded) for _ in c.responses]) for c in comparisons]
 
     def encode_groups(self, comparisons: list[Comparison]) -> list[tuple[list[list[int]] | None, list[int] | None,
@@ -216,7 +263,7 @@ class GroupEncoder:
         """`encode_comparisons` with each kept document's prompt length: per comparison
         (documents, prompt tokens of each, None), or (None, None, drop reason)."""
         texts = [(c.prompt, response) for c in comparisons for response in c.responses]
-        encoded = iter(encode_many(self.tokenizer, texts))
+        encoded = iter(encode_many(self.tokenizer, texts, self.ending))
         out = []
         for c in comparisons:
             group = [next(encoded) for _ in c.responses]
@@ -227,7 +274,7 @@ class GroupEncoder:
         return out
 
     def _fit(self, encoded: Encoded) -> tuple[list[int] | None, str | None]:
-        return fit(encoded, self.max_length, self.truncation, self.tokenizer.bos_token_id)
+        return fit(encoded, self.max_length, self.truncation, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id)
 
     def _group(self, encoded: list[Encoded]) -> tuple[list[list[int]] | None, str | None]:
         documents, truncated = [], False

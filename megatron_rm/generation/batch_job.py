@@ -135,7 +135,8 @@ def prompt_rows(raws: list[RawRow], tokenizer, room: int, prompt_policy: str, ma
     # truncate_prompt cuts the oldest tokens (a leading BOS stays) and never that one.
     truncation = "drop" if prompt_policy == "error" else "truncate_prompt"
     for (row, _), ids in zip(prompts, encode_prompts(tokenizer, [prompt for _, prompt in prompts])):
-        fitted, status = fit(Encoded(ids, len(ids) - 1), room, truncation, tokenizer.bos_token_id)
+        fitted, status = fit(Encoded(ids, len(ids) - 1), room, truncation, tokenizer.bos_token_id,
+                              tokenizer.eos_token_id)
         if fitted is None:
             field = "messages" if "messages" in row.fields else "prompt"
             row.problem = RowProblem(row.location, field, "too_long",

@@ -32,6 +32,7 @@ from megatron_rm.core.checkpoint_files import (
     resolve,
 )
 from megatron_rm.data import load_tokenizer
+from megatron_rm.data.tokenize import reward_tokenizer
 from megatron_rm.errors import CheckpointError, ConfigError
 from megatron_rm.model.factory import build_policy_model, build_reward_model
 from megatron_rm.parallel import Layout
@@ -71,7 +72,8 @@ def find(path: str | Path, kind: str, *, model_name: str | None = None, seed: in
     metadata = read_metadata(directory)
     entry = model_entry(directory, metadata, model_name)
     require_kind(directory, entry, kind, model_name)
-    return Found(path, kind, entry.config, load_tokenizer(entry.config.tokenizer), directory=directory,
+    tokenizer = reward_tokenizer(entry.config) if kind == REWARD else load_tokenizer(entry.config.tokenizer)
+    return Found(path, kind, entry.config, tokenizer, directory=directory,
                  entry=entry, metadata=metadata, model_name=model_name)
 
 

@@ -1,10 +1,11 @@
 """What gets scored, as token ids: (prompt, response) texts, chat conversations, whole
-strings or ids given by the caller, all through training's tokenization (`data.tokenize`).
+strings or ids given by the caller, all through training's tokenization (`data.tokenize`),
+ending as the model reads them (`data.ending`); ids given by the caller are scored as given.
 
 An input longer than the limit follows one explicit policy:
 - `error`: it is refused (a row error, a 4xx for a request) and nothing is cut;
 - `truncate_prompt`: the prompt's oldest tokens are cut (a leading BOS stays), the whole
-  response and its EOS are kept and the input is flagged `truncated`; when the response
+  response and the EOS that ends it are kept and the input is flagged `truncated`; when the response
   alone does not fit, it is refused.
 A reward is therefore never read in the middle of a response.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from megatron_rm.data.ending import APPEND_EOS, Ending
 from megatron_rm.data.records import Text
 from megatron_rm.data.tokenize import blank, encode_many, fit
 
@@ -26,7 +28,7 @@ ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_inpu
 
 @dataclass(frozen=True)
 class Encoded:
-    """One input's ids (ending in EOS), or why it cannot be scored."""
+    """One input's ids, or why it cannot be scored."""
 
     ids: list[int] | None
     truncated: bool = False
@@ -34,25 +36,31 @@ class Encoded:
     """Why there are no ids: a sentence naming the problem."""
     reason: str | None = None
     """The error's kind, for counting: "empty", "too_long", "bad_input_ids" or "bad_text"."""
+    position: int | None = None
+    """For bad_input_ids: where in the ids the first bad one is."""
 
 
 class InputEncoder:
     """Turns scoring inputs into ids under one length policy; the tokenizer is the model's own."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, policy: str = "error"):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, policy: str = "error",
+                 ending: Ending = APPEND_EOS):
         if policy not in LENGTH_POLICIES:
             raise ValueError(f"length policy {policy!r} must be one of {', '.join(LENGTH_POLICIES)}")
         if max_length < 2:
             raise ValueError(f"max_length={max_length} leaves no room for a response and its EOS")
-        self.tokenizer, self.max_length, self.policy = tokenizer, max_length, policy
+        self.tokenizer, self.max_length, self.policy, self.ending = tokenizer, max_length, policy, ending
         # A token spans at most the vocabulary's longest entry; a normalizer may fold two characters
         # into one (NFKC). Past this many characters a text cannot fit, whatever it holds, and is
         # refused without tokenizing it: a request of megabytes costs nothing.
         self.max_chars = 2 * max_length * max(map(len, tokenizer.get_vocab()))
 
-    def texts(self, texts: list[tuple[Text, Text]]) -> list[Encoded]:
+    def texts(self, texts: list[tuple[Text, Text]], special_tokens: bool = True,
+              chat: dict | None = None) -> list[Encoded]:
         """(prompt, response) pairs: strings are joined as prompt + response with the tokenizer's
-        special tokens; message tuples are rendered with its chat template (training's rule)."""
+        special tokens (none with `special_tokens=False`, vLLM's `add_special_tokens`); message
+        tuples are rendered with its chat template (training's rule; `chat`: more of the
+        template's arguments, see `data.tokenize.encode_many`)."""
         out: list[Encoded | None] = [None] * len(texts)
         kept = []
         for index, (prompt, response) in enumerate(texts):
@@ -65,22 +73,23 @@ class InputEncoder:
                                                  "(refused before tokenizing)", reason="too_long")
             else:
                 kept.append(index)
-        for index, encoded in zip(kept, encode_many(self.tokenizer, [texts[i] for i in kept])):
+        for index, encoded in zip(kept, encode_many(self.tokenizer, [texts[i] for i in kept], self.ending,
+                                                    special_tokens, chat)):
             out[index] = self.fit(encoded)
         return out
 
-    def whole_texts(self, texts: list[str]) -> list[Encoded]:
+    def whole_texts(self, texts: list[str], special_tokens: bool = True) -> list[Encoded]:
         """Strings that already hold prompt and response (OpenRLHF's queries, vLLM's `input`);
         with no prompt boundary known, an over-long one is refused under either policy."""
-        return self.texts([("", text) for text in texts])
+        return self.texts([("", text) for text in texts], special_tokens)
 
     def messages(self, conversations: list[tuple]) -> list[Encoded]:
         """Whole conversations (message tuples): the final message is the response."""
         return self.texts([(conversation[:-1], conversation[-1:]) for conversation in conversations])
 
     def token_ids(self, sequences: list[list[int]]) -> list[Encoded]:
-        """Ids made by the caller with this model's tokenizer; they end in exactly one EOS, as
-        every scored text does, so a missing one is appended and repeats are removed."""
+        """Ids made by the caller with this model's tokenizer, scored as given: read at the last
+        one that is not the model's pad token, as transformers reads them."""
         return [self._ids(list(ids)) for ids in sequences]
 
     def _ids(self, ids: list) -> Encoded:
@@ -88,13 +97,12 @@ class InputEncoder:
         for position, token in enumerate(ids):
             if type(token) is not int or not 0 <= token < vocab:
                 return Encoded(None, error=f"input_ids[{position}]={token!r} is not a token id "
-                                           f"(a whole number in [0, {vocab}))", reason="bad_input_ids")
-        eos = self.tokenizer.eos_token_id
-        while ids and ids[-1] == eos:
-            ids.pop()
+                                           f"(a whole number in [0, {vocab}))", reason="bad_input_ids",
+                               position=position)
+        ids = self.ending.finish(ids, self.tokenizer.eos_token_id)
         if not ids:
-            return Encoded(None, error="input_ids holds no token besides EOS: nothing to score", reason="empty")
-        ids.append(eos)
+            return Encoded(None, error="input_ids holds no token to read a reward at (none, or only pad tokens)",
+                           reason="empty")
         if len(ids) > self.max_length:
             return Encoded(None, error=self._too_long(len(ids)), reason="too_long")
         return Encoded(ids)
@@ -102,7 +110,8 @@ class InputEncoder:
     def fit(self, encoded) -> Encoded:
         """Training's encoding (`data.tokenize.Encoded`: ids and prompt length) under the policy."""
         truncation = "drop" if self.policy == "error" else "truncate_prompt"
-        ids, status = fit(encoded, self.max_length, truncation, self.tokenizer.bos_token_id)
+        ids, status = fit(encoded, self.max_length, truncation, self.tokenizer.bos_token_id,
+                          self.tokenizer.eos_token_id)
         if ids is None:
             return Encoded(None, error=self._too_long(len(encoded.ids), status), reason="too_long")
         return Encoded(ids, truncated=status == "truncated")

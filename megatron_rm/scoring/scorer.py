@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from megatron_rm import runtime
 from megatron_rm.data import document_batch, pad_id
+from megatron_rm.data.ending import Ending
 from megatron_rm.errors import ConfigError
 from megatron_rm.scoring.batching import BATCHINGS, deal, plan
 from megatron_rm.scoring.inputs import InputEncoder
@@ -71,7 +72,8 @@ class Scorer:
             raise ConfigError("invalid scoring settings:\n  " + "\n  ".join(problems))
         self.model, self.settings = model, settings
         self.max_length = settings.max_length or model.config.max_sequence_length
-        self.encoder = InputEncoder(model.tokenizer, self.max_length, settings.length_policy)
+        self.encoder = InputEncoder(model.tokenizer, self.max_length, settings.length_policy,
+                                    Ending.of(model.config))
         self._pad_id = pad_id(model.tokenizer)
         self.reading = TokenReading.of(model.token_scores, model.num_labels, settings.aggregation,
                                        settings.step_separator) if model.token_head else None

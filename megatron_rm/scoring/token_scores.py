@@ -4,10 +4,10 @@ response's reward is read and how its per-token class logits become one number.
 A response is a stepwise solution (a list of steps) or an outcome text (a string, or chat
 messages); the value's JSON type decides, everywhere (file rows, server requests):
 - steps are written as training wrote them (prompt, then each step and the separator, then
-  EOS; `data.step_tokens.locate_steps`), and each step's reward is the positive-class
+  EOS the model reads at, if it does; `data.step_tokens.locate_steps`), and each step's reward is the positive-class
   probability at the token ending it; the response's reward is their aggregate;
 - an outcome's reward is the aggregate of the positive-class probabilities at every
-  response token and the EOS (where an outcome reward model learnt it).
+  response token and the EOS, if the model reads one (where an outcome reward model learnt it).
 A string is never split into steps: a text's line breaks need not be the steps the model
 was trained on, so a caller who has steps sends them as a list.
 
@@ -98,7 +98,7 @@ class Located:
 def locate(encoder: InputEncoder, parsed: LabelledSteps, name: str | None) -> Located:
     """`parsed` as ids under the encoder's length policy; `Invalid` naming the step, or `name`
     (the response's field) when it does not fit."""
-    found = locate_steps(encoder.tokenizer, parsed)
+    found = locate_steps(encoder.tokenizer, parsed, encoder.ending)
     fitted = encoder.fit(found.encoded)
     if fitted.ids is None:
         raise Invalid(ENCODING_REASONS.get(fitted.reason, fitted.reason), name, fitted.error)

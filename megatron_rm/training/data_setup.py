@@ -19,6 +19,7 @@ import torch.distributed as dist
 from megatron_rm.config import DataConfig, LoopConfig
 from megatron_rm.data import Batch
 from megatron_rm.data.batching import collate, eval_share, pack_groups, split_evenly
+from megatron_rm.data.ending import APPEND_EOS, Ending
 from megatron_rm.data.prepare import Settings, open_split
 from megatron_rm.data.sampler import GroupSampler
 from megatron_rm.data.split import split_by_prompt
@@ -51,13 +52,13 @@ def labelling_for(cfg) -> Labelling:
 
 
 def load_splits(data: DataConfig, tokenizer: str, run_dir: Path, grouping: str = "comparisons",
-                labelling: Labelling | None = None) -> tuple[Split, Split | None, dict]:
+                labelling: Labelling | None = None, ending: Ending = APPEND_EOS) -> tuple[Split, Split | None, dict]:
     """(train, eval or None, report), rows made into groups by `grouping` (see `prepare.GROUPINGS`;
     labelled steps placed by `labelling`). Collective: call on every rank after process groups exist."""
     opened, problem = None, None
     if dist.get_rank() == 0:
         try:
-            opened = _open_all(data, tokenizer, run_dir, grouping, labelling)
+            opened = _open_all(data, tokenizer, run_dir, grouping, labelling, ending)
         except UsageError as error:
             problem = str(error)
     # Rank 0 builds; the others wait for it, then fail alike or open what it built.
@@ -65,12 +66,12 @@ def load_splits(data: DataConfig, tokenizer: str, run_dir: Path, grouping: str =
     dist.broadcast_object_list(shared, src=0)
     if shared[0] is not None:
         raise DataError(shared[0])
-    return opened or _open_all(data, tokenizer, run_dir, grouping, labelling)
+    return opened or _open_all(data, tokenizer, run_dir, grouping, labelling, ending)
 
 
 def _open_all(d: DataConfig, tokenizer: str, run_dir: Path, grouping: str,
-              labelling: Labelling | None) -> tuple[Split, Split | None, dict]:
-    settings = Settings.from_config(d, tokenizer, grouping, labelling)
+              labelling: Labelling | None, ending: Ending) -> tuple[Split, Split | None, dict]:
+    settings = Settings.from_config(d, tokenizer, grouping, labelling, ending)
     tokenizer_fingerprint = fingerprint(load_tokenizer(tokenizer))
 
     def open_one(path, split: str):

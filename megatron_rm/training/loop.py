@@ -19,6 +19,7 @@ from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
 from megatron_rm.core.optim import SkipGuard, build_optimizer, train_step
 from megatron_rm.core.schedule import run_objective
 from megatron_rm.data import load_tokenizer, pad_id
+from megatron_rm.data.ending import Ending
 from megatron_rm.errors import ConfigError
 from megatron_rm.model.layer_spec import layer_implementation
 from megatron_rm.objectives import build_objective, model_for_loss
@@ -65,7 +66,7 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir, objective.grouping,
-                                                     labelling_for(cfg))
+                                                     labelling_for(cfg), Ending.of(cfg.model))
     objective.check_data(train_split.store, cfg.data.train_path)
     sampler = sampler_for(train_split, cfg.data, t)
     total = total_steps(t, sampler.steps_per_epoch)

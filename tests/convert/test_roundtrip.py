@@ -88,24 +88,42 @@ def test_causal_lm_gets_a_new_head_and_exports_as_a_classifier(single_rank, tmp_
     assert _load_classifier(tmp_path / "back").config.num_labels == 3
 
 
-def test_a_tokenizer_without_a_distinct_pad_token_gets_one(single_rank, tmp_path):
-    """With pad == EOS transformers would read the reward one token before EOS."""
-    save_model("qwen2", tmp_path / "hf")
-    config = tmp_path / "hf" / "tokenizer_config.json"
+def _pad_is_eos(folder) -> None:
+    config = folder / "tokenizer_config.json"
     settings = json.loads(config.read_text())
     settings["pad_token"] = settings["eos_token"]
     config.write_text(json.dumps(settings))
-    (tmp_path / "hf" / "special_tokens_map.json").unlink(missing_ok=True)  # transformers 4.x wrote one
-    import_hf(tmp_path / "hf", tmp_path / "megatron")
+    (folder / "special_tokens_map.json").unlink(missing_ok=True)  # transformers 4.x wrote one
+
+
+def test_our_reward_model_gets_a_pad_token_distinct_from_the_eos_it_reads_at(single_rank, tmp_path):
+    """With pad == EOS transformers would read the reward one token before EOS."""
+    save_model("qwen2", tmp_path / "hf", "causal_lm")
+    _pad_is_eos(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "megatron")  # a new head: a reward model of ours, read at the EOS
     export_hf(tmp_path / "megatron", tmp_path / "back")
     model = _load_classifier(tmp_path / "back")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
     assert tokenizer.pad_token == "<|pad|>" and model.config.pad_token_id == tokenizer.pad_token_id
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer("a b")["input_ids"][-1] == tokenizer.eos_token_id  # the tokenizer appends it
     # The qwen2 test model's vocabulary has no spare row: the embedding grew by one.
     assert model.config.vocab_size == tokenizer.pad_token_id + 1
     assert torch.equal(_tensors(tmp_path / "back")["model.embed_tokens.weight"][:-1],
                        _tensors(tmp_path / "hf")["model.embed_tokens.weight"])
+
+
+def test_a_hugging_face_reward_model_keeps_its_own_pad_and_tokenizer(single_rank, tmp_path):
+    """Its reading (the last token that is not config.json's pad) is its own: nothing changes."""
+    save_model("qwen2", tmp_path / "hf")
+    _pad_is_eos(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "megatron")
+    export_hf(tmp_path / "megatron", tmp_path / "back")
+    before, after = (transformers.AutoTokenizer.from_pretrained(tmp_path / name) for name in ("hf", "back"))
+    assert after.pad_token_id == after.eos_token_id == before.eos_token_id
+    assert after("a b")["input_ids"] == before("a b")["input_ids"]
+    pads = [_load_classifier(tmp_path / name).config.pad_token_id for name in ("hf", "back")]
+    assert pads[0] == pads[1]  # config.json's, which transformers reads at
 
 
 def test_reward_statistics_travel_with_the_model(single_rank, tmp_path):

@@ -119,7 +119,8 @@ def test_skip_counts_invalid_rows_by_reason(tmp_path):
 
 def test_drops_are_counted_by_reason(tmp_path):
     long = {"prompt": "User: Name 9 fruits.\nAssistant:", "chosen": " 1. fig" * 30, "rejected": " 1. fig"}
-    same_ids = {"prompt": "User: hi\nAssistant:", "chosen": " 1. fig", "rejected": " 1. fig</s>"}
+    # Two characters the demo vocabulary lacks: both become <unk>, so the texts differ and the ids do not.
+    same_ids = {"prompt": "User: hi\nAssistant:", "chosen": " 1. fig\u2603", "rejected": " 1. fig\u2604"}
     source = write_jsonl(tmp_path / "d.jsonl", [*rows(4), long, same_ids, long])
     meta = build_store([source], tmp_path / "store", settings())
     assert meta["dropped"] == {"too_long": 2, "identical_tokens": 1} and meta["groups"] == 4

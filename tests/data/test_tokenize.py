@@ -2,6 +2,7 @@
 
 import pytest
 
+from megatron_rm.data.ending import Ending, ending_with_eos
 from megatron_rm.data.records import Comparison
 from megatron_rm.data.tokenize import GroupEncoder, encode, encode_many, fingerprint, fit, load_tokenizer, pad_id
 from megatron_rm.errors import DataError
@@ -26,11 +27,23 @@ def pair(chosen=" 1. fig 2. lime 3. kiwi", rejected=" 1. fig 2. lime", prompt=PR
     return Comparison(prompt, (chosen, rejected), source="test")
 
 
-def test_plain_text_gets_one_eos_and_the_tokenizer_special_tokens(demo):
-    ids = encode(demo, PROMPT, " 1. fig").ids
-    assert ids == demo(PROMPT + " 1. fig")["input_ids"] + [demo.eos_token_id]
-    for text in (" 1. fig</s>", " 1. fig</s></s>"):
-        assert encode(demo, PROMPT, text).ids == ids
+def test_plain_text_ends_as_its_eos_ending_tokenizer_ends_it(demo, tmp_path):
+    """The EOS is appended as `ending_with_eos`'s post-processor appends it, to a text that ends in
+    one too; and with that tokenizer itself, nothing more is appended."""
+    ending = ending_with_eos(demo)
+    for text in (" 1. fig", " 1. fig</s>", " 1. fig</s></s>"):
+        ids = encode(demo, PROMPT, text).ids
+        assert ids == demo(PROMPT + text)["input_ids"] + [demo.eos_token_id] == ending(PROMPT + text)["input_ids"]
+        assert encode(ending, PROMPT, text).ids == ids
+    with_bos = load_variant(tmp_path / "bos", bos=True)
+    assert encode(with_bos, PROMPT, " 1. fig").ids == ending_with_eos(with_bos)(PROMPT + " 1. fig")["input_ids"]
+
+
+def test_a_hugging_face_models_text_gets_nothing_appended(demo):
+    """Read before trailing pad tokens, as transformers reads: here pad == EOS."""
+    own = Ending(eos=False, pad_token_id=demo.eos_token_id)
+    assert encode(demo, PROMPT, " 1. fig", own).ids == demo(PROMPT + " 1. fig")["input_ids"]
+    assert encode(demo, PROMPT, " 1. fig</s>", own).ids == demo(PROMPT + " 1. fig")["input_ids"]
 
 
 def test_prompt_tokens_are_the_shared_prefix(demo):
@@ -93,21 +106,23 @@ def test_truncate_prompt_keeps_bos_response_and_eos(tmp_path):
     encoded = encode(tokenizer, PROMPT, " 1. fig 2. lime")
     response = encoded.ids[encoded.prompt_tokens:]
     max_length = len(encoded.ids) - 3
-    ids, status = fit(encoded, max_length, "truncate_prompt", tokenizer.bos_token_id)
+    ids, status = fit(encoded, max_length, "truncate_prompt", tokenizer.bos_token_id, tokenizer.eos_token_id)
     assert status == "truncated" and len(ids) == max_length
     assert ids[0] == tokenizer.bos_token_id
     assert ids[1:] == encoded.ids[4:]
     assert ids[-len(response):] == response and ids[-1] == tokenizer.eos_token_id
     too_short = len(response)  # BOS + whole response cannot fit
-    assert fit(encoded, too_short, "truncate_prompt", tokenizer.bos_token_id) == (None, "response_too_long")
+    assert fit(encoded, too_short, "truncate_prompt", tokenizer.bos_token_id,
+               tokenizer.eos_token_id) == (None, "response_too_long")
 
 
 def test_truncate_response_keeps_the_start_and_ends_with_eos(demo):
     encoded = encode(demo, PROMPT, " 1. fig 2. lime 3. kiwi")
-    ids, status = fit(encoded, encoded.prompt_tokens + 3, "truncate_response", None)
+    ids, status = fit(encoded, encoded.prompt_tokens + 3, "truncate_response", None, demo.eos_token_id)
     assert status == "truncated"
     assert ids == encoded.ids[: encoded.prompt_tokens + 2] + [demo.eos_token_id]
-    assert fit(encoded, encoded.prompt_tokens, "truncate_response", None) == (None, "prompt_too_long")
+    assert fit(encoded, encoded.prompt_tokens, "truncate_response", None,
+               demo.eos_token_id) == (None, "prompt_too_long")
 
 
 def test_pair_identical_after_truncation_is_dropped(demo):
@@ -118,9 +133,9 @@ def test_pair_identical_after_truncation_is_dropped(demo):
         None, "identical_after_truncation")
 
 
-def test_texts_equal_after_eos_collapse_are_dropped(demo):
+def test_texts_with_identical_ids_are_dropped(demo):
     encoder = GroupEncoder(demo, max_length=64, truncation="drop")
-    assert encoder.encode_comparison(pair(" 1. fig", " 1. fig</s>")) == (None, "identical_tokens")
+    assert encoder.encode_comparison(pair(" 1. fig", " 1. fig")) == (None, "identical_tokens")
 
 
 def test_unknown_truncation_is_refused(demo):
@@ -144,7 +159,8 @@ def bot(text):
 
 def expected_ids(tokenizer, texts, max_length):
     """`encode_many` + `fit` one text at a time: what batched scoring must agree with."""
-    return [fit(encode_many(tokenizer, [text])[0], max_length, "drop", tokenizer.bos_token_id)[0] for text in texts]
+    return [fit(encode_many(tokenizer, [text])[0], max_length, "drop", tokenizer.bos_token_id,
+                tokenizer.eos_token_id)[0] for text in texts]
 
 
 def test_scoring_keeps_order_and_names_each_refusal(demo):
@@ -178,12 +194,13 @@ def test_scoring_chat_messages(chat):
 
 def test_fit_reports_truncation_and_what_cannot_be_cut(tmp_path, demo):
     encoded = encode(demo, PROMPT, " 1. fig 2. lime 3. kiwi")
-    assert fit(encoded, encoded.prompt_tokens + 3, "truncate_response", demo.bos_token_id) == (
+    assert fit(encoded, encoded.prompt_tokens + 3, "truncate_response", demo.bos_token_id, demo.eos_token_id) == (
         encoded.ids[: encoded.prompt_tokens + 2] + [demo.eos_token_id], "truncated")
-    assert fit(encoded, encoded.prompt_tokens, "truncate_response", demo.bos_token_id) == (None, "prompt_too_long")
+    assert fit(encoded, encoded.prompt_tokens, "truncate_response", demo.bos_token_id,
+               demo.eos_token_id) == (None, "prompt_too_long")
     with_bos = load_variant(tmp_path, bos=True)
     assert fit(encode(with_bos, PROMPT, " 1. fig 2. lime 3. kiwi"), 4, "truncate_prompt",
-               with_bos.bos_token_id) == (None, "response_too_long")
+               with_bos.bos_token_id, with_bos.eos_token_id) == (None, "response_too_long")
 
 
 class CountingTokenizer:
@@ -203,5 +220,8 @@ class CountingTokenizer:
 def test_scoring_encodes_all_texts_in_one_batched_pass(demo):
     counting = CountingTokenizer(demo)
     texts = [(f"User: Name {n} fruits.\nAssistant:", " 1. fig" * n) for n in range(1, 30)]
-    assert all(one.ids is not None for one in InputEncoder(counting, max_length=1024).texts(texts))
+    encoder = InputEncoder(counting, max_length=1024)
+    encoder.texts(texts[:1])  # asks once whether the tokenizer appends the EOS itself
+    counting.calls = 0
+    assert all(one.ids is not None for one in encoder.texts(texts))
     assert counting.calls <= 2  # the full texts, then their prompts

@@ -17,8 +17,6 @@ import torch
 import transformers
 
 from megatron_rm.convert import export_hf, import_hf
-from megatron_rm.data import load_tokenizer
-from megatron_rm.scoring.inputs import InputEncoder
 from tests.conftest import DEMO, REPO, torchrun
 from tests.convert.hf_models import save_model
 from tests.scoring.score_rm_files import read_rows, write_rows
@@ -98,7 +96,8 @@ def test_transformers_on_the_exported_model_agrees(setup, tmp_path, single_rank)
     root, results, texts = setup
     export_hf(root / "checkpoint", tmp_path / "exported")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported").eval()
-    encoder = InputEncoder(load_tokenizer(tmp_path / "exported"), max_length=256)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "exported")  # the stock call, one text at a time
     with torch.no_grad():
-        expected = [model(torch.tensor([encoded.ids])).logits.item() for encoded in encoder.texts(texts)]
+        expected = [model(**tokenizer(prompt + response, return_tensors="pt")).logits.item()
+                    for prompt, response in texts]
     _close(results["tp1pp1"]["checkpoint"]["alone"], expected, rtol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_rm.data import GroupEncoder
+from megatron_rm.data.ending import Ending
 from megatron_rm.data.records import Comparison
 from megatron_rm.scoring.inputs import InputEncoder
 from tests.data.tokenizer_variants import load_variant
@@ -57,13 +58,22 @@ def test_blank_responses_are_refused(plain, with_bos):
     assert empty_final[0].reason == "empty"
 
 
-def test_token_ids_end_in_exactly_one_eos_and_are_checked(plain):
+def test_token_ids_are_scored_as_given_and_checked(plain):
     encoder = InputEncoder(plain, max_length=8)
     eos = plain.eos_token_id
-    assert [one.ids for one in encoder.token_ids([[5, 6], [5, 6, eos], [5, 6, eos, eos]])] == [[5, 6, eos]] * 3
-    bad = encoder.token_ids([[5, len(plain)], [5, True], [eos], list(range(1, 10))])
+    given = [[5, 6], [5, 6, eos], [5, 6, eos, eos]]
+    assert [one.ids for one in encoder.token_ids(given)] == given
+    bad = encoder.token_ids([[5, len(plain)], [5, True], [], list(range(1, 10))])
     assert [one.reason for one in bad] == ["bad_input_ids", "bad_input_ids", "empty", "too_long"]
     assert f"input_ids[1]={len(plain)}" in bad[0].error
+
+
+def test_a_hugging_face_models_token_ids_are_read_before_trailing_pad_tokens(plain):
+    """transformers reads at the last token that is not the pad token, pad == EOS included."""
+    eos = plain.eos_token_id
+    encoder = InputEncoder(plain, max_length=8, ending=Ending(eos=False, pad_token_id=eos))
+    assert [one.ids for one in encoder.token_ids([[5, 6, eos, eos], [5, 6]])] == [[5, 6], [5, 6]]
+    assert encoder.token_ids([[eos, eos]])[0].reason == "empty"
 
 
 def test_a_text_that_already_starts_with_bos_gets_no_second_one(with_bos):

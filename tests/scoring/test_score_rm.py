@@ -64,7 +64,8 @@ def test_every_row_shape_gets_its_rewards(setup, tmp_path):
     torch.testing.assert_close(torch.tensor(got), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(torch.tensor(got), reference_rewards(reference, sequences), rtol=0, atol=1e-4)
     assert out[2]["best"] == max(range(3), key=lambda i: out[2]["rewards"][i])
-    assert out[3]["best"] == 0 and out[3]["rewards"][0] == out[3]["rewards"][1]  # ties: the first
+    # Ties: the first (equal texts in different places of a packed batch may differ in the last bits).
+    assert out[3]["best"] == 0 and out[3]["rewards"][0] == pytest.approx(out[3]["rewards"][1], abs=1e-6)
     assert out[1]["chosen_reward_normalized"] == pytest.approx((out[1]["chosen_reward"] - MEAN) / STD)
     assert out[2]["rewards_normalized"] == pytest.approx([(r - MEAN) / STD for r in out[2]["rewards"]])
     assert out[6]["reward_normalized"] == pytest.approx((out[6]["reward"] - MEAN) / STD)
@@ -126,7 +127,7 @@ def test_skip_writes_error_rows_in_place_and_counts_them(setup, tmp_path):
 
 
 
-def test_truncate_prompt_flags_rows_and_keeps_the_eos(setup, tmp_path):
+def test_truncate_prompt_flags_rows_and_keeps_the_whole_response(setup, tmp_path):
     scorer, reference, _ = setup
     cutting = Scorer(scorer.model, ScoreSettings(max_length=16, length_policy="truncate_prompt"))
     rows = [{"prompt": "tell me" + " more" * 30, "response": " fine then"},
@@ -135,8 +136,8 @@ def test_truncate_prompt_flags_rows_and_keeps_the_eos(setup, tmp_path):
     summary, out = score_rows(cutting, rows, tmp_path)
     assert [row["truncated"] for row in out] == [True, True, False]
     ids = cutting.encoder.texts([(rows[0]["prompt"], rows[0]["response"])])[0].ids
-    assert len(ids) == 16 and ids[-1] == scorer.model.tokenizer.eos_token_id
-    assert ids[-4:-1] == cutting.encoder.texts([("", " fine then")])[0].ids[-4:-1]  # the whole response
+    response = cutting.encoder.texts([("", " fine then")])[0].ids  # a Hugging Face model's: nothing appended
+    assert len(ids) == 16 and ids[-len(response):] == response
     torch.testing.assert_close(torch.tensor(out[0]["reward"]), reference_rewards(reference, [ids])[0],
                                rtol=0, atol=1e-4)
     assert summary.done == 3

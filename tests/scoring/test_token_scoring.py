@@ -45,7 +45,7 @@ def responses(row: dict, separator: str = "\n", tag: str = "ки") -> list[Label
 
 
 def located(scorer: Scorer, response: LabelledSteps) -> Located:
-    found = locate_steps(scorer.model.tokenizer, response)
+    found = locate_steps(scorer.model.tokenizer, response, scorer.encoder.ending)
     return Located(found.encoded.ids, found.label_positions, response.outcome)
 
 

@@ -59,7 +59,8 @@ def whole_text_ids(scorer: Scorer, text: str) -> list[int]:
 
 
 def steps_of(scorer: Scorer, prompt: str, steps: list[str]) -> Located:
-    found = locate_steps(scorer.model.tokenizer, LabelledSteps(prompt, tuple(steps), None, "\n", "", ("s",) * 3))
+    found = locate_steps(scorer.model.tokenizer, LabelledSteps(prompt, tuple(steps), None, "\n", "", ("s",) * 3),
+                         scorer.encoder.ending)
     return Located(found.encoded.ids, found.label_positions, False)
 
 
@@ -97,8 +98,8 @@ def test_sequence_level_answers_aggregate_the_responses_tokens(served):
     assert rewards["scores"] == rewards["rewards"]
     assert post(url, "/get_reward", {"query": []}) == {"rewards": [], "scores": [], "extra_logs": {}}
     assert post(url, "/classify", {"input": []})["data"] == []
-    # A conversation: its final message's tokens and the EOS only.
-    encoded = encode(scorer.model.tokenizer, tuple(CHAT[:1]), tuple(CHAT[1:]))
+    # A conversation: its final message's tokens (and the EOS, where the model reads one) only.
+    encoded = encode(scorer.model.tokenizer, tuple(CHAT[:1]), tuple(CHAT[1:]), scorer.encoder.ending)
     probabilities = positive_probability(alone(scorer, encoded.ids))
     assert 0 < encoded.prompt_tokens < len(encoded.ids) - 2
     chat = post(url, "/classify", {"messages": CHAT})["data"][0]["probs"][-1]
@@ -124,7 +125,7 @@ def test_score_answers_step_scores_natively_and_in_vllms_shape(served):
         for item, (_, steps) in zip(answer["data"], want):
             close(item["step_scores"], steps)
     outcome = post(url, "/score", {"queries": "What is 2+3?", "documents": [" It is 5."]})["data"][0]
-    located = encode(scorer.model.tokenizer, "What is 2+3?", " It is 5.")
+    located = encode(scorer.model.tokenizer, "What is 2+3?", " It is 5.", scorer.encoder.ending)
     probabilities = positive_probability(alone(scorer, located.ids))[located.prompt_tokens:]
     assert outcome["step_scores"] is None
     close([outcome["score"]], [float(probabilities.mean())])

@@ -74,7 +74,7 @@ def test_same_tokenizer_scores_the_rows_ids(setup):
     scores = rm_scores(VerlRewardModel(scorer).compute_reward(batch), 3)
     rewards = read_rewards(scores, [len(response) for response in responses])
     ids = [encoded.ids for encoded in scorer.encoder.token_ids([p + r for p, r in zip(prompts, responses)])]
-    assert all(row[-1] == eos and row[-2] != eos for row in ids)
+    assert ids == [p + r for p, r in zip(prompts, responses)]  # scored as given
     torch.testing.assert_close(rewards, scorer.score(ids)[:, 0], rtol=0, atol=1e-6)
     with torch.no_grad():
         expected = torch.stack([reference(torch.tensor([row])).logits[0, 0] for row in ids])
@@ -86,14 +86,21 @@ def test_same_tokenizer_scores_the_rows_ids(setup):
     torch.testing.assert_close(rm_scores(same.compute_reward(batch), 3), scores, rtol=0, atol=0)
 
 
-def test_a_response_ending_in_eos_or_not_scores_alike(setup):
-    scorer, _, tokenizer = setup
+def test_a_response_is_read_where_transformers_reads_its_ids(setup):
+    """With or without its EOS, pad == EOS or not: the last token that is not the pad token."""
+    scorer, reference, tokenizer = setup
     prompt, response = encode(tokenizer, "name a tool"), encode(tokenizer, "rake chisel")
-    batch = verl_batch([prompt, prompt], [response + [tokenizer.eos_token_id], response], tokenizer.pad_token_id)
-    plain = {key: batch[key] for key in batch.keys()}  # a plain mapping of tensors is accepted too
-    rewards = read_rewards(rm_scores(VerlRewardModel(scorer).compute_reward(plain), 2),
-                           [len(response) + 1, len(response)])
-    torch.testing.assert_close(rewards[0], rewards[1], rtol=0, atol=1e-6)
+    eos = tokenizer.eos_token_id
+    for pad in (tokenizer.pad_token_id, eos):
+        batch = verl_batch([prompt, prompt], [response + [eos], response], pad)
+        plain = {key: batch[key] for key in batch.keys()}  # a plain mapping of tensors is accepted too
+        rewards = read_rewards(rm_scores(VerlRewardModel(scorer).compute_reward(plain), 2),
+                               [len(response) + 1, len(response)])
+        with torch.no_grad():
+            expected = torch.stack([reference(torch.tensor([prompt + response + [eos]])).logits[0, 0],
+                                    reference(torch.tensor([prompt + response])).logits[0, 0]])
+        torch.testing.assert_close(rewards, expected, rtol=1e-4, atol=1e-4)
+        assert abs(rewards[0] - rewards[1]) > 1e-3
 
 
 def test_other_policy_tokenizer_rescores_with_the_chat_template(setup, policy_tokenizer):
