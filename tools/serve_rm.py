@@ -25,7 +25,8 @@ share it. Once it accepts connections it prints `serving MODEL on http://HOST:PO
 (with --port 0 the port is a free one). It binds to 127.0.0.1 unless --host says otherwise.
 SIGTERM or Ctrl-C to rank 0 finishes the requests in flight, stops the other ranks and exits 0.
 torchrun passes a SIGTERM on to every rank: the others wait for rank 0's stop and the job ends
-the same way, though torchrun itself reports the signal with status 1.
+the same way, though torchrun itself reports the signal with status 1, and kills the ranks left
+after its --shutdown-timeout (30 s by default): give it more than --drain-timeout-s.
 """
 
 import argparse
@@ -42,8 +43,10 @@ from megatron_rm.scoring.arguments import add_model_arguments, add_token_argumen
 from megatron_rm.scoring.scorer import Scorer
 from megatron_rm.scoring.server import (
     DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ITEMS,
+    HeaderTimeout,
     Server,
     build_app,
     listen,
@@ -71,6 +74,9 @@ def arguments() -> argparse.Namespace:
     group.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="request body size")
     group.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
                        help="a request whose body stops arriving this long is answered 408")
+    group.add_argument("--header-timeout-s", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                       help="a connection whose request headers are not complete this long after it opens "
+                            "(or after the request's first byte) is answered 408 and closed")
     group.add_argument("--drain-timeout-s", type=float, default=30.0,
                        help="on SIGTERM, how long requests in flight may take to finish before they are cut")
     group.add_argument("--idle-tick-s", type=float, default=IDLE_TICK_S,
@@ -81,8 +87,10 @@ def arguments() -> argparse.Namespace:
         value, lowest = getattr(args, name), 0 if name == "port" else 1
         if value is not None and value < lowest:
             parser.error(f"--{name.replace('_', '-')}={value} must be >= {lowest}")
-    if args.batch_wait_ms < 0 or args.idle_tick_s <= 0 or args.body_timeout_s <= 0 or args.drain_timeout_s < 0:
-        parser.error("--batch-wait-ms and --drain-timeout-s must be >= 0, --idle-tick-s and --body-timeout-s > 0")
+    if (args.batch_wait_ms < 0 or args.idle_tick_s <= 0 or args.body_timeout_s <= 0 or args.header_timeout_s <= 0
+            or args.drain_timeout_s < 0):
+        parser.error("--batch-wait-ms and --drain-timeout-s must be >= 0, --idle-tick-s, --body-timeout-s and "
+                     "--header-timeout-s > 0")
     return args
 
 
@@ -109,7 +117,8 @@ def serve(scorer: Scorer, args: argparse.Namespace) -> None:
               flush=True)
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=args.drain_timeout_s)
+                            timeout_graceful_shutdown=args.drain_timeout_s,
+                            http=HeaderTimeout.after(args.header_timeout_s))
     # The loaded model, tokenizer and libraries are a million long-lived objects: frozen, they
     # are out of the collector's sight, whose full passes over them would otherwise stall
     # every client for a third of a second now and then.

@@ -16,6 +16,7 @@ that trains is a row that scores, and a problem is named the way training names 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -116,10 +117,20 @@ class RewardRequest(_Request):
         return [("", query) for query in self.query], [f"query[{i}]" for i in range(len(self.query))]
 
 
+TEMPLATE_ARGUMENTS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs"})
+"""`apply_chat_template`'s own parameters, which `chat_template_kwargs` may not set."""
+
+
 class ClassifyRequest(_VllmRequest):
     """vLLM's classify request."""
 
-    input: StrictStr | list[StrictStr] | None = None
+    input: StrictStr | list[Any] | None = None
+    """vLLM's forms: a string, a list of strings, one input's token ids (a list of ints) or
+    several inputs' (a list of such lists); `[]` is an empty batch. Its form is checked by
+    `token_ids` and its ids by the encoder (`given_ids`), each naming the element at fault."""
     messages: list[Any] | None = None
     use_activation: StrictBool | None = None
     activation: StrictBool | None = None
@@ -128,27 +139,85 @@ class ClassifyRequest(_VllmRequest):
     """Legacy alias of use_activation."""
     truncate_prompt_tokens: StrictInt | None = None
     """Refused when set: over-long inputs follow the server's one length policy."""
+    add_special_tokens: StrictBool | None = None
+    """Add the tokenizer's special tokens to a text, as vLLM does (default true). A conversation's
+    chat template writes its own (default false; true would add a second set, and is refused)."""
+    add_generation_prompt: StrictBool = False
+    """A conversation only: render it with the template's generation prompt (the reward is then
+    read after it, with no EOS appended: the conversation is not finished)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """A conversation only: more variables for the chat template (e.g. `enable_thinking`)."""
 
     def encode(self, encoder: InputEncoder, max_items: int) -> tuple[list[Encoded], list[str]]:
-        """The inputs (whole strings, or one conversation) as ids, and their names for errors."""
+        """The inputs (whole strings, one conversation, or token ids) as ids, and their names for errors."""
+        ids, names = self.token_ids(max_items)
+        if ids is not None:
+            return given_ids(encoder, ids, names)
         texts, names = self.texts(max_items)
-        return encoder.texts(texts), names
+        if self.messages is None:
+            return encoder.texts(texts, self.add_special_tokens is not False), names
+        return encoder.texts(texts, chat=self.chat_options()), names
+
+    def chat_options(self) -> dict:
+        """The chat template's arguments of a conversation request; a 422 for options vLLM gives no meaning."""
+        if self.add_special_tokens:
+            raise RequestProblem(422, "add_special_tokens: true with 'messages': the chat template writes the "
+                                      "special tokens itself, and a second set would change the text",
+                                 "add_special_tokens")
+        variables = dict(self.chat_template_kwargs or {})
+        reserved = sorted(set(variables) & TEMPLATE_ARGUMENTS)
+        if reserved:
+            raise RequestProblem(422, f"chat_template_kwargs.{reserved[0]}: not a template variable (an argument of "
+                                      "the template call itself)", f"chat_template_kwargs.{reserved[0]}")
+        return {**variables, "add_generation_prompt": self.add_generation_prompt}
 
     def texts(self, max_items: int) -> tuple[list[tuple], list[str]]:
-        """The inputs as (prompt, response): whole strings (an empty prompt), or one conversation."""
+        """The inputs as (prompt, response): whole strings (an empty prompt), or one conversation.
+        Token ids are refused (422): this is how a token-head model reads a request, and it must
+        find the response's tokens in text."""
+        ids, names = self.token_ids(max_items)
+        if ids is not None:
+            raise RequestProblem(422, "input: token ids are scored by a sequence reward model only; a token-head "
+                                      "model needs text (a string, a list of strings, or 'messages')", "input")
+        if self.messages is not None:
+            return [conversation(self.messages, "")], ["messages"]
+        if isinstance(self.input, str):
+            return [("", self.input)], ["input"]
+        return [("", text) for text in self.input], names
+
+    def token_ids(self, max_items: int) -> tuple[list[list] | None, list[str]]:
+        """`input` as token ids, a list per input (their elements are checked by the encoder), or
+        None when it is text; and the inputs' names. Which form a list is, its first element
+        says: a string, a list, or else a token id; a string among the ids is a bad id."""
         if self.truncate_prompt_tokens is not None:
             raise RequestProblem(422, "truncate_prompt_tokens is not supported: over-long inputs follow the "
                                       "server's --length-policy (error, or truncate_prompt which keeps the "
                                       "whole response)", "truncate_prompt_tokens")
         if (self.input is None) == (self.messages is None):
-            raise RequestProblem(422, "give 'input' (a string or a list of strings) or 'messages' (one "
-                                      "conversation), exactly one of them", "input")
+            raise RequestProblem(422, "give 'input' (a string, a list of strings, or token ids) or 'messages' "
+                                      "(one conversation), exactly one of them", "input")
         if self.messages is not None:
-            return [conversation(self.messages, "")], ["messages"]
+            return None, ["messages"]
+        for option in ("add_generation_prompt", "chat_template_kwargs"):
+            if getattr(self, option):
+                raise RequestProblem(422, f"{option}: applies to 'messages' only (a chat template renders them)",
+                                     option)
         if isinstance(self.input, str):
-            return [("", self.input)], ["input"]
+            return None, ["input"]
+        first = self.input[0] if self.input else ""
+        if not isinstance(first, str | list | int | float):
+            raise RequestProblem(422, "input[0]: expected a string, a token id or a list of token ids", "input[0]")
+        if not isinstance(first, list | str):
+            return [self.input], ["input"]  # one input's ids
         within(len(self.input), max_items, "input")
-        return [("", text) for text in self.input], [f"input[{i}]" for i in range(len(self.input))]
+        names = [f"input[{i}]" for i in range(len(self.input))]
+        kind = type(first)
+        for value, name in zip(self.input, names):
+            if not isinstance(value, kind):
+                what = "a list of token ids" if kind is list else "a string"
+                raise RequestProblem(422, f"{name}: expected {what}, as input[0] is (give every input the same "
+                                          "form: strings, or lists of token ids)", name)
+        return (self.input if kind is list else None), names
 
     def use_activation_resolved(self) -> bool:
         """vLLM's default is on; the legacy aliases mean the same and must not contradict it."""
@@ -202,12 +271,27 @@ def within(count: int, max_items: int, field: str) -> None:
                                   "(--max-items); split the request", field)
 
 
+def given_ids(encoder: InputEncoder, sequences: list[list], names: list[str]) -> tuple[list[Encoded], list[str]]:
+    """Token ids from the caller, as the encoder takes them; an input the encoder finds a bad id
+    in is renamed to the element at fault (`input[1][3]`), so that its 400 names it."""
+    encoded = encoder.token_ids(sequences)
+    vocab = len(encoder.tokenizer)
+    for index, item in enumerate(encoded):
+        if item.position is not None:
+            names[index] = f"{names[index]}[{item.position}]"
+            bad = json.dumps(sequences[index][item.position])
+            encoded[index] = Encoded(None, error=f"{bad} is not a token id of this model (a whole number in "
+                                                 f"[0, {vocab}))", reason="bad_input_ids")
+    return encoded, names
+
+
 def checked(encoded: list[Encoded], names: list[str]) -> list[list[int]]:
     """Every input's ids; a 4xx naming the first input that cannot be scored: a 400 for text that
-    is not Unicode, a 422 for one that is empty or too long."""
+    is not Unicode or a bad token id, a 422 for an input that is empty or too long."""
     for item, name in zip(encoded, names):
         if item.ids is None:
-            raise RequestProblem(400 if item.reason == "bad_text" else 422, f"{name}: {item.error}", name)
+            status = 400 if item.reason in ("bad_text", "bad_input_ids") else 422
+            raise RequestProblem(status, f"{name}: {item.error}", name)
     return [item.ids for item in encoded]
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import threading
@@ -35,11 +36,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from megatron_rm.errors import DataError, UsageError
 from megatron_rm.scoring.protocol import (
@@ -63,9 +66,12 @@ from megatron_rm.scoring.token_server import add_token_routes
 
 # What one request may ask for: 1024 inputs, 32 MiB of JSON (some 8M tokens of text), and a body
 # that keeps arriving (a client stalled mid-body would otherwise hold its request, and a drain, forever).
+# Headers are a few hundred bytes: 10 s for them is long on any network, and short enough that
+# clients stalled mid-headers cannot pile up connections.
 DEFAULT_MAX_ITEMS = 1024
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
 DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 
 def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = False,
@@ -244,6 +250,62 @@ class BodyLimit:
     async def _refuse(self, scope, receive, send):
         message = f"the request body exceeds the server's limit of {self.max_bytes} bytes (--max-body-bytes)"
         await JSONResponse(error_body(413, message), status_code=413)(scope, receive, send)
+
+
+class HeaderTimeout(H11Protocol):
+    """uvicorn's h11 protocol with a limit on a request's headers, which it would otherwise
+    wait for forever: from the connection's start, or from the first byte of a request on a
+    kept-alive one, the headers must be complete within `timeout_s`. Else the connection is
+    answered 408 (when part of a request has arrived) and closed. A connection idle between
+    requests is not timed here (that is uvicorn's `timeout_keep_alive`), nor a request's body
+    (`BodyLimit`). `HeaderTimeout.after(seconds)` is the class to pass as uvicorn's `http`."""
+
+    timeout_s = DEFAULT_HEADER_TIMEOUT_S
+    _headers_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def after(cls, timeout_s: float) -> type[HeaderTimeout]:
+        return type(cls.__name__, (cls,), {"timeout_s": timeout_s})
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._time_headers()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:  # these bytes begin (or continue) a request's headers
+            self._time_headers()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._stop_timing()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:  # part of a pipelined request
+            self._time_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timing()
+        super().connection_lost(exc)
+
+    def _time_headers(self) -> None:
+        if self._headers_timer is None:
+            self._headers_timer = self.loop.call_later(self.timeout_s, self._headers_late)
+
+    def _stop_timing(self) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+            self._headers_timer = None
+
+    def _headers_late(self) -> None:
+        self._headers_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.trailing_data[0]:  # a request has begun: say why it ends
+            why = f"the request headers did not arrive within {self.timeout_s:g} s (--header-timeout-s)"
+            body = json.dumps(error_body(408, why), separators=(",", ":")).encode()  # as JSONResponse writes it
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -38,10 +38,11 @@ CHAT = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "cont
 
 
 @contextmanager
-def running(app):
-    """`app` served by uvicorn on a free loopback port in a thread; yields its base URL."""
+def running(app, **config):
+    """`app` served by uvicorn (more `config` for its Config) on a free loopback port in a thread;
+    yields its base URL."""
     sock = listen("127.0.0.1", 0)
-    server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
