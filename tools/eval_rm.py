@@ -45,6 +45,10 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write a reliability diagram and reward histograms here (.png)")
     parser.add_argument("--on-invalid", choices=("error", "skip"), default="error")
     parser.add_argument("--bins", type=int, default=10, help="confidence bins for calibration")
+    parser.add_argument("--chat", action="store_true",
+                        help="score a row's plain prompt and response as a user turn and an assistant turn through "
+                             "the tokenizer's chat template, as RewardBench's runner does for a model with a template "
+                             "(use it to reproduce RewardBench's numbers for a chat model)")
     args = parser.parse_args()
 
     def run():
@@ -53,7 +57,8 @@ def main() -> None:
                                        bins=args.bins)
         if args.template or args.labels:
             raise UsageError("--template and --labels describe a judge: add --judge")
-        return evaluate_file(args.input, scorer_from_arguments(args), on_invalid=args.on_invalid, bins=args.bins)
+        return evaluate_file(args.input, scorer_from_arguments(args), on_invalid=args.on_invalid, bins=args.bins,
+                             chat=args.chat)
 
     try:
         result = exit_on_usage_error(run, rank=int(os.environ.get("RANK", "0")))

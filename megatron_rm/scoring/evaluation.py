@@ -24,6 +24,7 @@ from megatron_rm.data.records import Comparison
 from megatron_rm.data.rows import Invalid, ProblemLog, RowKeys, RowProblem, decode, parse_row
 from megatron_rm.data.sources import RawRow, iter_raw_rows
 from megatron_rm.data.steps import LabelledSteps
+from megatron_rm.data.tokenize import document_text
 from megatron_rm.errors import DataError
 from megatron_rm.parallel import broadcast_sequences
 from megatron_rm.scoring.report import EvaluatedGroup, Report, evaluate
@@ -53,9 +54,10 @@ Documents = Callable[[RawRow], "list[list[int]] | RowProblem | str"]
 is dropped (a reason to count)."""
 
 
-def read_preferences(path: str, scorer: Scorer, keys: RowKeys | None = None, on_invalid: str = "error") -> EvalInput:
+def read_preferences(path: str, scorer: Scorer, keys: RowKeys | None = None, on_invalid: str = "error",
+                     chat: bool = False) -> EvalInput:
     """Parse, validate and tokenize every row of `path` (pairs or rankings, optional `subset`)."""
-    return read_rows(path, partial(_responses, scorer, keys or RowKeys()), on_invalid)
+    return read_rows(path, partial(_responses, scorer, keys or RowKeys(), chat), on_invalid)
 
 
 def _compared(raw: RawRow, keys: RowKeys) -> Comparison | RowProblem:
@@ -66,14 +68,40 @@ def _compared(raw: RawRow, keys: RowKeys) -> Comparison | RowProblem:
     return parsed
 
 
-def _responses(scorer: Scorer, keys: RowKeys, raw: RawRow) -> list[list[int]] | RowProblem | str:
-    """A reward model's documents: each response after the prompt, best first."""
-    parsed = _compared(raw, keys)
+def _responses(scorer: Scorer, keys: RowKeys, chat: bool, raw: RawRow) -> list[list[int]] | RowProblem | str:
+    """A reward model's documents: each response after the prompt, best first. `chat`: as
+    RewardBench's runner reads a row: the conversation (`as_conversation`) rendered by the chat
+    template, then tokenized as a text, with the tokenizer's special tokens."""
+    parsed = _compared(as_conversation(raw, keys) if chat else raw, keys)
     if isinstance(parsed, RowProblem):
         return parsed
-    encoded = scorer.encoder.texts([(parsed.prompt, response) for response in parsed.responses])
+    texts = [(parsed.prompt, response) for response in parsed.responses]
+    if chat:
+        texts = [("", document_text(scorer.model.tokenizer, *text)[0]) for text in texts]
+    encoded = scorer.encoder.texts(texts)
     failed = next((one for one in encoded if one.ids is None), None)
     return failed.reason if failed is not None else [one.ids for one in encoded]
+
+
+def as_conversation(raw: RawRow, keys: RowKeys) -> RawRow:
+    """`raw` with a string prompt as one user turn (none when empty) and each string response as one
+    assistant turn, as RewardBench's runner renders its rows (multi-turn ones too: a message list
+    prompt, string responses) for a model with a chat template. A row that is not a JSON object
+    is left for the parser to name."""
+    try:
+        fields = dict(decode(raw.payload))
+    except Invalid:
+        return raw
+    prompt = fields.get(keys.prompt)
+    if isinstance(prompt, str):
+        fields[keys.prompt] = [{"role": "user", "content": prompt}] if prompt else []
+    for key in (keys.chosen, keys.rejected):
+        if isinstance(fields.get(key), str):
+            fields[key] = [{"role": "assistant", "content": fields[key]}]
+    if isinstance(fields.get(keys.responses), list):
+        fields[keys.responses] = [[{"role": "assistant", "content": one}] if isinstance(one, str) else one
+                                  for one in fields[keys.responses]]
+    return RawRow(raw.location, fields)
 
 
 def read_rows(path: str, documents: Documents, on_invalid: str = "error") -> EvalInput:
@@ -103,15 +131,18 @@ def _subset(raw: RawRow) -> str | None:
     return None if value is None else str(value)
 
 
-def evaluate_file(path: str, scorer: Scorer, *, on_invalid: str = "error",
-                  bins: int = 10) -> tuple[Report, dict] | None:
+def evaluate_file(path: str, scorer: Scorer, *, on_invalid: str = "error", bins: int = 10,
+                  chat: bool = False) -> tuple[Report, dict] | None:
     """The report for `path` and what was read, on rank 0 (None elsewhere). Collective: every
-    rank calls it; rank 0 reads the file and hands the token ids to the others."""
+    rank calls it; rank 0 reads the file and hands the token ids to the others. `chat`: plain rows
+    are scored as conversations (`as_conversation`)."""
     if scorer.token_head:
+        if chat:
+            raise DataError("--chat: a token-head model reads rows as they are")
         return _evaluate_token_head(path, scorer, on_invalid=on_invalid, bins=bins)
     # Preferences compare the first label.
-    return evaluate_rows(path, partial(_responses, scorer, RowKeys()), lambda ids: scorer.score(ids)[:, 0].tolist(),
-                         on_invalid=on_invalid, bins=bins)
+    return evaluate_rows(path, partial(_responses, scorer, RowKeys(), chat),
+                         lambda ids: scorer.score(ids)[:, 0].tolist(), on_invalid=on_invalid, bins=bins)
 
 
 def _evaluate_token_head(path: str, scorer: Scorer, *, on_invalid: str, bins: int):
