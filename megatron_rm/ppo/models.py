@@ -19,7 +19,6 @@ from megatron_rm.config import ModelConfig, OptimizerConfig, layout_problems, pa
 from megatron_rm.convert.families import POLICY, REWARD
 from megatron_rm.core.checkpoint import ModelState
 from megatron_rm.core.optim import build_optimizer
-from megatron_rm.data.tokenize import fingerprint
 from megatron_rm.errors import CheckpointError, ConfigError
 from megatron_rm.model.loading import BUILDERS, Found, find, job_layout, load_weights
 from megatron_rm.parallel import Layout
@@ -43,14 +42,12 @@ def find_sources(cfg: PPOConfig, world_size: int, *, cuda: bool, te_available: b
     reward = _with_head(find(cfg.reward.model, REWARD, seed=seed), "reward.model") if cfg.reward.model else None
     # The critic starts from the reward model unless critic.init names another: found once.
     critic = _with_head(find(cfg.critic.init, REWARD, seed=seed), "critic.init") if cfg.critic.init else reward
-    tokens = fingerprint(actor.tokenizer)
-    critic_hint = "critic.init must be a reward model on the actor's tokenizer (the critic reads the actor's tokens)"
-    for key, found, hint in (
-            ("reward.model", reward, "serve it with tools/serve_rm.py (its own tokenizer) and set reward.url"
-             + ("" if cfg.critic.init else f"; {critic_hint}")),
-            ("critic.init", critic if cfg.critic.init else None, critic_hint)):
-        if found is not None and fingerprint(found.tokenizer) != tokens:
-            raise ConfigError(f"{key}={found.path} uses another tokenizer than actor.init={actor.path}: {hint}")
+    # The reward model reads each rollout's text with its own tokenizer (`ppo.rewards`); the critic
+    # reads the actor's token ids, so it must share the actor's vocabulary.
+    if critic is not None and critic.tokenizer.get_vocab() != actor.tokenizer.get_vocab():
+        key = "critic.init" if cfg.critic.init else "reward.model"
+        raise ConfigError(f"{key}={critic.path} uses another vocabulary than actor.init={actor.path}, and the critic "
+                          "reads the actor's tokens: set critic.init to a reward model on the actor's tokenizer")
     problems = []
     for key, found in (("actor", actor), ("critic", critic), ("reward", reward)):
         if found is not None:

@@ -56,14 +56,17 @@ class Context:
         return self.models.vocab_size
 
     def texts(self, prompts: list[list[int]], completions: list[Completion]) -> list[str]:
-        """Prompt + response as text for a reward server (no BOS: the server's tokenizer adds its
-        own; no stop token: the server appends the EOS)."""
-        tokenizer = self.models.tokenizer
-        out = []
-        for prompt, completion in zip(prompts, completions):
-            ids = prompt[1:] if prompt and prompt[0] == tokenizer.bos_token_id else prompt
-            out.append(tokenizer.decode(ids + completion.response_ids, skip_special_tokens=False))
-        return out
+        return rollout_texts(self.models.tokenizer, prompts, completions)
+
+
+def rollout_texts(tokenizer, prompts: list[list[int]], completions: list[Completion]) -> list[str]:
+    """Prompt + response as text for the reward model, here or behind a server (no BOS: its
+    tokenizer adds its own; no stop token: the text ends as the model ends every text)."""
+    out = []
+    for prompt, completion in zip(prompts, completions):
+        ids = prompt[1:] if prompt and prompt[0] == tokenizer.bos_token_id else prompt
+        out.append(tokenizer.decode(ids + completion.response_ids, skip_special_tokens=False))
+    return out
 
 
 def replica_share(items: list, layout: Layout) -> list:

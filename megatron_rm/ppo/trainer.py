@@ -5,6 +5,12 @@ A checkpoint holds the actor and the critic with their optimizers and schedules,
 controller, the prompt sampler, the skip counters and every rank's RNG, written atomically
 with `latest` (`core.checkpoint`). The reference policy is always `actor.init`: its weights are
 taken into CPU memory before a resumed run's checkpoint is loaded over the actor.
+
+A reward server that still fails after `reward.retries` stops the run on every rank together,
+after saving the last completed step (unless it is saved already): a failed step has changed
+nothing a checkpoint holds (its rewards come before any update; the sampler is a function of the
+step; sampling draws from generators of its own), so that checkpoint is exactly the one a save
+after that step writes, and `checkpoint.load=auto` goes on as if the server had never failed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import yaml
 from megatron_rm import runtime
 from megatron_rm.config import CheckpointConfig
 from megatron_rm.core import checkpoint
+from megatron_rm.core.checkpoint_files import LATEST
 from megatron_rm.core.optim import SkipGuard
+from megatron_rm.errors import RewardServerError
 from megatron_rm.generation.batch_job import end_token_ids
 from megatron_rm.generation.generator import Generator
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
@@ -28,7 +36,7 @@ from megatron_rm.ppo.kl import KL_UNITS, FixedKLController, kl_controller
 from megatron_rm.ppo.models import PPOModels, build_models, find_sources
 from megatron_rm.ppo.prompts import PromptSampler, PromptSet, load_prompts
 from megatron_rm.ppo.remote_reward import RemoteReward
-from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
+from megatron_rm.ppo.rewards import ModelRewards, ReplicasAgree, ServerRewards
 from megatron_rm.ppo.step import Context, run_step
 from megatron_rm.training.metrics_log import MetricsLog
 from megatron_rm.training.resume import restore, start_source
@@ -79,10 +87,16 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             + f"; {cfg.responses_per_step()} responses per step; KL {cfg.kl.type} ({cfg.kl.estimator}, {KL_UNITS})")
     log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg))
 
+    checkpoints_dir = run_dir / "checkpoints"
+    # The step `checkpoint.load=auto` resumes from as things stand (a resumed run's own start).
+    saved_step = start if start and _latest_name(checkpoints_dir) == f"step_{start}" else None
+
     def save(step: int) -> None:
+        nonlocal saved_step
         sampler.step = step
-        saved = checkpoint.save(run_dir / "checkpoints", step, models.states(), objects=objects, layout=layout,
+        saved = checkpoint.save(checkpoints_dir, step, models.states(), objects=objects, layout=layout,
                                 tokenizer=tokenizer, keep=cfg.checkpoint.keep)
+        saved_step = step
         say(f"saved {saved}")
 
     def run_eval(step: int) -> dict | None:
@@ -95,6 +109,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
 
     stop = StopRequest()
     summary, step = None, start
+    completed = start  # the last step whose update finished
     try:
         if start == 0:
             summary = run_eval(0)  # the starting policy, before any update
@@ -102,6 +117,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             step += 1
             prompt_ids = [train_prompts.ids[i] for i in sampler.prompts(step - 1)]
             metrics = run_step(ctx, step, prompt_ids)
+            completed = step
             if step % t.log_interval == 0 or step == t.max_steps:
                 log.write(step, "train", metrics, total_steps=t.max_steps, kl_units=KL_UNITS,
                           skipped_steps=guards["actor"].total + guards["critic"].total)
@@ -117,6 +133,17 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         if step > start:
             summary = run_eval(step)
             save(step)
+    except RewardServerError as error:
+        # Every rank is here together (`ReplicasAgree`), in a step (before its update) or an
+        # evaluation: the state is still the last completed step's (see the module's docstring).
+        if completed and saved_step != completed:
+            save(completed)
+        if completed:
+            where = (f"the last completed step, {completed}, is saved in {checkpoints_dir / f'step_{completed}'}; "
+                     "once the server answers again, resume with checkpoint.load=auto")
+        else:
+            where = "no step had completed, so nothing was saved; start the run again once the server answers"
+        raise RewardServerError(f"{error}\n{where}") from None
     finally:
         stop.restore()
         log.close()
@@ -130,14 +157,19 @@ def build_context(cfg: PPOConfig, models: PPOModels, controller: FixedKLControll
     if models.reward is not None:
         rewards = ModelRewards(models.reward, cfg.reward.normalize)
     else:
-        rewards = ServerRewards(RemoteReward(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
-                                             retries=cfg.reward.retries, backoff_s=cfg.reward.backoff_s,
-                                             batch_size=cfg.reward.batch_size),
-                                models.layout)
+        rewards = ReplicasAgree(ServerRewards(RemoteReward(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
+                                                           retries=cfg.reward.retries, backoff_s=cfg.reward.backoff_s,
+                                                           batch_size=cfg.reward.batch_size),
+                                              models.layout))
     config = models.actor.state.config
     generator = Generator([models.actor.ddp], models.layout, vocab_size=models.vocab_size,
                           max_sequence_length=config.max_sequence_length, eos_token_ids=eos_token_ids)
     return Context(cfg, models, generator, rewards, controller, guards)
+
+
+def _latest_name(checkpoints_dir: Path) -> str | None:
+    latest = checkpoints_dir / LATEST
+    return latest.read_text().strip() if latest.is_file() else None
 
 
 def _prompt_line(name: str, prompts: PromptSet) -> str:

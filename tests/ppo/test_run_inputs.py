@@ -82,11 +82,13 @@ def test_models_of_the_wrong_kind_or_tokenizer_are_refused(models):
         _sources(models, actor__init=str(models["reward"]))  # a reward model is not a policy
     with pytest.raises(CheckpointError, match="policy"):
         _sources(models, critic__init=str(models["policy"]))  # a policy has no value head
-    with pytest.raises(ConfigError, match="reward.model=.* uses another tokenizer than actor.init.*set reward.url"):
-        _sources(models, reward__model=str(models["other_tokenizer"]))
-    with pytest.raises(ConfigError, match="critic.init=.* uses another tokenizer.*critic reads the actor's tokens"):
+    with pytest.raises(ConfigError, match="reward.model=.* uses another vocabulary than actor.init.*set critic.init"):
+        _sources(models, reward__model=str(models["other_tokenizer"]))  # the critic would start from it
+    with pytest.raises(ConfigError, match="critic.init=.* uses another vocabulary.*critic reads the actor's tokens"):
         _sources(models, reward__model=None, reward__url="http://127.0.0.1:1",
                  critic__init=str(models["other_tokenizer"]))
+    # The reward model reads text with its own tokenizer: another one is fine with a critic of the actor's.
+    assert _sources(models, reward__model=str(models["other_tokenizer"]), critic__init=str(models["reward"]))
     with pytest.raises(ConfigError, match="rollout.max_new_tokens=200 leaves no room"):
         _sources(models, rollout__max_new_tokens=200)
 
