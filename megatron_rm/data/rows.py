@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 from megatron_rm.data.records import Comparison, Text
@@ -17,7 +18,7 @@ from megatron_rm.data.sources import RawRow
 
 REASONS = ("invalid_json", "not_an_object", "missing_field", "wrong_type", "mixed_shapes", "empty_response",
            "identical_responses", "bad_messages", "bad_margin", "bad_ranking", "bad_labels", "bad_steps",
-           "bad_separator")
+           "bad_separator", "bad_text")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -153,9 +154,34 @@ def decode(payload) -> dict:
             payload = json.loads(line)
         except json.JSONDecodeError as error:
             raise Invalid("invalid_json", None, f"invalid JSON ({error.msg} at column {error.colno})") from None
+        escaped_surrogate = SURROGATE_ESCAPE.search(line) is not None
+    else:
+        escaped_surrogate = True  # a row read by another format: its strings are checked
     if not isinstance(payload, dict):
         raise Invalid("not_an_object", None, f"expected a JSON object, got {_type_name(payload)}")
+    if escaped_surrogate:
+        _check_unicode(payload, None)
     return payload
+
+
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""How JSON spells a UTF-16 surrogate (`"\\ud800"`); one without its pair is no character at all."""
+
+
+def _check_unicode(value, name: str | None) -> None:
+    """`Invalid` (bad_text) naming the first string in `value` that no tokenizer can take."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise Invalid("bad_text", name, f"not valid Unicode: a lone surrogate {value[error.start]!r} at "
+                                            f"character {error.start}") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_unicode(item, f"{name}[{index}]")
 
 
 def _comparison(row: dict, keys: RowKeys, location: str, scoring: bool) -> Comparison:

@@ -23,7 +23,7 @@ from megatron_rm.data.tokenize import blank, encode_many, fit
 LENGTH_POLICIES = ("error", "truncate_prompt")
 ENCODING_REASONS = {"empty": "empty_response", "too_long": "too_long", "bad_input_ids": "bad_input_ids",
                     "bad_text": "bad_text"}
-"""The encoder's reasons as row-problem reasons (training's parser never meets bad_input_ids or bad_text)."""
+"""The encoder's reasons as row-problem reasons (training's parser never meets bad_input_ids)."""
 
 
 @dataclass(frozen=True)

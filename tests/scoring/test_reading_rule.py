@@ -17,10 +17,16 @@ import pytest
 import torch
 import transformers
 
+from megatron_rm.cli import checkpoint_model
+from megatron_rm.config import CheckpointConfig
 from megatron_rm.convert import export_hf, import_hf
-from megatron_rm.data import load_tokenizer
+from megatron_rm.data import GroupEncoder, load_tokenizer
+from megatron_rm.data.ending import Ending
+from megatron_rm.data.records import Comparison
+from megatron_rm.data.tokenize import reward_tokenizer
 from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer
+from megatron_rm.training.resume import start_source
 from tests.conftest import REPO
 from tests.convert.hf_models import save_model
 from tests.data.tokenizer_variants import save_variant
@@ -147,3 +153,16 @@ def test_a_checkpoint_saved_before_the_rule_keeps_its_scores(tmp_path, single_ra
     assert [one.ids for one in encoded] == [ids + [old.eos_token_id] for ids in old(TEXTS[:3])["input_ids"]]
     export_hf(FORMAT_1, tmp_path / "hf")
     assert_same(ours(scorer, encoded), stock(tmp_path / "hf", TEXTS[:3], "left"))
+
+
+def test_training_from_a_hugging_face_model_keeps_its_reading(hf_model, tmp_path):
+    """A run started from the converted checkpoint takes its model, rule included (`cli.to_config`),
+    and its data is encoded as the model reads: nothing appended, trailing pad tokens not read."""
+    folder, scorers = hf_model
+    checkpoint = Path(scorers["checkpoint"].model.name)
+    model = checkpoint_model(start_source(CheckpointConfig(init=str(checkpoint)), tmp_path), False, [])
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    assert model.append_eos is False and model.pad_token_id == tok.pad_token_id
+    encoder = GroupEncoder(reward_tokenizer(model), max_length=64, truncation="drop", ending=Ending.of(model))
+    documents, reason = encoder.encode_comparison(Comparison("", (TEXTS[1], TEXTS[0]), source="test"))
+    assert reason is None and documents == [one.ids for one in scorers["checkpoint"].encoder.whole_texts(TEXTS[1::-1])]
