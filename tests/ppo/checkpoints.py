@@ -14,7 +14,7 @@ from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
 from megatron_rm.data import load_tokenizer
 from megatron_rm.model import build_policy_model, build_reward_model
-from tests.conftest import tiny_model_config
+from tests.conftest import DEMO, tiny_model_config
 
 
 def save_tiny_models(root: Path) -> dict[str, Path]:
@@ -34,3 +34,11 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
         shutil.rmtree(folder, ignore_errors=True)
         made[name] = checkpoint.save(folder, 0, {DEFAULT_MODEL: state}, tokenizer=vocab)
     return made
+
+
+def save_run_inputs(root: Path) -> dict[str, Path]:
+    """`save_tiny_models(root / "models")`, and `root/prompts.jsonl`: 24 demo rows to prompt with."""
+    models = save_tiny_models(root / "models")
+    rows = (DEMO / "data" / "train.jsonl").read_text().splitlines(keepends=True)
+    (root / "prompts.jsonl").write_text("".join(rows[:24]))
+    return models

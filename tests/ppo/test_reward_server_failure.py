@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from tests.conftest import DEMO, REPO, TORCHRUN, run_command, torchrun
-from tests.ppo.checkpoints import save_tiny_models
+from tests.conftest import REPO, TORCHRUN, run_command, torchrun
+from tests.ppo.checkpoints import save_run_inputs
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
 
@@ -76,10 +76,7 @@ def server():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, single_rank):
     root = tmp_path_factory.mktemp("ppo_flaky")
-    models = save_tiny_models(root / "models")
-    rows = (DEMO / "data" / "train.jsonl").read_text().splitlines(keepends=True)
-    (root / "prompts.jsonl").write_text("".join(rows[:24]))
-    return root, models
+    return root, save_run_inputs(root)
 
 
 def _args(setup, server, run_dir, *extra) -> list[str]:

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.conftest import DEMO, PYTHON, REPO, TORCHRUN, child_env, torchrun
-from tests.ppo.checkpoints import save_tiny_models
+from tests.ppo.checkpoints import save_run_inputs
 from tests.training.test_resume import _kill_9, _wait_for
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
@@ -25,9 +25,7 @@ TIMING = ("generation_s", "scoring_s", "update_s", "generation_tokens_per_s", "s
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, single_rank):
     root = tmp_path_factory.mktemp("ppo")
-    models = save_tiny_models(root / "models")
-    rows = (DEMO / "data" / "train.jsonl").read_text().splitlines(keepends=True)
-    (root / "prompts.jsonl").write_text("".join(rows[:24]))
+    models = save_run_inputs(root)
     (root / "eval.jsonl").write_text("".join((DEMO / "data" / "eval.jsonl").read_text().splitlines(keepends=True)[:6]))
     return root, models
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import runpy
-from typing import Any, Dict  # noqa: UP035  (names RewardBench's annotations use)
+from typing import Any
 
 import pytest
 import transformers
@@ -50,7 +50,7 @@ class OnThisDevice:
 def rewardbench_rewards(folder) -> tuple[list[float], list[float]]:
     """(chosen, rejected) rewards of `ROWS` as RewardBench's `run_rm.py` gets them for a default model."""
     prepare = _function_from(_rewardbench_file("rewardbench/utils.py"), "prepare_dialogue_from_tokenizer",
-                             {"Dict": Dict, "Any": Any, "PreTrainedTokenizer": transformers.PreTrainedTokenizer})
+                             {"Dict": dict, "Any": Any, "PreTrainedTokenizer": transformers.PreTrainedTokenizer})
     pipeline = runpy.run_path(str(_rewardbench_file("rewardbench/models/pipeline.py")))["RewardBenchPipeline"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     tokenizer.truncation_side = "left"  # as run_rm.py sets it
