@@ -95,30 +95,34 @@ def test_checkpoint_reloads_at_another_layout_with_the_same_eval(eight_rank_run,
     assert not (tmp_path / "checkpoints").exists()  # evaluate-only runs save nothing
 
 
-def _hf_pair_metrics(model, store: GroupStore, pad: int) -> tuple[float, float]:
-    """Bradley-Terry loss and accuracy of a transformers reward model over a store's pairs."""
-    chosen, rejected = [], []
-    for group in range(len(store)):
-        documents = [torch.from_numpy(d) for d in store.documents(group)]
-        ids = torch.nn.utils.rnn.pad_sequence(documents, batch_first=True, padding_value=pad)
+def _stock_pair_metrics(folder, rows: list[dict], side: str) -> tuple[float, float]:
+    """Bradley-Terry loss and accuracy over `rows` (prompt, chosen, rejected) as a transformers user
+    scores them: `tok(texts, padding=True)` into the model, `.logits[:, 0]`, 8 texts a batch."""
+    tok = transformers.AutoTokenizer.from_pretrained(folder, padding_side=side)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager")
+    rewards = []
+    for start in range(0, len(rows), 4):
+        texts = [row["prompt"] + row[key] for row in rows[start:start + 4] for key in ("chosen", "rejected")]
         with torch.no_grad():
-            rewards = model(input_ids=ids, attention_mask=(ids != pad).long()).logits[:, 0].double()
-        chosen.append(rewards[0])
-        rejected.append(rewards[1])
-    margin = torch.stack(chosen) - torch.stack(rejected)
+            rewards.append(model.eval()(**tok(texts, padding=True, return_tensors="pt")).logits[:, 0].double())
+    pairs = torch.cat(rewards).view(-1, 2)
+    margin = pairs[:, 0] - pairs[:, 1]
     return (-F.logsigmoid(margin)).mean().item(), (margin > 0).double().mean().item()
 
 
-def test_exported_checkpoint_reproduces_the_runs_eval_in_transformers(eight_rank_run, tmp_path):
-    """The TP2xPP2 training checkpoint, exported, scores the held-out pairs as training did."""
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_exported_checkpoint_reproduces_the_runs_eval_through_the_stock_transformers_call(eight_rank_run, small_eval,
+                                                                                          tmp_path, side):
+    """The TP2xPP2 training checkpoint, exported, scores the held-out texts as training did: its
+    tokenizer appends the EOS training read the reward at."""
     result = run_command([PYTHON, TO_HF, "--megatron-dir", str(eight_rank_run / "checkpoints"),
                           "--out-dir", str(tmp_path / "hf")])
     assert result.returncode == 0, result.stderr[-4000:]
-    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-        tmp_path / "hf", output_loading_info=True, attn_implementation="eager")
+    _, info = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    loss, accuracy = _hf_pair_metrics(model.eval(), GroupStore(eight_rank_run / "data" / "eval"),
-                                      model.config.pad_token_id)
+    rows = [json.loads(line) for line in small_eval.read_text().splitlines()]
+    assert len(GroupStore(eight_rank_run / "data" / "eval")) == len(rows)  # every held-out pair was evaluated
+    loss, accuracy = _stock_pair_metrics(tmp_path / "hf", rows, side)
     final = _rows(eight_rank_run)[-1]
     assert loss == pytest.approx(final["loss"], rel=1e-5) and accuracy == final["accuracy"]
 
