@@ -1,16 +1,24 @@
 """Reward server under load: dynamic batching against one request at a time, same model, same load.
 
-    .venv/bin/python bench/serve_load.py
+    .venv/bin/python bench/serve_load.py                       # both patterns, ~2 minutes on 2 cores
+    .venv/bin/python bench/serve_load.py --pattern short --short-requests 2000
     .venv/bin/python bench/serve_load.py --requests 640 --clients 32 --hidden 512 --layers 8
 
 Builds a random Llama reward model (hidden 256, 4 layers by default) with `transformers`
 config classes and the demo tokenizer in a temporary folder, then serves it twice with
 tools/serve_rm.py on loopback: (a) with dynamic batching (the defaults) and (b) with
-`--batch-wait-ms 0 --max-batch-requests 1`. Each time, `--clients` threads with kept-alive
-connections send `--requests` /score requests in all, one item each, with long-tailed
-lengths (log-normal word counts, the same texts in the same order for both). Prints a
-markdown table (requests/s, p50 and p99 latency, forwards run) and the throughput ratio,
-and checks that both servers gave the same rewards. Target: a ratio of at least 3.
+`--batch-wait-ms 0 --max-batch-requests 1`. Each server is started once and takes every
+load of `--pattern` in turn (default both); in each, `--clients` threads with kept-alive
+connections send /score requests of one item, the same texts in the same order to both:
+
+- long-tailed: `--requests` items with log-normal word counts (`--median-words`,
+  `--length-sigma`). Target: a ratio of at least 3 on a GPU; on a CPU, near the ceiling below.
+- short, the verl reward-loop pattern: `--short-requests` short (prompt, response) items
+  of `--short-words` words (8 to 24 by default), each client one text per request.
+  Target: a ratio of at least 1.5 on a CPU, at least 3 on a GPU.
+
+For each pattern it prints a markdown table (requests/s, p50 and p99 latency, forwards run)
+and the throughput ratio, and checks that both servers gave the same rewards.
 
 For scale it also prints the ceiling batching has on this machine without HTTP: the same
 texts scored in process, `--clients` at a time against one at a time. Where one forward is
@@ -43,11 +51,28 @@ WORDS = ("reward model score answer question policy sample token batch forward l
          "helpful honest harmless because therefore however the a of to and in is it that").split()
 
 
+SERVERS = {"dynamic batching": [], "one at a time": ["--batch-wait-ms", "0", "--max-batch-requests", "1"]}
+TARGETS = {"long-tailed": "target >= 3 on a GPU; on a CPU, near the in-process ceiling",
+           "short": "target >= 1.5 on a CPU, >= 3 on a GPU"}
+
+
 def texts(count: int, median_words: int, sigma: float, seed: int) -> list[tuple[str, str]]:
     """(prompt, response) pairs whose word counts are log-normal: mostly short, a few long
     (about 3 tokens a word with the demo tokenizer)."""
     rng = np.random.default_rng(seed)
     lengths = np.clip(rng.lognormal(np.log(median_words), sigma, count), 4, 10 * median_words).astype(int)
+    return pairs_of(lengths, rng)
+
+
+def short_texts(count: int, fewest: int, most: int, seed: int) -> list[tuple[str, str]]:
+    """Short (prompt, response) pairs of `fewest` to `most` words (uniform): verl's reward loop
+    sends each one alone as it finishes."""
+    rng = np.random.default_rng(seed)
+    return pairs_of(rng.integers(fewest, most + 1, count), rng)
+
+
+def pairs_of(lengths: np.ndarray, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """One (prompt, response) pair of random words per word count, split half and half."""
     return [(" ".join(rng.choice(WORDS, n // 2)) + "?", " " + " ".join(rng.choice(WORDS, n - n // 2)))
             for n in lengths]
 
@@ -88,18 +113,35 @@ def load(url: str, pairs: list[tuple[str, str]], clients: int) -> dict:
             "rewards": [reward for _, reward in results]}
 
 
-def in_process(folder: Path, pairs: list[tuple[str, str]], clients: int) -> float:
-    """Seconds to score every pair one at a time / `clients` at a time, with no server."""
+def in_process(folder: Path, loads: dict[str, list[tuple[str, str]]], clients: int) -> dict[str, float]:
+    """Per load: seconds to score every pair one at a time / `clients` at a time, with no server."""
     scorer = Scorer(load_model(folder))
-    sequences = [encoded.ids for encoded in scorer.encoder.texts(pairs)]
-    scorer.score(sequences[:clients])  # warm up
-    seconds = {}
-    for size in (1, clients):
-        start = time.perf_counter()
-        for first in range(0, len(sequences), size):
-            scorer.score(sequences[first:first + size])
-        seconds[size] = time.perf_counter() - start
-    return seconds[1] / seconds[clients]
+    ceilings = {}
+    for pattern, pairs in loads.items():
+        sequences = [encoded.ids for encoded in scorer.encoder.texts(pairs)]
+        scorer.score(sequences[:clients])  # warm up
+        seconds = {}
+        for size in (1, clients):
+            start = time.perf_counter()
+            for first in range(0, len(sequences), size):
+                scorer.score(sequences[first:first + size])
+            seconds[size] = time.perf_counter() - start
+        ceilings[pattern] = seconds[1] / seconds[clients]
+    return ceilings
+
+
+def report(title: str, results: dict[str, dict], target: str, ceiling: float, clients: int) -> None:
+    """One pattern's table, ratio and ceiling; fails if the two servers' rewards differ."""
+    print(f"\n### {title}\n")
+    print(f"| | {' | '.join(results)} |\n|---|---|---|")
+    for key in ("requests/s", "p50 latency (ms)", "p99 latency (ms)", "forwards"):
+        cells = [f"{result[key]:.1f}" if key != "forwards" else str(result[key]) for result in results.values()]
+        print(f"| {key} | {' | '.join(cells)} |")
+    batched, alone = results.values()
+    print(f"\nthroughput ratio: {batched['requests/s'] / alone['requests/s']:.2f}x ({target}); "
+          f"in process, without HTTP, {clients} at a time score {ceiling:.2f}x as fast as one at a time")
+    torch.testing.assert_close(torch.tensor(batched["rewards"]), torch.tensor(alone["rewards"]), rtol=1e-4, atol=1e-5)
+    print("rewards: the same under both (rtol 1e-4)")
 
 
 def main() -> None:
@@ -112,33 +154,43 @@ def main() -> None:
     parser.add_argument("--length-sigma", type=float, default=0.8,
                         help="spread of the log-normal lengths (0: every request the same length)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pattern", choices=(*TARGETS, "both"), default="both",
+                        help="the loads to run: long-tailed lengths, short texts (verl's reward loop), or both")
+    parser.add_argument("--short-requests", type=int, default=640, help="requests in the short load")
+    parser.add_argument("--short-words", type=int, nargs=2, default=(8, 24), metavar=("FEWEST", "MOST"),
+                        help="the short load's words per (prompt, response)")
     args = parser.parse_args()
-    pairs = texts(args.requests, args.median_words, args.length_sigma, args.seed)
-    results = {}
+    if not 2 <= args.short_words[0] <= args.short_words[1]:
+        parser.error("--short-words FEWEST MOST needs 2 <= FEWEST <= MOST")
+    loads = {}
+    if args.pattern in ("long-tailed", "both"):
+        loads["long-tailed"] = texts(args.requests, args.median_words, args.length_sigma, args.seed)
+    if args.pattern in ("short", "both"):
+        loads["short"] = short_texts(args.short_requests, *args.short_words, args.seed)
+    results = {pattern: {} for pattern in loads}
+    load_before = os.getloadavg()[0]  # other jobs on the machine skew every figure
     with tempfile.TemporaryDirectory() as workdir:
-        tokenizer = save_llama(Path(workdir) / "rm", args.hidden, args.layers, causal_lm=False, max_positions=2048)
-        lengths = np.percentile([len(tokenizer(p + r)["input_ids"]) for p, r in pairs], [50, 99])
-        for name, extra in (("dynamic batching", []), ("one at a time", ["--batch-wait-ms", "0",
-                                                                          "--max-batch-requests", "1"])):
-            job, url = serve(Path(workdir) / "rm", extra)
+        folder = Path(workdir) / "rm"
+        tokenizer = save_llama(folder, args.hidden, args.layers, causal_lm=False, max_positions=2048)
+        for name, extra in SERVERS.items():
+            job, url = serve(folder, extra)
             try:
-                results[name] = load(url, pairs, args.clients)
+                for pattern, pairs in loads.items():
+                    results[pattern][name] = load(url, pairs, args.clients)
             finally:
                 job.terminate()
                 job.wait()
-        ceiling = in_process(Path(workdir) / "rm", pairs, args.clients)
-    batched, alone = results.values()
-    print(f"{args.requests} requests of {lengths[0]:.0f} tokens at the median, {lengths[1]:.0f} at p99, "
-          f"{args.clients} clients, Llama hidden {args.hidden} x {args.layers} layers, "
-          f"{torch.get_num_threads()} CPU threads\n")
-    print(f"| | {' | '.join(results)} |\n|---|---|---|")
-    for key in ("requests/s", "p50 latency (ms)", "p99 latency (ms)", "forwards"):
-        cells = [f"{result[key]:.1f}" if key != "forwards" else str(result[key]) for result in results.values()]
-        print(f"| {key} | {' | '.join(cells)} |")
-    print(f"\nthroughput ratio: {batched['requests/s'] / alone['requests/s']:.2f}x (target >= 3); "
-          f"in process, without HTTP, {args.clients} at a time score {ceiling:.2f}x as fast as one at a time")
-    torch.testing.assert_close(torch.tensor(batched["rewards"]), torch.tensor(alone["rewards"]), rtol=1e-4, atol=1e-5)
-    print("rewards: the same under both (rtol 1e-4)")
+        ceilings = in_process(folder, loads, args.clients)
+    print(f"\nLlama hidden {args.hidden} x {args.layers} layers, {torch.get_num_threads()} CPU threads, "
+          f"{args.clients} clients on kept-alive connections, one item per /score request; "
+          f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    for pattern, pairs in loads.items():
+        tokens = np.percentile([len(tokenizer(p + r)["input_ids"]) for p, r in pairs], [50, 99])
+        words = ("log-normal lengths" if pattern == "long-tailed"
+                 else f"one short (prompt, response) of {args.short_words[0]}-{args.short_words[1]} words each")
+        report(f"{pattern}: {args.clients} clients, {len(pairs)} requests, {words}, "
+               f"{tokens[0]:.0f} tokens at the median, {tokens[1]:.0f} at p99",
+               results[pattern], TARGETS[pattern], ceilings[pattern], args.clients)
 
 
 if __name__ == "__main__":
