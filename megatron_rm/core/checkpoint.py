@@ -35,6 +35,7 @@ from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron_rm import runtime
 from megatron_rm.config import ModelConfig
 from megatron_rm.core.checkpoint_files import (
+    RNG_DIR,
     TOKENIZER_DIR,
     ModelEntry,
     model_entry,
@@ -57,7 +58,6 @@ ARCHITECTURE = (
     "ffn_hidden_size", "normalization", "activation", "position_embedding_type",
     "add_bias_linear", "add_qkv_bias", "num_labels", "head_bias", "tie_word_embeddings",
 )
-RNG_DIR = "rng"
 
 
 @dataclass

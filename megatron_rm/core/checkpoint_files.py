@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint import FileSystemReader
 
@@ -47,6 +48,8 @@ DEFAULT_MODEL = "model"
 TOKENIZER_DIR = "tokenizer"
 STEP_DIR = re.compile(r"step_(\d+)$")
 LATEST = "latest"
+RNG_DIR = "rng"
+"""Where a resumable checkpoint keeps each rank's RNG states (`rank_<N>.pt`)."""
 """A run's checkpoints folder names its newest complete checkpoint in this file, written last."""
 
 
@@ -89,9 +92,8 @@ def candidates(path: str | Path) -> list[Path]:
     steps = sorted(((int(match.group(1)), child) for child in path.iterdir()
                     if (match := STEP_DIR.match(child.name)) and (child / METADATA).is_file()), reverse=True)
     found = [child for _, child in steps]
-    latest = path / LATEST
-    if latest.is_file() and (path / latest.read_text().strip()) in found:
-        named = path / latest.read_text().strip()
+    named = _latest(path)
+    if named in found:
         found = [named] + [child for child in found if child != named]
     if not found:
         raise CheckpointError(
@@ -101,13 +103,31 @@ def candidates(path: str | Path) -> list[Path]:
     return found
 
 
+def _latest(checkpoints_dir: Path) -> Path | None:
+    """The checkpoint the `latest` file names; None without one, or when it is damaged (bytes
+    that are not a name): the newest complete checkpoint is used instead, with a warning."""
+    latest = checkpoints_dir / LATEST
+    if not latest.is_file():
+        return None
+    try:
+        return checkpoints_dir / latest.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        _warn(f"warning: {latest}: damaged (not UTF-8 text); using the newest complete checkpoint")
+        return None
+
+
 def verify(directory: Path) -> None:
-    """Raise CheckpointError naming what is missing or cut short: the metadata, a tensor
-    file, or bytes the tensor index expects (a partial copy or a full disk)."""
-    read_metadata(directory)
+    """Raise CheckpointError naming what is missing or cut short: the metadata, the common state
+    file, a tensor file, bytes the tensor index expects (a partial copy or a full disk), or a rank's
+    RNG file of a checkpoint a run resumes from."""
+    metadata = read_metadata(directory)
     index = directory / ".metadata"
     if not index.is_file():
         raise DamagedCheckpoint(f"{directory}: no tensor index ({index.name}); the checkpoint is incomplete")
+    common = directory / "common.pt"
+    if not common.is_file():
+        raise DamagedCheckpoint(f"{common}: missing; the checkpoint is damaged or incomplete")
+    _verify_rng(directory, metadata)
     try:
         storage = FileSystemReader(str(directory)).read_metadata().storage_data
     except Exception as error:  # a truncated pickle fails in many ways
@@ -121,6 +141,20 @@ def verify(directory: Path) -> None:
         if actual is None or actual < size:
             state = "missing" if actual is None else f"{actual} bytes, {size} expected"
             raise DamagedCheckpoint(f"{file}: {state}; the checkpoint is damaged or incomplete")
+
+
+def _verify_rng(directory: Path, metadata: dict) -> None:
+    """Every rank's RNG file of a resumable checkpoint is there and reads (they are small)."""
+    layout = metadata.get("layout")
+    if "state" not in metadata or not layout:
+        return
+    for rank in range(layout["tp"] * layout["pp"] * layout["dp"]):
+        file = directory / RNG_DIR / f"rank_{rank:05d}.pt"
+        try:
+            torch.load(file, weights_only=False)
+        except Exception as error:  # missing, or a truncated pickle (which fails in many ways)
+            why = "missing" if not file.is_file() else f"unreadable ({type(error).__name__})"
+            raise DamagedCheckpoint(f"{file}: {why}; the checkpoint is damaged or incomplete") from None
 
 
 def write_latest(checkpoints_dir: Path, directory: Path) -> None:

@@ -151,6 +151,38 @@ def test_resolve_takes_the_newest_complete_step(setup, tmp_path):
     assert resolve(tmp_path) == tmp_path / "step_12"
 
 
+@pytest.mark.parametrize("damage,named", [
+    ("rng_missing", "rng/rank_00000.pt: missing"),
+    ("rng_truncated", "rng/rank_00000.pt: unreadable"),
+    ("common_missing", "common.pt: missing"),
+])
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_used(setup, single_rank, tmp_path, damage, named):
+    cfg, vocab, _ = setup
+    model = _state(cfg, vocab, seed=1)
+    for step in (1, 2):
+        checkpoint.save(tmp_path, step, _one(model), objects={"skip_guard": SkipGuard(3)}, layout=single_rank)
+    newest = tmp_path / "step_2"
+    rng = newest / "rng" / "rank_00000.pt"
+    if damage == "rng_missing":
+        rng.unlink()
+    elif damage == "rng_truncated":
+        rng.write_bytes(rng.read_bytes()[:40])
+    else:
+        (newest / "common.pt").unlink()
+    with pytest.warns(UserWarning, match=f"{newest / named}.*\n.*falling back to {tmp_path / 'step_1'}"):
+        assert resolve(tmp_path) == tmp_path / "step_1"
+
+
+def test_a_latest_file_that_is_not_text_is_damaged_and_the_newest_checkpoint_used(setup, tmp_path):
+    cfg, vocab, _ = setup
+    model = _state(cfg, vocab, seed=1)
+    for step in (1, 2):
+        checkpoint.save(tmp_path, step, _one(model))
+    (tmp_path / "latest").write_bytes(b"\xff\xfe\x00step")
+    with pytest.warns(UserWarning, match="latest: damaged"):
+        assert resolve(tmp_path) == tmp_path / "step_2"
+
+
 def test_first_usable_falls_back_past_damaged_checkpoints(tmp_path):
     found = [tmp_path / "step_3", tmp_path / "step_2", tmp_path / "step_1"]
     warnings = []
