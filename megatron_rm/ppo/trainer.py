@@ -27,6 +27,7 @@ from megatron_rm.config import CheckpointConfig
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import LATEST
 from megatron_rm.core.optim import SkipGuard
+from megatron_rm.data.sources import iter_raw_rows
 from megatron_rm.errors import RewardServerError
 from megatron_rm.generation.batch_job import end_token_ids
 from megatron_rm.generation.generator import Generator
@@ -47,6 +48,9 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     """Run `cfg` on this torchrun job; the last evaluation's summary on rank 0 (else None)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate_ppo(cfg, world_size, cuda=runtime.cuda_available())
+    for path in (cfg.data.prompts_path, cfg.data.eval_prompts_path):  # before the models take a minute to build
+        if path:
+            iter_raw_rows(path)  # checks the path and its format, reads nothing
     sources = find_sources(cfg, world_size, cuda=runtime.cuda_available(), te_available=runtime.te_available())
     resume_from = start_source(CheckpointConfig(load=cfg.checkpoint.load), cfg.run.dir)
     is_logger = int(os.environ.get("RANK", "0")) == 0

@@ -15,6 +15,7 @@ from megatron_rm.ppo.models import find_sources
 from megatron_rm.ppo.prompts import PromptSampler, load_prompts
 from megatron_rm.ppo.remote_reward import RemoteReward
 from megatron_rm.ppo.rewards import ServerRewards
+from megatron_rm.ppo.trainer import train_ppo
 from tests.conftest import DEMO
 from tests.convert.hf_models import save_model
 from tests.ppo.checkpoints import save_tiny_models
@@ -141,3 +142,14 @@ def test_a_reward_server_that_is_down_stops_every_rank_with_the_url(single_rank)
     rewards = ServerRewards(RemoteReward("http://127.0.0.1:9", timeout_s=1, retries=1, backoff_s=0.0), single_rank)
     with pytest.raises(RewardServerError, match=r"http://127.0.0.1:9/get_reward: 2 attempts failed"):
         rewards([], lambda: [["a text"]])
+
+
+def test_a_missing_prompts_file_is_named_before_any_model_is_looked_for(tmp_path):
+    """Finding and building the models takes about a minute: a wrong prompts path fails first."""
+    for key in ("prompts_path", "eval_prompts_path"):
+        cfg = _config(**{f"data__{key}": str(tmp_path / "nowhere.jsonl")})
+        cfg.actor.init = str(tmp_path / "no-actor")  # would be the error if the models came first
+        if key == "eval_prompts_path":
+            cfg.data.prompts_path = str(DEMO / "data" / "train.jsonl")
+        with pytest.raises(DataError, match="nowhere.jsonl: no such data file"):
+            train_ppo(cfg)
