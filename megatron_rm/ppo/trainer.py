@@ -89,7 +89,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             f"{_prompt_line('prompts', train_prompts)}"
             + (f"; {_prompt_line('eval prompts', eval_prompts)}" if eval_prompts else "")
             + f"; {cfg.responses_per_step()} responses per step; KL {cfg.kl.type} ({cfg.kl.estimator}, {KL_UNITS})")
-    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg))
+    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg), since=start)
 
     checkpoints_dir = run_dir / "checkpoints"
     # The step `checkpoint.load=auto` resumes from as things stand (a resumed run's own start).

@@ -89,7 +89,8 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
     objects = {"sampler": position, "skip_guard": guard}
     start = restore(source, models, objects, layout, say, resume=t.max_steps != 0,
                     load_optimizer=cfg.checkpoint.load_optimizer)
-    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg))
+    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg),
+                     since=start if t.max_steps else None)  # an evaluation alone adds to what is there
     train_batching = MicroBatching.of(cfg.data, t.micro_batch_size, pad_id(tokenizer))
     eval_batching = MicroBatching.of(cfg.data, cfg.eval.micro_batch_size or t.micro_batch_size, pad_id(tokenizer),
                                      train_micro_batch_size=t.micro_batch_size)

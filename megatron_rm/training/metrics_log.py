@@ -12,10 +12,15 @@ from megatron_rm.config import LoggingConfig
 
 class MetricsLog:
     def __init__(self, run_dir: str | Path, enabled: bool, logging: LoggingConfig | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, since: int | None = None):
+        """`since`: the step a run starts after; rows of later steps already in metrics.jsonl (a run
+        killed after them, before its next checkpoint) are dropped, as the run writes them again:
+        one row per step and split, whatever happened. A run that starts afresh (0) starts a new file."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.progress = logging is None or logging.progress
+        if enabled and since is not None and self.path.is_file():
+            self._drop_after(since)
         self.tensorboard = self.wandb = None
         if not enabled or logging is None:
             return
@@ -43,11 +48,28 @@ class MetricsLog:
         if self.progress:
             print(_line(row), flush=True)
 
+    def _drop_after(self, step: int) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if step > 0 and (_step(line) is None or _step(line) <= step)]
+        if len(kept) < len(lines):
+            staging = self.path.with_name(self.path.name + ".tmp")
+            staging.write_text("".join(kept), encoding="utf-8")
+            staging.replace(self.path)
+
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _step(line: str) -> int | None:
+    """A metrics row's step; None for a line that is not one (kept as it is)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 PPO_FIELDS = (("reward_mean", "reward", "+.4f"), ("kl", "kl", ".4f"), ("kl_coef", "kl_coef", ".4f"),

@@ -42,7 +42,7 @@ def uninterrupted(tmp_path_factory, eval_file):
 
 
 def _rows(run_dir, split="train") -> dict[int, dict]:
-    """The last row logged for each step (a resumed run logs the steps after its checkpoint again)."""
+    """The row logged for each step of `split`."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r for r in rows if r["split"] == split}
 
@@ -113,6 +113,10 @@ def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(uninterrupted,
     assert 8 <= resumed_from <= killed_at
     _assert_same_trajectory(_rows(run_dir), _rows(uninterrupted), range(resumed_from + 1, STEPS + 1))
     assert _rows(run_dir, "eval")[STEPS]["loss"] == _rows(uninterrupted, "eval")[STEPS]["loss"]
+    # The steps redone after the checkpoint are logged once: one row per step and split.
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    logged = [(row["step"], row["split"]) for row in map(json.loads, lines)]
+    assert len(logged) == len(set(logged))
     # checkpoint.keep=3 (the default): the three newest remain, `latest` names the last.
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["latest", "step_16", "step_20", "step_24"]
