@@ -253,15 +253,17 @@ def conversation(messages, where: str) -> tuple:
 def _parsed(raw: RawRow, keys: RowKeys) -> tuple:
     parsed = parse_row(raw, keys, scoring=True)
     if isinstance(parsed, RowProblem):
-        raise request_problem(parsed.location, parsed.field, parsed.message)
+        raise request_problem(parsed.location, parsed.field, parsed.message, parsed.reason)
     return parsed.prompt, parsed.responses[0]
 
 
-def request_problem(where: str, field: str | None, message: str) -> RequestProblem:
-    """A 422 for a problem training's validation found in request item `where` (`items[2]`, or
-    "" for the request itself), naming the field as the client wrote it."""
+def request_problem(where: str, field: str | None, message: str, reason: str | None = None) -> RequestProblem:
+    """A 4xx for a problem training's validation found in request item `where` (`items[2]`, or
+    "" for the request itself), naming the field as the client wrote it: a 400 for text that is
+    not Unicode (as `checked` answers it), else a 422."""
     name = ".".join(part for part in (where, field) if part)
-    return RequestProblem(422, f"{name}: {message}" if name else message, name or None)
+    status = 400 if reason == "bad_text" else 422
+    return RequestProblem(status, f"{name}: {message}" if name else message, name or None)
 
 
 def within(count: int, max_items: int, field: str) -> None:

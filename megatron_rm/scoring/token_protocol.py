@@ -93,7 +93,7 @@ def _parsed(where: str, parse, *args) -> LabelledSteps:
     try:
         return parse(*args)
     except Invalid as invalid:
-        raise request_problem(where, invalid.field, invalid.message) from None
+        raise request_problem(where, invalid.field, invalid.message, invalid.reason) from None
 
 
 def located(encoder: InputEncoder, responses: list[LabelledSteps], names: list[str]) -> list[Located]:
@@ -104,7 +104,7 @@ def located(encoder: InputEncoder, responses: list[LabelledSteps], names: list[s
         try:
             out.append(locate(encoder, response, name))
         except Invalid as invalid:
-            raise request_problem("", invalid.field or name, invalid.message) from None
+            raise request_problem("", invalid.field or name, invalid.message, invalid.reason) from None
         except DataError as error:  # e.g. messages for a tokenizer without a chat template
             raise RequestProblem(422, f"{name}: {error}", name) from None
     return out

@@ -51,7 +51,7 @@ CASES = [
     ("/get_reward", {"query": ["a b", "a \ud800 b"]}, 400, "query[1]: not valid Unicode: a lone surrogate"),
     ("/classify", {"input": "\udfff x"}, 400, "input: not valid Unicode"),
     ("/score", {"items": [{"messages": [{"role": "user", "content": "q \ud800"}, CHAT[1]]}]}, 400,
-     "items[0]: not valid Unicode"),
+     "items[0].messages[0].content: not valid Unicode"),
     ("/pooling", {"input": "x y", "task": "token_classify"}, 400, "task 'token_classify' is not served"),
 ]
 
