@@ -34,7 +34,8 @@ class Ending:
     """How one model's scored ids end; see the module docstring."""
 
     eos: bool = True
-    """Complete texts end in exactly one EOS, appended when the tokenizer has not written it."""
+    """Complete texts end in the EOS, as `ending_with_eos`'s tokenizer ends them (appended to a plain
+    text, to a conversation unless it already ends in one)."""
     pad_token_id: int | None = None
     """With `eos` false: the pad id transformers skips when it reads (the model's config.json)."""
 

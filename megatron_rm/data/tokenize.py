@@ -56,7 +56,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> No
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
     # Classes that build their post-processor from this flag (4.x's LlamaTokenizerFast) would
     # drop an EOS the post-processor appends (`ending_with_eos`).
-    if config.get("add_eos_token") is False and tokenizer("a")["input_ids"][-1:] == [tokenizer.eos_token_id]:
+    if config.get("add_eos_token") is False and _appends_eos(tokenizer):
         config["add_eos_token"] = True
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 

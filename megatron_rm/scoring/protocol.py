@@ -262,8 +262,12 @@ def request_problem(where: str, field: str | None, message: str, reason: str | N
     "" for the request itself), naming the field as the client wrote it: a 400 for text that is
     not Unicode (as `checked` answers it), else a 422."""
     name = ".".join(part for part in (where, field) if part)
-    status = 400 if reason == "bad_text" else 422
-    return RequestProblem(status, f"{name}: {message}" if name else message, name or None)
+    return RequestProblem(_status(reason), f"{name}: {message}" if name else message, name or None)
+
+
+def _status(reason: str | None) -> int:
+    """400 for input no model can read (text that is not Unicode, ids that are not token ids), else 422."""
+    return 400 if reason in ("bad_text", "bad_input_ids") else 422
 
 
 def within(count: int, max_items: int, field: str) -> None:
@@ -292,8 +296,7 @@ def checked(encoded: list[Encoded], names: list[str]) -> list[list[int]]:
     is not Unicode or a bad token id, a 422 for an input that is empty or too long."""
     for item, name in zip(encoded, names):
         if item.ids is None:
-            status = 400 if item.reason in ("bad_text", "bad_input_ids") else 422
-            raise RequestProblem(status, f"{name}: {item.error}", name)
+            raise RequestProblem(_status(item.reason), f"{name}: {item.error}", name)
     return [item.ids for item in encoded]
 
 
