@@ -60,8 +60,10 @@ test: lint
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
+# ruff's rules, then the layers and the absence of import cycles (.importlinter).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -51,6 +51,6 @@ setup(
         # verl environment (0.9 pins tensordict<=0.10 and numpy<2, and imports ray).
         "verl": ["tensordict>=0.10,<1"],
         # tensordict: the adapter's TensorDict in tests (0.15 needs torch>=2.11).
-        "test": ["pytest>=8", "wandb>=0.17", "ruff>=0.6", "tensordict>=0.10,<1"],
+        "test": ["pytest>=8", "wandb>=0.17", "ruff>=0.6", "import-linter>=2.17,<3", "tensordict>=0.10,<1"],
     },
 )

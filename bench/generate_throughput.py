@@ -25,7 +25,7 @@ from demo_llama import save_llama
 
 from megatron_rm.generation.generator import Generator
 from megatron_rm.generation.sampling import SamplingParams
-from megatron_rm.model.loading import load_policy
+from megatron_rm.loading.models import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "list item color fruit sport animal city river write name give the a of and numbered please".split()

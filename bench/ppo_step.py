@@ -35,11 +35,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from megatron_rm import parallel
-from megatron_rm.config import ModelConfig, ParallelConfig
-from megatron_rm.convert.families import POLICY, REWARD
+from megatron_rm.config import POLICY, REWARD, ModelConfig, ParallelConfig
 from megatron_rm.core.optim import SkipGuard
 from megatron_rm.data import load_tokenizer
+from megatron_rm.loading.reward import ScoringModel
 from megatron_rm.model.factory import build_policy_model, build_reward_model
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
 from megatron_rm.ppo.kl import kl_controller
@@ -48,7 +47,7 @@ from megatron_rm.ppo.prompts import PromptSampler, load_prompts
 from megatron_rm.ppo.reference import CpuReference
 from megatron_rm.ppo.step import Context, run_step
 from megatron_rm.ppo.trainer import build_context
-from megatron_rm.scoring.load import ScoringModel
+from megatron_rm.runtime import parallel
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "examples" / "demo" / "data" / "eval.jsonl"

@@ -32,8 +32,8 @@ import torch
 import transformers
 from demo_llama import save_llama
 
-from megatron_rm.scoring.batching import padding_efficiency, plan
-from megatron_rm.scoring.load import load_model
+from megatron_rm.core.micro_batches import padding_efficiency, plan
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
 
 SHORTEST, LONGEST, MEDIAN, SIGMA = 8, 512, 64, 0.9

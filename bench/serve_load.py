@@ -43,7 +43,7 @@ import requests
 import torch
 from demo_llama import save_llama
 
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[1]

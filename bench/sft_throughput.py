@@ -32,7 +32,7 @@ from megatron_rm.config import LossConfig, OptimizerConfig
 from megatron_rm.core.optim import build_optimizer, train_step
 from megatron_rm.data import document_batch
 from megatron_rm.data.tokenize import encode_many
-from megatron_rm.model.loading import load_policy
+from megatron_rm.loading.models import load_policy
 from megatron_rm.objectives import build_objective
 
 REPO = Path(__file__).resolve().parents[1]

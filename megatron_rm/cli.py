@@ -57,14 +57,3 @@ def checkpoint_model(source, auto: bool, overrides) -> ModelConfig:
 def _warn(message: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(message, file=sys.stderr, flush=True)
-
-
-def exit_on_usage_error(run, rank: int):
-    """`run()`'s result; a UsageError (the same on every rank) is printed once, by rank 0,
-    without a traceback, and every rank exits with status 2."""
-    try:
-        return run()
-    except UsageError as error:
-        if rank == 0:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)

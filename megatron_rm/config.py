@@ -13,9 +13,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from megatron_rm.convert.families import FAMILIES as _FAMILY_TABLES
-from megatron_rm.errors import ConfigError
-
 
 @dataclass
 class RopeScalingConfig:
@@ -31,8 +28,10 @@ class RopeScalingConfig:
 
 
 ROPE_SCALING_TYPES = ("llama3", "linear")
-FAMILIES = tuple(_FAMILY_TABLES)
-"""The Hugging Face families `model.family` may name: those with a conversion table."""
+REWARD, POLICY = "reward", "policy"
+"""The kinds of model a run trains and a checkpoint holds (`ModelEntry.kind`): a reward model
+(a reward or token head) or a policy (a language-model head)."""
+MODEL_KINDS = (REWARD, POLICY)
 TRANSFORMER_IMPLS = ("auto", "sdpa", "local", "transformer_engine")
 HEADS = ("sequence", "token")
 
@@ -451,7 +450,6 @@ def model_problems(m: ModelConfig, prefix: str, *, cuda: bool, te_available: boo
                 + _choice(f"{prefix}.activation", m.activation, ("swiglu", "gelu"))
                 + _choice(f"{prefix}.position_embedding_type", m.position_embedding_type,
                           ("rope", "learned_absolute"))
-                + _choice(f"{prefix}.family", m.family, FAMILIES)
                 + _choice(f"{prefix}.transformer_impl", m.transformer_impl, TRANSFORMER_IMPLS)
                 + _choice(f"{prefix}.head", m.head, HEADS))
     if m.num_labels < 1:
@@ -539,7 +537,8 @@ def batch_problems(t: LoopConfig, batching: str, dp: int, prefix: str = "train")
 
 
 def problems(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int) -> list[str]:
-    """Every reason the reward-model run `cfg` cannot run on this launch, but for its loss's (`validate`)."""
+    """Every reason the reward-model run `cfg` cannot run on this launch that its fields show: its
+    model family and its loss add their own (`training.checks.validate`)."""
     m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
     found = (loop_problems(t, "train", cuda) + optimizer_problems(t, "train") + data_problems(d)
              + model_problems(m, "model", cuda=cuda, te_available=te_available, vocab_size=vocab_size))
@@ -563,16 +562,3 @@ def problems(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, 
         found.append(f"data.max_length={d.max_length} exceeds model.sliding_window={m.sliding_window}:"
                      " attention here is not windowed, so documents must fit the window")
     return found
-
-
-def validate(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, vocab_size: int,
-             model_kind: str = "reward") -> None:
-    """Raise ConfigError listing every reason `cfg` cannot run on this launch: `problems` and its
-    loss's own (each objective knows what it needs, so they live with it). `model_kind` is what
-    the run trains (reward or policy); a loss that trains the other kind is refused."""
-    from megatron_rm.objectives import objective_problems  # objectives import this module
-
-    found = problems(cfg, world_size, cuda=cuda, te_available=te_available, vocab_size=vocab_size)
-    found += objective_problems(cfg.loss, cfg.model.num_labels, cfg.data, cfg.parallel, model_kind=model_kind)
-    if found:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(found))

@@ -5,6 +5,8 @@ runs on the same config, files and checkpoints), so entry points print the
 message once, without a traceback, and exit non-zero.
 """
 
+import sys
+
 
 class UsageError(Exception):
     """Bad configuration, data or checkpoint; the message says what and where."""
@@ -32,3 +34,14 @@ class TrainingError(UsageError):
 
 class RewardServerError(UsageError):
     """A remote reward server that cannot be reached or answers wrongly; the message names the URL."""
+
+
+def exit_on_usage_error(run, rank: int):
+    """`run()`'s result; a UsageError (the same on every rank) is printed once, by rank 0,
+    without a traceback, and every rank exits with status 2."""
+    try:
+        return run()
+    except UsageError as error:
+        if rank == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -13,7 +13,6 @@ PPO training (`tools/train_ppo.py`) calls exactly these.
 """
 
 from megatron_rm.ppo.advantages import gae
-from megatron_rm.ppo.kl import AdaptiveKLController, FixedKLController
-from megatron_rm.ppo.kl import kl_estimate as kl_penalty
+from megatron_rm.ppo.kl import AdaptiveKLController, FixedKLController, kl_penalty
 
 __all__ = ["AdaptiveKLController", "FixedKLController", "gae", "kl_penalty"]

@@ -52,8 +52,8 @@ def tiny_model_config():
 @pytest.fixture(scope="session")
 def single_rank():
     """This pytest process as a one-rank megatron job (tp=pp=dp=1), shared by in-process tests."""
-    from megatron_rm import parallel
     from megatron_rm.config import ParallelConfig
+    from megatron_rm.runtime import parallel
 
     layout = parallel.initialize(ParallelConfig(), seed=1234)
     yield layout

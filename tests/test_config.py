@@ -11,8 +11,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import OmegaConfBaseException
 
 import megatron_rm.cli
-from megatron_rm.config import ModelConfig, RMConfig, validate
+from megatron_rm.config import ModelConfig, RMConfig
 from megatron_rm.errors import ConfigError
+from megatron_rm.training.checks import validate
 
 VOCAB = 327  # the demo tokenizer's size
 

@@ -1,11 +1,11 @@
-"""Tests for the preference losses in megatron_rm.losses, each against a plain float64 reference."""
+"""Tests for the preference losses in megatron_rm.objectives.losses, each against a plain float64 reference."""
 
 import math
 
 import pytest
 import torch
 
-from megatron_rm.losses import (
+from megatron_rm.objectives.losses import (
     attribute_mse_loss,
     bradley_terry_loss,
     centering_penalty,

@@ -1,11 +1,11 @@
-"""Tests for the summed metrics in megatron_rm.metrics: named fields, pairs, calibration, reward moments."""
+"""Tests for the summed metrics in megatron_rm.objectives.metrics: named fields, pairs, calibration, reward moments."""
 
 import math
 
 import pytest
 import torch
 
-from megatron_rm.metrics import (
+from megatron_rm.objectives.metrics import (
     PAIR_FIELDS,
     SumLayout,
     calibration_sums,

@@ -1,4 +1,4 @@
-"""Tests for megatron_rm.step_rewards (ORM / PRM losses, step labels, aggregation, step metrics),
+"""Tests for megatron_rm.objectives.step_rewards (ORM / PRM losses, step labels, aggregation, step metrics),
 each against a plain float64 reference."""
 
 import itertools
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from megatron_rm.step_rewards import (
+from megatron_rm.data.steps import labels_from_ratings
+from megatron_rm.objectives.step_rewards import (
     aggregate,
     auroc,
     error_step_f1,
@@ -15,7 +16,6 @@ from megatron_rm.step_rewards import (
     first_error_index,
     first_error_step_accuracy,
     histogram_auroc,
-    labels_from_ratings,
     probability_calibration_sums,
     token_binary_loss,
     token_class_loss,

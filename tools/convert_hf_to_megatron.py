@@ -15,9 +15,9 @@ checkpoint loads at any TP/PP and carries its model config, its kind and its tok
 import argparse
 import time
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.convert import import_hf
+from megatron_rm.errors import exit_on_usage_error
+from megatron_rm.runtime import parallel
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ class logits at every token; a policy's with `AutoModelForCausalLM.from_pretrain
 import argparse
 import time
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.convert import export_hf
+from megatron_rm.errors import exit_on_usage_error
+from megatron_rm.runtime import parallel
 
 
 def main() -> None:

@@ -24,11 +24,10 @@ import json
 import os
 from pathlib import Path
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
-from megatron_rm.errors import UsageError
+from megatron_rm.errors import UsageError, exit_on_usage_error
 from megatron_rm.judge.arguments import add_judge_arguments, judge_from_arguments
 from megatron_rm.judge.evaluation import evaluate_judge_file
+from megatron_rm.runtime import parallel
 from megatron_rm.scoring.arguments import add_model_arguments, scorer_from_arguments
 from megatron_rm.scoring.evaluation import evaluate_file
 from megatron_rm.scoring.report import format_table

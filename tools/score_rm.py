@@ -15,7 +15,7 @@ A token-head model (an outcome or process reward model) also scores stepwise row
 `{prompt, completions: [step, ...]}` and Math-Shepherd `{input}` (-> `reward`, `step_rewards`),
 and best-of-N rows whose responses are lists of steps (-> `rewards`, `best`, `step_rewards`);
 a text response is an outcome, its reward aggregated over its tokens. --aggregation and
---step-separator default to the checkpoint's; see megatron_rm/scoring/token_rows.py.
+--step-separator default to the checkpoint's; see megatron_rm/scoring/token/rows.py.
 
 Rerunning with the same --output resumes after the rows already written. dp = world size /
 (tp * pp); rank 0 reads and writes.

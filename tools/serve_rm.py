@@ -36,12 +36,11 @@ import signal
 
 import uvicorn
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
-from megatron_rm.errors import UsageError
+from megatron_rm.errors import UsageError, exit_on_usage_error
+from megatron_rm.runtime import parallel
 from megatron_rm.scoring.arguments import add_model_arguments, add_token_arguments, scorer_from_arguments
 from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.server import (
+from megatron_rm.server.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
@@ -51,7 +50,7 @@ from megatron_rm.scoring.server import (
     build_app,
     listen,
 )
-from megatron_rm.scoring.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, Lead, follow
+from megatron_rm.server.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, Lead, follow
 
 
 def arguments() -> argparse.Namespace:

@@ -20,9 +20,10 @@ import os
 import hydra
 from omegaconf import OmegaConf
 
-from megatron_rm import parallel
-from megatron_rm.cli import CONF_DIR, exit_on_usage_error, register_schema
+from megatron_rm.cli import CONF_DIR, register_schema
+from megatron_rm.errors import exit_on_usage_error
 from megatron_rm.ppo.trainer import train_ppo
+from megatron_rm.runtime import parallel
 
 register_schema()
 

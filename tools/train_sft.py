@@ -18,8 +18,9 @@ import os
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from megatron_rm import parallel
-from megatron_rm.cli import CONF_DIR, exit_on_usage_error, register_schema, to_config
+from megatron_rm.cli import CONF_DIR, register_schema, to_config
+from megatron_rm.errors import exit_on_usage_error
+from megatron_rm.runtime import parallel
 from megatron_rm.training.loop import train
 from megatron_rm.training.task import SFT
 

@@ -28,19 +28,12 @@ Adding a family is adding a table here and its config translation in `hf_config.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from megatron_rm.config import MODEL_KINDS, POLICY, REWARD, ModelConfig
 from megatron_rm.errors import CheckpointError
 
-if TYPE_CHECKING:  # config reads FAMILIES from here, so this module must not import it at run time
-    from megatron_rm.config import ModelConfig
-
-
-REWARD, POLICY = "reward", "policy"
-"""The kinds of model a checkpoint holds (`ModelEntry.kind`) and a table's rules serve."""
-MODEL_KINDS = (REWARD, POLICY)
 OUTPUT_LAYER = "output_layer.weight"
 """The policy's output layer: a tensor of its own unless the embeddings are tied."""
 
@@ -168,6 +161,13 @@ def to_hf(kind: str, tensor: torch.Tensor, shapes: Shapes, rows: int | None = No
         q, k, v = grouped.split([q_rows, shapes.head_dim, shapes.head_dim], dim=1)
         return [t.reshape(-1, *tensor.shape[1:]) for t in (q, k, v)]
     raise ValueError(f"unknown rule kind {kind!r}")
+
+
+def family_problems(model: ModelConfig, prefix: str = "model") -> list[str]:
+    """`model.family` must name a table here: it decides the names the model converts under."""
+    if model.family in FAMILIES:
+        return []
+    return [f"{prefix}.family={model.family!r} must be one of {', '.join(FAMILIES)}"]
 
 
 def family(model_type: str, source: str) -> Family:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from megatron_rm.config import ModelConfig
-from megatron_rm.convert.families import FAMILIES, POLICY, REWARD, Family, Shapes, family
+from megatron_rm.config import POLICY, REWARD, ModelConfig
+from megatron_rm.convert.families import FAMILIES, Family, Shapes, family
 from megatron_rm.convert.hf_rope import legacy_rope_keys, rope_settings
 from megatron_rm.errors import CheckpointError
 

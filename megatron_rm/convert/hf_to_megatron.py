@@ -14,9 +14,9 @@ import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from megatron_rm.config import ModelConfig, padded_vocab_size
+from megatron_rm.config import MODEL_KINDS, POLICY, REWARD, ModelConfig, padded_vocab_size
 from megatron_rm.convert import megatron_io
-from megatron_rm.convert.families import FAMILIES, HEAD_RULES, MODEL_KINDS, POLICY, REWARD, Shapes, to_megatron
+from megatron_rm.convert.families import FAMILIES, HEAD_RULES, Shapes, to_megatron
 from megatron_rm.convert.hf_config import (
     DTYPES,
     HF_HEADS,

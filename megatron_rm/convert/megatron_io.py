@@ -22,11 +22,11 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensorFactory
 
-from megatron_rm import parallel
-from megatron_rm.config import ModelConfig, ParallelConfig
-from megatron_rm.convert.families import OUTPUT_LAYER, POLICY, REWARD
+from megatron_rm.config import POLICY, REWARD, ModelConfig, ParallelConfig
+from megatron_rm.convert.families import OUTPUT_LAYER
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
 from megatron_rm.model.factory import build_policy_model, build_reward_model
+from megatron_rm.runtime import parallel
 
 EMBEDDING = "embedding.word_embeddings.weight"
 HEAD_DTYPE = torch.float32

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_rm.config import POLICY
 from megatron_rm.convert import megatron_io
-from megatron_rm.convert.families import FAMILIES, POLICY, Shapes, to_hf
+from megatron_rm.convert.families import FAMILIES, Shapes, to_hf
 from megatron_rm.convert.hf_config import DTYPES, hf_config, save_config
 from megatron_rm.convert.safetensors_io import write_sharded
 from megatron_rm.core.checkpoint_files import atomic_folder, model_entry, read_metadata, require_kind, resolve

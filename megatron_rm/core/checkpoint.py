@@ -49,7 +49,7 @@ from megatron_rm.core.checkpoint_files import (
 from megatron_rm.data import load_tokenizer, save_tokenizer
 from megatron_rm.data.ending import ending_with_eos
 from megatron_rm.errors import CheckpointError, DamagedCheckpoint
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime.parallel import Layout
 
 # Fields that decide parameter names and shapes; a checkpoint loads only into a
 # model that agrees on all of them.

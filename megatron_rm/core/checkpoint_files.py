@@ -37,8 +37,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint import FileSystemReader
 
-from megatron_rm.config import ModelConfig
-from megatron_rm.convert.families import MODEL_KINDS, POLICY, REWARD
+from megatron_rm.config import MODEL_KINDS, POLICY, REWARD, ModelConfig
 from megatron_rm.errors import CheckpointError, DamagedCheckpoint
 
 METADATA = "megatron_rm.json"
@@ -202,7 +201,7 @@ def require_kind(directory: Path, entry: ModelEntry, wanted: str, name: str | No
         return
     which = f"model {name!r}" if name else "its model"
     hint = ("a policy comes from a *ForCausalLM folder converted with --model-kind policy, or from training one"
-            if wanted == POLICY else "a policy loads with megatron_rm.model.loading.load_policy")
+            if wanted == POLICY else "a policy loads with megatron_rm.loading.models.load_policy")
     raise CheckpointError(f"{directory}: {which} is a {entry.kind} model, not a {wanted} model "
                           f"({METADATA}: kind={entry.kind!r}); {hint}")
 

@@ -30,13 +30,12 @@ import pyarrow.parquet as pq
 import torch.distributed as dist
 from tqdm import tqdm
 
-from megatron_rm import parallel
-from megatron_rm.cli import exit_on_usage_error
 from megatron_rm.core.row_output import RowOutput
 from megatron_rm.data.rows import ProblemLog, RowProblem
 from megatron_rm.data.sources import FILE_FORMATS, RawRow, iter_raw_rows
-from megatron_rm.errors import DataError, UsageError
-from megatron_rm.parallel import broadcast_sequences
+from megatron_rm.errors import DataError, UsageError, exit_on_usage_error
+from megatron_rm.runtime import parallel
+from megatron_rm.runtime.parallel import broadcast_sequences
 
 ON_INVALID = ("error", "skip")
 CHUNK, END, STOP, FAILED = "chunk", "end", "stop", "failed"

@@ -18,7 +18,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron_rm.config import OptimizerConfig
 from megatron_rm.core.schedule import run_objective
 from megatron_rm.errors import TrainingError
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime.parallel import Layout
 
 
 def build_optimizer(model, t: OptimizerConfig, total_steps: int, *, precision: str = "fp32",

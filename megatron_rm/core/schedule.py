@@ -23,7 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_rm import runtime
 from megatron_rm.data import Batch
-from megatron_rm.parallel import Layout, broadcast_from_last_stage
+from megatron_rm.runtime.parallel import Layout, broadcast_from_last_stage
 
 Forward = Callable[[torch.nn.Module, Batch], torch.Tensor]
 

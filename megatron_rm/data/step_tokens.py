@@ -22,9 +22,8 @@ import numpy as np
 
 from megatron_rm.data.ending import APPEND_EOS, Ending
 from megatron_rm.data.rows import Invalid, RowProblem
-from megatron_rm.data.steps import LabelledSteps, Labelling
+from megatron_rm.data.steps import LabelledSteps, Labelling, labels_from_ratings
 from megatron_rm.data.tokenize import Encoded, document_text, encode, fit, kept_prompt_tokens
-from megatron_rm.step_rewards import labels_from_ratings
 
 
 @dataclass(frozen=True)

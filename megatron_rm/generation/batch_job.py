@@ -5,7 +5,7 @@ Each valid row is one prompt and `num_samples` responses. A response's random dr
 on the run's seed and its number (row number in the input x num_samples + sample) only
 (`sampling.row_generator`), so a file gives the same responses at any layout, in any
 chunking, and after a resume. The chunk's prompts are dealt to the data-parallel replicas
-(longest first, to the replica with the fewest prompt tokens: `scoring.batching.deal`), each replica generates its
+(longest first, to the replica with the fewest prompt tokens: `core.micro_batches.deal`), each replica generates its
 share `batch_size` responses at a time, grouped by length, and the completions come back to
 rank 0 with one gather over the data-parallel group.
 """
@@ -19,13 +19,13 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_rm.core.file_job import JobRow, RowTask, Summary, run_file
+from megatron_rm.core.micro_batches import deal
 from megatron_rm.data.rows import Invalid, RowProblem, decode, parse_prompt
 from megatron_rm.data.sources import RawRow
 from megatron_rm.data.tokenize import Encoded, encode_prompts, fit
 from megatron_rm.generation.generator import Completion, Generator
 from megatron_rm.generation.sampling import SamplingParams
-from megatron_rm.model.loading import LoadedPolicy
-from megatron_rm.scoring.batching import deal
+from megatron_rm.loading.models import LoadedPolicy
 
 PROMPT_POLICIES = ("error", "truncate_prompt")
 

@@ -32,7 +32,7 @@ from megatron_rm.errors import ConfigError
 from megatron_rm.generation.sampling import SamplingParams, choose, row_generator
 from megatron_rm.model.document_model import unwrap
 from megatron_rm.model.inputs import causal_padding_mask, position_ids
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime.parallel import Layout
 
 EOS, LENGTH = "eos", "length"
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_rm.config import ParallelConfig
-from megatron_rm.convert.families import POLICY
+from megatron_rm.config import POLICY, ParallelConfig
 from megatron_rm.errors import UsageError
 from megatron_rm.judge.judge import Judge
 from megatron_rm.judge.prompt import DEFAULT_LABELS, DEFAULT_TEMPLATE, JudgePrompt, parse_labels, read_template
-from megatron_rm.model.loading import find, load_policy
+from megatron_rm.loading.models import find, load_policy
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ preference = 1/2 (p(A | first shown as A) + p(B | first shown as B)), so a judge
 label or a position gives a pair and its swap preferences that add up to 1.
 
 `Judge.label_logprobs` is collective like `Scorer.score`: the prompts are planned into
-length-grouped micro-batches (`scoring.batching`), dealt to the data-parallel replicas, run
+length-grouped micro-batches (`core.micro_batches`), dealt to the data-parallel replicas, run
 forward-only through megatron's schedule, and summed back over the data-parallel group.
 """
 
@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_rm import runtime
+from megatron_rm.core.micro_batches import BATCHINGS, deal, plan
 from megatron_rm.core.schedule import collect
 from megatron_rm.data import document_batch, pad_id
 from megatron_rm.data.rows import RowProblem
@@ -28,11 +29,10 @@ from megatron_rm.data.sources import RawRow
 from megatron_rm.errors import ConfigError
 from megatron_rm.judge.pairs import Pair, parse_pair
 from megatron_rm.judge.prompt import DEFAULT_LABELS, DEFAULT_TEMPLATE, JudgePrompt
+from megatron_rm.loading.models import LoadedPolicy
 from megatron_rm.model.inputs import document_ends
-from megatron_rm.model.loading import LoadedPolicy
 from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.vocab_parallel import token_logprobs
-from megatron_rm.scoring.batching import BATCHINGS, deal, plan
 from megatron_rm.scoring.scorer import DEFAULT_MAX_TOKENS
 
 

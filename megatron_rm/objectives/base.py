@@ -22,10 +22,10 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from megatron_rm import metrics
 from megatron_rm.config import DataConfig, LossConfig, ParallelConfig
 from megatron_rm.errors import DataError
 from megatron_rm.model.reward_model import forward_documents
+from megatron_rm.objectives import metrics
 
 CALIBRATION_BINS = 10
 

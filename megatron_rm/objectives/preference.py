@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_rm import losses
 from megatron_rm.model.inputs import document_ends
+from megatron_rm.objectives import losses
 from megatron_rm.objectives.base import RewardObjective, chosen_and_rejected, comparisons, no_terms
 
 

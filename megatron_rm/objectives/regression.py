@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megatron_rm import losses
+from megatron_rm.objectives import losses
 from megatron_rm.objectives.base import RewardObjective, no_terms
 
 

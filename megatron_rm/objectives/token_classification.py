@@ -20,9 +20,10 @@ import math
 
 import torch
 
-from megatron_rm import metrics, step_rewards
 from megatron_rm.config import DataConfig, LossConfig, ParallelConfig
+from megatron_rm.data.steps import NEUTRAL_POLICIES
 from megatron_rm.model.reward_model import forward_documents
+from megatron_rm.objectives import metrics, step_rewards
 from megatron_rm.objectives.base import CALIBRATION_BINS, Objective
 
 SCORE_BINS = 2000
@@ -139,8 +140,8 @@ class TokenClassification(Objective):
         elif self.num_labels != self.num_classes:
             problems.append(f"model.num_labels={self.num_labels} must equal loss.num_classes={self.num_classes} "
                             f"(the token head has one output per class)")
-        if self.neutral not in step_rewards.NEUTRAL_POLICIES:
-            problems.append(f"loss.neutral={self.neutral!r} must be one of {', '.join(step_rewards.NEUTRAL_POLICIES)}")
+        if self.neutral not in NEUTRAL_POLICIES:
+            problems.append(f"loss.neutral={self.neutral!r} must be one of {', '.join(NEUTRAL_POLICIES)}")
         if self.aggregation not in step_rewards.AGGREGATIONS:
             problems.append(f"loss.aggregation={self.aggregation!r} must be one of "
                             f"{', '.join(step_rewards.AGGREGATIONS)} or null")

@@ -19,7 +19,7 @@ from megatron_rm.data import Batch, document_batch
 from megatron_rm.generation.generator import EOS, Completion
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.advantages import gae, token_rewards, whiten_together
-from megatron_rm.ppo.kl import kl_estimate, mean_per_token
+from megatron_rm.ppo.kl import kl_penalty, mean_per_token
 from megatron_rm.ppo.objectives import Rollouts
 
 NO_EOS_POLICIES = ("mask", "penalty")
@@ -84,7 +84,7 @@ def experience(parts: list[Scored], *, kl_coef: float, estimator: str, gamma: fl
     masks, kls, advantages, returns = [], [], [], []
     for part in parts:
         _, mask = next_token_targets(part.batch)
-        kl = torch.where(mask, kl_estimate(part.old_logprobs, part.ref_logprobs, estimator), 0.0)
+        kl = torch.where(mask, kl_penalty(part.old_logprobs, part.ref_logprobs, estimator), 0.0)
         advantage, ret = gae(token_rewards(part.scores, kl, kl_coef, mask), part.values, mask, gamma, lam)
         masks.append(mask)
         kls.append(mean_per_token(kl, mask))

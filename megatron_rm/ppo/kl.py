@@ -27,7 +27,7 @@ CONTROLLERS = ("adaptive", "fixed")
 KL_UNITS = "nats per token (batch mean of each response's token mean)"
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token KL estimate of the sampled tokens, same shape as the inputs."""
     d = logprobs - ref_logprobs
     if estimator == "k1":

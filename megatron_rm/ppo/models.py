@@ -15,16 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_rm.config import ModelConfig, OptimizerConfig, layout_problems, padded_vocab_size
-from megatron_rm.convert.families import POLICY, REWARD
+from megatron_rm.config import POLICY, REWARD, ModelConfig, OptimizerConfig, layout_problems, padded_vocab_size
 from megatron_rm.core.checkpoint import ModelState
 from megatron_rm.core.optim import build_optimizer
 from megatron_rm.errors import CheckpointError, ConfigError
-from megatron_rm.model.loading import BUILDERS, Found, find, job_layout, load_weights
-from megatron_rm.parallel import Layout
+from megatron_rm.loading.models import BUILDERS, Found, find, job_layout, load_weights
+from megatron_rm.loading.reward import ScoringModel, scoring_model
 from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.ppo.reference import CpuReference
-from megatron_rm.scoring.load import ScoringModel, scoring_model
+from megatron_rm.runtime.parallel import Layout
 
 ACTOR, CRITIC = "actor", "critic"
 

@@ -1,6 +1,6 @@
 """Rewards from a reward model served elsewhere, over OpenRLHF's remote reward-model protocol:
 `POST /get_reward` with `{"query": [text, ...]}`, answered `{"rewards": [float, ...], ...}`, which
-our server (`megatron_rm.scoring.server`) and OpenRLHF's own both speak.
+our server (`megatron_rm.server.app`) and OpenRLHF's own both speak.
 
 PPO scores this way when the reward model cannot sit in the training job: it has another tokenizer
 than the actor (so it must read text, not the actor's ids), or it runs on other machines. Only the

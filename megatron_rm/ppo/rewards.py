@@ -21,11 +21,11 @@ from megatron_rm import runtime
 from megatron_rm.data import Batch, document_batch, pad_id
 from megatron_rm.data.ending import Ending
 from megatron_rm.errors import ConfigError, RewardServerError
-from megatron_rm.parallel import Layout
+from megatron_rm.loading.reward import ScoringModel
+from megatron_rm.ppo.forwards import model_scores
 from megatron_rm.ppo.remote_reward import RemoteReward
-from megatron_rm.ppo.rollout import model_scores
+from megatron_rm.runtime.parallel import Layout
 from megatron_rm.scoring.inputs import InputEncoder
-from megatron_rm.scoring.load import ScoringModel
 
 
 class ModelRewards:

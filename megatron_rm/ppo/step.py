@@ -25,15 +25,15 @@ from megatron_rm.generation.batch_job import generate_batched
 from megatron_rm.generation.generator import Completion, Generator
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.objectives.sft import next_token_targets
-from megatron_rm.parallel import Layout
 from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.ppo.experience import Shaping, documents, experience
+from megatron_rm.ppo.forwards import RolloutModels, score
 from megatron_rm.ppo.kl import FixedKLController
 from megatron_rm.ppo.losses import PolicyLossSettings
 from megatron_rm.ppo.models import PPOModels, in_eval_mode
 from megatron_rm.ppo.objectives import ActorObjective, CriticObjective, Rollouts
 from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
-from megatron_rm.ppo.rollout import RolloutModels, score
+from megatron_rm.runtime.parallel import Layout
 
 
 @dataclass

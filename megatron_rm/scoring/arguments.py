@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 
 from megatron_rm.config import ParallelConfig
-from megatron_rm.scoring.batching import BATCHINGS
+from megatron_rm.core.micro_batches import BATCHINGS
+from megatron_rm.loading.reward import PRECISIONS, load_model
+from megatron_rm.objectives.step_rewards import AGGREGATIONS
 from megatron_rm.scoring.inputs import LENGTH_POLICIES
-from megatron_rm.scoring.load import PRECISIONS, load_model
 from megatron_rm.scoring.scorer import DEFAULT_MAX_TOKENS, Scorer, ScoreSettings
-from megatron_rm.step_rewards import AGGREGATIONS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

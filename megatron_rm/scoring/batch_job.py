@@ -1,5 +1,5 @@
 """Scoring a whole file on a TP/PP/DP job (`tools/score_rm.py`): the rows of `scoring.rows`
-(`scoring.token_rows` for a token head) through the file-job frame (`core.file_job`: chunks,
+(`scoring.token.rows` for a token head) through the file-job frame (`core.file_job`: chunks,
 resume, invalid rows, progress)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from megatron_rm.core.file_job import JobRow, RowTask, Summary, run_file
+from megatron_rm.core.micro_batches import padding_efficiency, plan
 from megatron_rm.data.sources import RawRow
-from megatron_rm.scoring.batching import padding_efficiency, plan
 from megatron_rm.scoring.rows import prepare_rows, scored_fields
 from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.token_rows import prepare_token_rows, token_fields
+from megatron_rm.scoring.token.rows import prepare_token_rows, token_fields
 
 
 class ScoreTask(RowTask):

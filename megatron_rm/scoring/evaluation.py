@@ -26,10 +26,10 @@ from megatron_rm.data.sources import RawRow, iter_raw_rows
 from megatron_rm.data.steps import LabelledSteps
 from megatron_rm.data.tokenize import document_text
 from megatron_rm.errors import DataError
-from megatron_rm.parallel import broadcast_sequences
+from megatron_rm.runtime.parallel import broadcast_sequences
 from megatron_rm.scoring.report import EvaluatedGroup, Report, evaluate
 from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.token_scores import Located, locate, read
+from megatron_rm.scoring.token.scores import Located, locate, read
 
 SUBSET_KEY = "subset"
 

@@ -1,7 +1,7 @@
 """The evaluation report of a reward model on a preference set, from rewards already computed.
 
 Every ordered pair (i < j) of a group's responses, best first, is one pair: accuracy
-(a tie is wrong), margin, mean rewards and calibration come from `megatron_rm.metrics`,
+(a tie is wrong), margin, mean rewards and calibration come from `megatron_rm.objectives.metrics`,
 so they are exactly the numbers training logs for the same pairs. Groups of more than two
 responses also get RewardBench-2's best-of-K accuracy, and data whose subsets are
 RewardBench's gets its section scores and leaderboard average.
@@ -16,7 +16,7 @@ from itertools import combinations
 
 import torch
 
-from megatron_rm.metrics import calibration_sums, expected_calibration_error, pair_sums, summarize
+from megatron_rm.objectives.metrics import calibration_sums, expected_calibration_error, pair_sums, summarize
 from megatron_rm.scoring.rewardbench import is_rewardbench, leaderboard_average, section_scores
 
 OVERALL = "overall"

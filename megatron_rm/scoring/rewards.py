@@ -10,7 +10,7 @@ from megatron_rm.core.schedule import collect
 from megatron_rm.data import Batch
 from megatron_rm.model.document_model import unwrap
 from megatron_rm.model.reward_model import forward_documents
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime.parallel import Layout
 
 
 def score(model_chunks, batches: Iterable[Batch], layout: Layout) -> torch.Tensor:

@@ -18,16 +18,16 @@ import torch
 import torch.distributed as dist
 
 from megatron_rm import runtime
+from megatron_rm.core.micro_batches import BATCHINGS, deal, plan
 from megatron_rm.data import document_batch, pad_id
 from megatron_rm.data.ending import Ending
 from megatron_rm.errors import ConfigError
-from megatron_rm.scoring.batching import BATCHINGS, deal, plan
+from megatron_rm.loading.reward import ScoringModel
+from megatron_rm.objectives.step_rewards import AGGREGATIONS
 from megatron_rm.scoring.inputs import InputEncoder
-from megatron_rm.scoring.load import ScoringModel
 from megatron_rm.scoring.rewards import score as score_batches
 from megatron_rm.scoring.rewards import token_values
-from megatron_rm.scoring.token_scores import TokenReading
-from megatron_rm.step_rewards import AGGREGATIONS
+from megatron_rm.scoring.token.scores import TokenReading
 
 DEFAULT_MAX_TOKENS = 8192
 

@@ -27,7 +27,7 @@ from megatron_rm.data.steps import Labelling
 from megatron_rm.data.store import GroupStore
 from megatron_rm.data.tokenize import fingerprint, load_tokenizer
 from megatron_rm.errors import DataError, UsageError
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime.parallel import Layout
 
 EVAL_CHUNK_GROUPS = 1024
 """Evaluation groups per rank whose micro-batches exist at once."""

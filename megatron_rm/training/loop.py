@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from megatron_rm import parallel, runtime
-from megatron_rm.config import RMConfig, TrainConfig, padded_vocab_size, validate, warmup_problem
+from megatron_rm import runtime
+from megatron_rm.config import RMConfig, TrainConfig, padded_vocab_size, warmup_problem
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
 from megatron_rm.core.optim import SkipGuard, build_optimizer, train_step
@@ -23,7 +23,9 @@ from megatron_rm.data.ending import Ending
 from megatron_rm.errors import ConfigError
 from megatron_rm.model.layer_spec import layer_implementation
 from megatron_rm.objectives import build_objective, model_for_loss
+from megatron_rm.runtime import parallel
 from megatron_rm.training import flops
+from megatron_rm.training.checks import validate
 from megatron_rm.training.data_setup import (
     DataPosition,
     MicroBatching,

@@ -12,7 +12,7 @@ from megatron_rm.config import CheckpointConfig
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import candidates, first_usable, read_metadata
 from megatron_rm.errors import CheckpointError
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime.parallel import Layout
 
 
 @dataclass

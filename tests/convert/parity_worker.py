@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
-from megatron_rm import parallel
 from megatron_rm.config import ParallelConfig, padded_vocab_size
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import model_config, model_entry, read_metadata
 from megatron_rm.core.schedule import collect
 from megatron_rm.data import Batch, load_tokenizer
+from megatron_rm.loading.models import build_and_load, find, load_policy
 from megatron_rm.model import build_reward_model
-from megatron_rm.model.loading import build_and_load, find, load_policy
 from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.reward_model import forward_documents
+from megatron_rm.runtime import parallel
 from megatron_rm.scoring.rewards import score
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))

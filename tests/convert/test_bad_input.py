@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from megatron_rm import cli
-from megatron_rm.config import validate
 from megatron_rm.convert import export_hf, import_hf
 from megatron_rm.errors import CheckpointError, ConfigError, UsageError
+from megatron_rm.training.checks import validate
 from tests.conftest import PYTHON, REPO, run_command
 from tests.convert.hf_models import save_model
 

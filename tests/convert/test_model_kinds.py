@@ -14,9 +14,9 @@ from megatron_rm.convert import export_hf, import_hf, megatron_io
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import METADATA, model_entry, read_metadata
 from megatron_rm.errors import CheckpointError
+from megatron_rm.loading.models import load_policy
+from megatron_rm.loading.reward import load_model
 from megatron_rm.model import build_reward_model
-from megatron_rm.model.loading import load_policy
-from megatron_rm.scoring.load import load_model
 from tests.conftest import PYTHON, REPO, run_command
 from tests.convert.hf_models import save_model
 

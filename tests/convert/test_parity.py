@@ -24,7 +24,7 @@ import transformers
 
 from megatron_rm.convert import import_hf
 from megatron_rm.core.checkpoint_files import model_entry, read_metadata
-from megatron_rm.step_rewards import positive_probability
+from megatron_rm.objectives.step_rewards import positive_probability
 from tests.conftest import REPO, torchrun
 from tests.convert.hf_models import FAMILIES, respell_as_4x, save_model, tokenizer
 

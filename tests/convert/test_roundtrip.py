@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from megatron_rm.convert import export_hf, import_hf
 from megatron_rm.core.checkpoint_files import read_metadata
-from megatron_rm.model.loading import find
+from megatron_rm.loading.models import find
 from tests.convert.hf_models import FAMILIES, save_model
 
 CLASSIFIERS = {"sequence": transformers.AutoModelForSequenceClassification,

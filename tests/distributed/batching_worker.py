@@ -23,10 +23,11 @@ from pathlib import Path
 
 from megatron.core import parallel_state
 
-from megatron_rm import parallel
-from megatron_rm.config import DataConfig, ParallelConfig, RMConfig, RunConfig, TrainConfig, validate
+from megatron_rm.config import DataConfig, ParallelConfig, RMConfig, RunConfig, TrainConfig
 from megatron_rm.data import Batch, load_tokenizer, pad_id
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime import parallel
+from megatron_rm.runtime.parallel import Layout
+from megatron_rm.training.checks import validate
 from megatron_rm.training.data_setup import (
     MicroBatching,
     eval_micro_batches,

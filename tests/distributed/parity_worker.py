@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state
 
-from megatron_rm import parallel
 from megatron_rm.config import DataConfig, ParallelConfig, RMConfig, TrainConfig, padded_vocab_size
 from megatron_rm.core import checkpoint
 from megatron_rm.core.optim import build_optimizer, train_step
@@ -31,6 +30,7 @@ from megatron_rm.data.prepare import Settings, build_store
 from megatron_rm.model import RewardHead, build_reward_model
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.objectives import build_objective
+from megatron_rm.runtime import parallel
 from megatron_rm.scoring.rewards import score
 from megatron_rm.training.data_setup import MicroBatching, Split, sampler_for, train_micro_batches
 from tests.conftest import DEMO, tiny_model_config

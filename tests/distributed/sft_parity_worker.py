@@ -18,13 +18,13 @@ from pathlib import Path
 
 from megatron.core import parallel_state
 
-from megatron_rm import parallel
 from megatron_rm.config import DataConfig, ParallelConfig, SFTConfig, TrainConfig, padded_vocab_size
 from megatron_rm.core import checkpoint
 from megatron_rm.data import GroupStore, load_tokenizer, pad_id
 from megatron_rm.data.prepare import Settings, build_store
 from megatron_rm.model import build_policy_model
 from megatron_rm.objectives import build_objective
+from megatron_rm.runtime import parallel
 from megatron_rm.training.data_setup import Split
 from tests.conftest import DEMO, tiny_model_config
 from tests.distributed.layout_steps import train_and_evaluate

@@ -22,7 +22,7 @@ from megatron_rm.config import ParallelConfig
 from megatron_rm.data import document_batch
 from megatron_rm.generation.batch_job import GenerateTask, generate_file
 from megatron_rm.generation.sampling import SamplingParams
-from megatron_rm.model.loading import load_policy
+from megatron_rm.loading.models import load_policy
 from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.vocab_parallel import token_entropy, token_logprobs
 

@@ -15,7 +15,7 @@ from megatron_rm.errors import DataError
 from megatron_rm.generation.batch_job import GenerateTask, end_token_ids, generate_file
 from megatron_rm.generation.generator import EOS, LENGTH
 from megatron_rm.generation.sampling import SamplingParams
-from megatron_rm.model.loading import load_policy
+from megatron_rm.loading.models import load_policy
 from tests.convert.hf_models import save_model
 from tests.data.tokenizer_variants import save_variant
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from megatron_rm.generation.batch_job import GenerateTask, generate_file
-from megatron_rm.model.loading import load_policy
+from megatron_rm.loading.models import load_policy
 from tests.conftest import PYTHON, REPO, run_command, torchrun
 from tests.convert.hf_models import save_model
 from tests.generation.policy_worker import SAMPLING, logprob_differences

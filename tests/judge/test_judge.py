@@ -15,7 +15,7 @@ from megatron_rm.judge.batch_job import judge_file
 from megatron_rm.judge.evaluation import evaluate_judge_file, log_odds
 from megatron_rm.judge.pairs import Pair
 from megatron_rm.judge.prompt import check_template, read_template
-from megatron_rm.model.loading import load_policy
+from megatron_rm.loading.models import load_policy
 from megatron_rm.scoring.report import format_table
 from tests.judge.models import (
     LABELS,

@@ -9,7 +9,7 @@ import pytest
 
 from megatron_rm.judge import Judge
 from megatron_rm.judge.batch_job import judge_file
-from megatron_rm.model.loading import load_policy
+from megatron_rm.loading.models import load_policy
 from tests.conftest import PYTHON, REPO, run_command, torchrun
 from tests.judge.models import LABELS, direct_report, pairs, read_rows, reference_verdicts, save_judges, write_rows
 

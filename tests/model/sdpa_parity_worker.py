@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from megatron_rm import parallel
 from megatron_rm.config import ParallelConfig
+from megatron_rm.runtime import parallel
 from tests.model.test_layer_specs import MODELS, build_pair, compare
 
 

@@ -22,7 +22,6 @@ import megatron_rm  # noqa: F401  (its warning filters apply before megatron-cor
 from megatron_rm import runtime
 from megatron_rm.config import ParallelConfig
 from megatron_rm.data import load_tokenizer
-from megatron_rm.losses import bradley_terry_loss
 from megatron_rm.model import build_reward_model, sdpa_attention, transformer_config
 from megatron_rm.model.inputs import causal_padding_mask, position_ids
 from megatron_rm.model.layer_spec import (
@@ -32,6 +31,7 @@ from megatron_rm.model.layer_spec import (
     uses_transformer_engine,
 )
 from megatron_rm.model.sdpa_attention import SDPAttention
+from megatron_rm.objectives.losses import bradley_terry_loss
 from tests.conftest import REPO, tiny_model_config, torchrun
 
 # Document masks (see inputs.py); every row pairs with the next for the loss.

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_rm import losses
 from megatron_rm.data import Batch, collate
-from megatron_rm.metrics import pair_sums
+from megatron_rm.objectives import losses
+from megatron_rm.objectives.metrics import pair_sums
 from megatron_rm.training import flops
 from tests.conftest import tiny_model_config
 from tests.data.test_batching import make_store

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_rm import losses
 from megatron_rm.config import DataConfig, LossConfig, ParallelConfig
 from megatron_rm.data import load_tokenizer
 from megatron_rm.data.batching import collate
 from megatron_rm.errors import ConfigError, DataError
 from megatron_rm.model import build_reward_model
-from megatron_rm.objectives import OBJECTIVES, build_objective
+from megatron_rm.objectives import OBJECTIVES, build_objective, losses
 from tests.conftest import tiny_model_config
 from tests.data.test_batching import make_store
 

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from megatron_rm.config import LossConfig, ParallelConfig, RMConfig, SFTConfig, validate
+from megatron_rm.config import LossConfig, ParallelConfig, RMConfig, SFTConfig
 from megatron_rm.data import load_tokenizer
 from megatron_rm.data.batching import collate
 from megatron_rm.data.store import GroupStore, StoreWriter
@@ -17,6 +17,7 @@ from megatron_rm.errors import ConfigError, DataError
 from megatron_rm.model import build_policy_model
 from megatron_rm.objectives import build_objective
 from megatron_rm.objectives.sft import next_token_targets
+from megatron_rm.training.checks import validate
 from tests.conftest import tiny_model_config
 from tests.data.test_batching import make_store
 

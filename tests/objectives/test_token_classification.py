@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_rm import step_rewards
 from megatron_rm.config import LossConfig
 from megatron_rm.data.batching import collate
 from megatron_rm.data.prepare import Settings, build_store
 from megatron_rm.data.steps import Labelling
 from megatron_rm.data.store import GroupStore
-from megatron_rm.objectives import build_objective
+from megatron_rm.objectives import build_objective, step_rewards
 from tests.conftest import DEMO
 from tests.objectives.step_rows import outcome_rows, stepwise_rows, write_rows
 

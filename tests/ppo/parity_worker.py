@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from megatron.core import parallel_state
 from omegaconf import OmegaConf
 
-from megatron_rm import parallel
 from megatron_rm.cli import CONF_DIR, register_schema
 from megatron_rm.ppo.trainer import train_ppo
+from megatron_rm.runtime import parallel
 
 
 def main() -> None:

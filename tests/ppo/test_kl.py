@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from megatron_rm.ppo.kl import AdaptiveKLController, FixedKLController, kl_controller, kl_estimate, mean_per_token
+from megatron_rm.ppo.kl import AdaptiveKLController, FixedKLController, kl_controller, kl_penalty, mean_per_token
 
 
 def test_k1_and_k3_are_unbiased_and_k3_never_negative():
@@ -18,20 +18,20 @@ def test_k1_and_k3_are_unbiased_and_k3_never_negative():
     exact = float((policy.exp() * (policy - reference)).sum())
     samples = torch.multinomial(policy.exp(), 200_000, replacement=True, generator=generator)
     for estimator in ("k1", "k3"):
-        estimates = kl_estimate(policy[samples], reference[samples], estimator)
+        estimates = kl_penalty(policy[samples], reference[samples], estimator)
         assert float(estimates.mean()) == pytest.approx(exact, rel=0.02), estimator
-    assert float(kl_estimate(policy[samples], reference[samples], "k3").min()) >= 0
+    assert float(kl_penalty(policy[samples], reference[samples], "k3").min()) >= 0
 
 
 def test_estimators_follow_their_formulas():
     d = torch.tensor([-2.0, -0.5, 0.0, 0.3, 4.0])
     zeros = torch.zeros_like(d)
-    torch.testing.assert_close(kl_estimate(d, zeros, "k1"), d)
-    torch.testing.assert_close(kl_estimate(d, zeros, "abs"), d.abs())
-    torch.testing.assert_close(kl_estimate(d, zeros, "k2"), d * d / 2)
-    torch.testing.assert_close(kl_estimate(d, zeros, "k3"), torch.exp(-d) + d - 1)
+    torch.testing.assert_close(kl_penalty(d, zeros, "k1"), d)
+    torch.testing.assert_close(kl_penalty(d, zeros, "abs"), d.abs())
+    torch.testing.assert_close(kl_penalty(d, zeros, "k2"), d * d / 2)
+    torch.testing.assert_close(kl_penalty(d, zeros, "k3"), torch.exp(-d) + d - 1)
     with pytest.raises(ValueError, match="k1, abs, k2, k3"):
-        kl_estimate(d, zeros, "full")
+        kl_penalty(d, zeros, "full")
 
 
 def test_mean_per_token_counts_action_tokens_only():

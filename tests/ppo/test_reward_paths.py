@@ -8,13 +8,13 @@ import torch
 
 from megatron_rm.data.tokenize import encode_prompts
 from megatron_rm.generation.generator import EOS, LENGTH, Completion
+from megatron_rm.loading.reward import load_model
 from megatron_rm.ppo.remote_reward import RemoteReward
 from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
 from megatron_rm.ppo.step import rollout_texts
-from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.server import build_app
-from megatron_rm.scoring.serving_loop import Batcher, Lead
+from megatron_rm.server.app import build_app
+from megatron_rm.server.serving_loop import Batcher, Lead
 from tests.ppo.checkpoints import save_tiny_models
 from tests.scoring.test_server import running
 

@@ -14,9 +14,9 @@ from megatron_rm.model import build_policy_model, build_reward_model
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.experience import Shaping, documents, experience
+from megatron_rm.ppo.forwards import RolloutModels, model_scores, score
 from megatron_rm.ppo.objectives import ActorObjective
 from megatron_rm.ppo.reference import CpuReference
-from megatron_rm.ppo.rollout import RolloutModels, model_scores, score
 from tests.conftest import tiny_model_config
 
 VOCAB, TEMPERATURE = 300, 0.9

@@ -26,9 +26,9 @@ from megatron.core import parallel_state
 from megatron_rm import cli
 from megatron_rm.config import ParallelConfig
 from megatron_rm.data import pad_id
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.batch_job import score_file
 from megatron_rm.scoring.evaluation import evaluate_file
-from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
 from megatron_rm.scoring.verl import VerlRewardModel
 from megatron_rm.training.loop import train

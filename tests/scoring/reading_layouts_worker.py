@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state
 
-from megatron_rm import parallel
 from megatron_rm.config import ParallelConfig
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
+from megatron_rm.runtime import parallel
 from megatron_rm.scoring.scorer import Scorer
 from tests.scoring.test_reading_rule import CONVERSATIONS, TEXTS
 

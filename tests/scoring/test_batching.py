@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megatron_rm.scoring.batching import deal, padding_efficiency, plan
+from megatron_rm.core.micro_batches import deal, padding_efficiency, plan
 
 
 def long_tailed(count: int, seed: int = 0) -> list[int]:

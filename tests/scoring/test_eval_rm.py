@@ -7,8 +7,8 @@ import json
 import pytest
 
 from megatron_rm.errors import DataError
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.evaluation import evaluate_file
-from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.report import EvaluatedGroup, evaluate
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
 from tests.conftest import DEMO, PYTHON, REPO, run_command

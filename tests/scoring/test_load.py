@@ -10,7 +10,7 @@ import torch
 
 from megatron_rm.convert import import_hf
 from megatron_rm.errors import CheckpointError
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer
 from tests.convert.hf_models import save_model
 

@@ -24,7 +24,7 @@ from megatron_rm.data import GroupEncoder, load_tokenizer
 from megatron_rm.data.ending import Ending
 from megatron_rm.data.records import Comparison
 from megatron_rm.data.tokenize import reward_tokenizer
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer
 from megatron_rm.training.resume import start_source
 from tests.conftest import REPO

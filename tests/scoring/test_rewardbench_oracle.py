@@ -16,8 +16,8 @@ import pytest
 import transformers
 
 from megatron_rm.convert import export_hf, import_hf
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.evaluation import evaluate_file
-from megatron_rm.scoring.load import load_model
 from megatron_rm.scoring.scorer import Scorer
 from tests.convert.hf_models import save_model
 from tests.data.tokenizer_variants import save_variant

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megatron_rm.convert import import_hf
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
 from tests.conftest import REPO, torchrun
 from tests.convert.hf_models import save_model

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_rm.errors import DataError, UsageError
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer
 from tests.scoring.score_rm_files import read_rows, run_job, save_scoring_model, write_rows
 

@@ -21,10 +21,10 @@ import torch
 import uvicorn
 
 from megatron_rm.errors import UsageError
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
-from megatron_rm.scoring.server import Server, build_app, listen
-from megatron_rm.scoring.serving_loop import Batcher, BatchLimits, Lead
+from megatron_rm.server.app import Server, build_app, listen
+from megatron_rm.server.serving_loop import Batcher, BatchLimits, Lead
 from tests.convert.hf_models import save_model
 from tests.data.tokenizer_variants import save_variant
 

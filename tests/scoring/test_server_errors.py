@@ -8,8 +8,8 @@ import socket
 import pytest
 import requests
 
-from megatron_rm.scoring.server import build_app
-from megatron_rm.scoring.serving_loop import Batcher, Lead
+from megatron_rm.server.app import build_app
+from megatron_rm.server.serving_loop import Batcher, Lead
 from tests.scoring.test_server import CHAT, MAX_BODY, MAX_ITEMS, one, running  # noqa: F401 (a fixture)
 
 GOOD = {"items": [{"prompt": "What is 2+2?", "response": " 4"}]}

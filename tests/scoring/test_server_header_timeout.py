@@ -15,8 +15,8 @@ import time
 import pytest
 import requests
 
-from megatron_rm.scoring.server import HeaderTimeout, build_app
-from megatron_rm.scoring.serving_loop import Batcher, Lead
+from megatron_rm.server.app import HeaderTimeout, build_app
+from megatron_rm.server.serving_loop import Batcher, Lead
 from tests.scoring.test_server import one, running  # noqa: F401 (a fixture)
 
 TIMEOUT_S = 0.5

@@ -9,10 +9,10 @@ import requests
 import torch
 import transformers
 
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.server import build_app
-from megatron_rm.scoring.serving_loop import Batcher, Lead
+from megatron_rm.server.app import build_app
+from megatron_rm.server.serving_loop import Batcher, Lead
 from tests.data.tokenizer_variants import CHATML
 from tests.scoring.test_reading_rule import TEXTS, assert_same, save_reward_model, stock
 from tests.scoring.test_server import running

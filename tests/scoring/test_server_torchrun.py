@@ -22,7 +22,7 @@ import pytest
 import requests
 import torch
 
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer
 from tests.conftest import PYTHON, REPO, TORCHRUN, child_env
 from tests.convert.hf_models import save_model

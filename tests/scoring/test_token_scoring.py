@@ -17,9 +17,9 @@ from megatron_rm.convert import export_hf, import_hf
 from megatron_rm.data.step_tokens import locate_steps
 from megatron_rm.data.steps import LabelledSteps
 from megatron_rm.errors import ConfigError, DataError
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
-from megatron_rm.scoring.token_scores import Located
+from megatron_rm.scoring.token.scores import Located
 from tests.conftest import REPO, torchrun
 from tests.convert.hf_models import save_model
 from tests.scoring.score_rm_files import read_rows, score_rows, write_rows

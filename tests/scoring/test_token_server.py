@@ -17,13 +17,13 @@ from megatron_rm.data.step_tokens import locate_steps
 from megatron_rm.data.steps import LabelledSteps
 from megatron_rm.data.tokenize import encode
 from megatron_rm.errors import UsageError
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
+from megatron_rm.objectives.step_rewards import positive_probability
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
-from megatron_rm.scoring.server import build_app
-from megatron_rm.scoring.serving_loop import Batcher, BatchLimits, Lead
-from megatron_rm.scoring.token_scores import Located
+from megatron_rm.scoring.token.scores import Located
 from megatron_rm.scoring.verl import VerlRewardModel
-from megatron_rm.step_rewards import positive_probability
+from megatron_rm.server.app import build_app
+from megatron_rm.server.serving_loop import Batcher, BatchLimits, Lead
 from tests.scoring.test_server import running
 from tests.scoring.token_models import alone, reference, save_token_model
 

@@ -17,7 +17,7 @@ from tensordict import TensorDict
 from transformers import AutoTokenizer
 
 from megatron_rm.data import load_tokenizer
-from megatron_rm.scoring.load import load_model
+from megatron_rm.loading.reward import load_model
 from megatron_rm.scoring.scorer import Scorer, ScoreSettings
 from megatron_rm.scoring.verl import VerlRewardModel
 from tests.conftest import DEMO

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import torch
 
-from megatron_rm.config import DataConfig, LossConfig
+from megatron_rm.config import REWARD, DataConfig, LossConfig
 from megatron_rm.convert import import_hf
-from megatron_rm.convert.families import REWARD
 from megatron_rm.core.checkpoint_files import METADATA
 from megatron_rm.data import document_batch, pad_id
-from megatron_rm.model.loading import find
+from megatron_rm.loading.models import find
 from megatron_rm.model.reward_model import forward_documents
+from megatron_rm.objectives.step_rewards import aggregate, positive_probability
 from megatron_rm.objectives.token_classification import OutcomeRM, ProcessRM
 from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.token_scores import Located
-from megatron_rm.step_rewards import aggregate, positive_probability
+from megatron_rm.scoring.token.scores import Located
 from tests.convert.hf_models import save_model
 from tests.data.tokenizer_variants import save_variant
 
@@ -49,7 +48,7 @@ def token_checkpoint(hf_folder: Path, out: Path, loss: str = "prm", aggregation:
     return out
 
 
-# Rows of every shape a token-head model scores (see megatron_rm/scoring/token_rows.py).
+# Rows of every shape a token-head model scores (see megatron_rm/scoring/token/rows.py).
 STEPS = ["2+3 means adding 3 to 2.", "That gives 5.", "The answer is 5."]
 
 

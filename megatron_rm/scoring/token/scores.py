@@ -27,8 +27,8 @@ from megatron_rm.data.rows import Invalid, RowKeys, RowProblem
 from megatron_rm.data.sources import RawRow
 from megatron_rm.data.step_tokens import locate_steps
 from megatron_rm.data.steps import LabelledSteps, Labelling, parse_outcome, parse_steps
+from megatron_rm.objectives.step_rewards import aggregate, positive_probability
 from megatron_rm.scoring.inputs import ENCODING_REASONS, InputEncoder
-from megatron_rm.step_rewards import aggregate, positive_probability
 
 STEP_AGGREGATION, OUTCOME_AGGREGATION = "product", "mean"
 """Without a trained checkpoint's choice: Lightman et al.'s product over steps; an outcome

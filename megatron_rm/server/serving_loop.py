@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_rm import runtime
-from megatron_rm.parallel import broadcast_sequences
+from megatron_rm.runtime.parallel import broadcast_sequences
 from megatron_rm.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)

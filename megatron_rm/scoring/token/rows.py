@@ -28,7 +28,7 @@ from megatron_rm.data.sources import RawRow
 from megatron_rm.data.steps import parse_outcome, parse_steps
 from megatron_rm.scoring.inputs import InputEncoder
 from megatron_rm.scoring.rows import LIST, PAIR, SINGLE, ScoreRow
-from megatron_rm.scoring.token_scores import Located, TokenReading, checked, locate, parse_response, read
+from megatron_rm.scoring.token.scores import Located, TokenReading, checked, locate, parse_response, read
 
 SHAPE_FIELDS = ("completions", "input", "response", "messages", "chosen", "responses", "input_ids")
 """The fields that say a row's shape, in the order they are tested."""

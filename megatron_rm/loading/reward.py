@@ -1,6 +1,6 @@
 """A reward model ready to score, at this job's TP/PP layout: from one of our checkpoints
 (converted or trained) or straight from a Hugging Face folder, converted in memory
-(`model.loading` does both, for policies too; here is what only rewards need)."""
+(`loading.models` does both, for policies too; here is what only rewards need)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from megatron_rm.config import ModelConfig, ParallelConfig
-from megatron_rm.convert.families import REWARD
+from megatron_rm.config import REWARD, ModelConfig, ParallelConfig
 from megatron_rm.errors import CheckpointError
-from megatron_rm.model.loading import PRECISIONS, Found, build_and_load, find
-from megatron_rm.parallel import Layout
+from megatron_rm.loading.models import PRECISIONS, Found, build_and_load, find
+from megatron_rm.runtime.parallel import Layout
 
 __all__ = ["PRECISIONS", "Normalization", "ScoringModel", "load_model", "scoring_model"]
 
@@ -86,7 +85,7 @@ def load_model(path: str | Path, parallel_config: ParallelConfig | None = None, 
 
 def scoring_model(found: Found, parallel_config: ParallelConfig | None = None, precision: str = "fp32",
                   seed: int = 0) -> ScoringModel:
-    """The reward model `found` (see `model.loading.find`) built and loaded on this job."""
+    """The reward model `found` (see `loading.models.find`) built and loaded on this job."""
     if found.hf is not None:
         stored_normalization, where = found.hf.reward_normalization(), found.path / "config.json"
         token_scores = found.hf.token_scores()

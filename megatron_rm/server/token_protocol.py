@@ -25,8 +25,8 @@ from megatron_rm.data.steps import LabelledSteps, parse_outcome
 from megatron_rm.data.tokenize import blank
 from megatron_rm.errors import DataError
 from megatron_rm.scoring.inputs import InputEncoder
-from megatron_rm.scoring.protocol import RequestProblem, ScoreItem, _Request, listing, request_problem, within
-from megatron_rm.scoring.token_scores import Located, TokenReading, checked, locate, parse_response, read
+from megatron_rm.scoring.token.scores import Located, TokenReading, checked, locate, parse_response, read
+from megatron_rm.server.protocol import RequestProblem, ScoreItem, _Request, listing, request_problem, within
 
 TOKEN_CLASSIFY_TASK = "token_classify"
 

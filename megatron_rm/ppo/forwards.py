@@ -1,4 +1,4 @@
-"""The rollout forwards: every model's view of the sampled responses, through megatron's
+"""The training forwards over sampled responses: every model's view of them, through megatron's
 forward-only schedule at the job's TP/PP layout, on this replica's micro-batches.
 
 - old log-probabilities: the actor's training forward (never the generator's numbers), on the
@@ -23,9 +23,9 @@ from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.model.vocab_parallel import token_logprobs
 from megatron_rm.objectives.sft import next_token_targets
-from megatron_rm.parallel import Layout
 from megatron_rm.ppo.experience import Scored, Shaping, shaped_scores
 from megatron_rm.ppo.reference import CpuReference
+from megatron_rm.runtime.parallel import Layout
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Micro-batches for scoring: documents grouped by length under a token budget, then dealt
-to data-parallel ranks.
+"""Micro-batches for forward-only work (scoring, generation, the judge): documents grouped by
+length under a token budget, then dealt to data-parallel ranks.
 
 Every rank computes the same plan from the same lengths, so pipeline stages agree on their
 micro-batches without exchanging anything, and data-parallel replicas split the work.

@@ -17,10 +17,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from transformers import PreTrainedTokenizerBase
 
-from megatron_rm import parallel, runtime
-from megatron_rm.config import ModelConfig, ParallelConfig, layout_problems
+from megatron_rm import runtime
+from megatron_rm.config import POLICY, REWARD, ModelConfig, ParallelConfig, layout_problems
 from megatron_rm.convert import megatron_io
-from megatron_rm.convert.families import POLICY, REWARD
 from megatron_rm.convert.hf_to_megatron import HFSource, is_hf_folder, open_hf
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import (
@@ -35,7 +34,8 @@ from megatron_rm.data import load_tokenizer
 from megatron_rm.data.tokenize import reward_tokenizer
 from megatron_rm.errors import CheckpointError, ConfigError
 from megatron_rm.model.factory import build_policy_model, build_reward_model
-from megatron_rm.parallel import Layout
+from megatron_rm.runtime import parallel
+from megatron_rm.runtime.parallel import Layout
 
 PRECISIONS = ("fp32", "bf16")
 BUILDERS = {REWARD: build_reward_model, POLICY: build_policy_model}

@@ -45,7 +45,8 @@ from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from megatron_rm.errors import DataError, UsageError
-from megatron_rm.scoring.protocol import (
+from megatron_rm.scoring.scorer import Scorer
+from megatron_rm.server.protocol import (
     CLASSIFY_TASK,
     ClassifyRequest,
     PoolingRequest,
@@ -60,9 +61,8 @@ from megatron_rm.scoring.protocol import (
     reward_response,
     score_response,
 )
-from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.serving_loop import Batcher, Closed
-from megatron_rm.scoring.token_server import add_token_routes
+from megatron_rm.server.serving_loop import Batcher, Closed
+from megatron_rm.server.token_routes import add_token_routes
 
 # What one request may ask for: 1024 inputs, 32 MiB of JSON (some 8M tokens of text), and a body
 # that keeps arriving (a client stalled mid-body would otherwise hold its request, and a drain, forever).

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from fastapi import FastAPI
 
-from megatron_rm.scoring.protocol import (
+from megatron_rm.scoring.scorer import Scorer
+from megatron_rm.scoring.token.scores import Located
+from megatron_rm.server.protocol import (
     CLASSIFY_TASK,
     ClassifyRequest,
     PoolingRequest,
@@ -19,9 +21,8 @@ from megatron_rm.scoring.protocol import (
     RewardRequest,
     reward_response,
 )
-from megatron_rm.scoring.scorer import Scorer
-from megatron_rm.scoring.serving_loop import Batcher
-from megatron_rm.scoring.token_protocol import (
+from megatron_rm.server.serving_loop import Batcher
+from megatron_rm.server.token_protocol import (
     TOKEN_CLASSIFY_TASK,
     TokenScoreRequest,
     as_classes,
@@ -34,7 +35,6 @@ from megatron_rm.scoring.token_protocol import (
     token_probabilities,
     vllm_score_response,
 )
-from megatron_rm.scoring.token_scores import Located
 
 TASKS = (CLASSIFY_TASK, TOKEN_CLASSIFY_TASK)
 

@@ -15,10 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from megatron_rm import metrics
-
-NEUTRAL_POLICIES = {"positive": 1.0, "negative": 0.0, "ignore": math.nan}
-"""What a neutral (0) rating becomes for a 2-class PRM; NaN marks the step unlabelled."""
+from megatron_rm.objectives import metrics
 
 AGGREGATIONS = ("product", "min", "mean", "last")
 """The ways `aggregate` turns step probabilities into a solution score."""
@@ -95,63 +92,6 @@ def token_class_loss(
     flat_logits = torch.where(mask[..., None], logits.to(dtype), 0.0).reshape(-1, num_classes)
     per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").reshape(mask.shape)
     return torch.where(mask, per_token, 0.0).sum(), mask.sum()
-
-
-def labels_from_ratings(
-    ratings: Sequence[bool | int | float] | torch.Tensor, num_classes: int, neutral: str | None = None
-) -> torch.Tensor:
-    """One solution's step labels, as the PRM losses take them, from its step ratings.
-
-    Each rating's python type says its format: bool (correct / wrong), int in
-    {-1, 0, +1} (PRM800K: wrong / neutral / correct) or float in [0, 1] (the
-    probability that the step is correct, e.g. from Monte-Carlo rollouts). A
-    tensor is read through `tolist()`, so its dtype decides.
-
-    num_classes=2 gives a float64 tensor of targets for `token_binary_loss`:
-    True / +1 -> 1.0, False / -1 -> 0.0, floats kept, and a neutral 0 -> 1.0,
-    0.0 or NaN (unlabelled: mask it) for `neutral` = "positive", "negative" or
-    "ignore". PRM800K's neutral steps are neither right nor wrong, so no default
-    is assumed: a neutral rating without a policy raises ValueError.
-
-    num_classes=3 gives an int64 tensor of class indices for `token_class_loss`:
-    0 = negative (-1, False), 1 = neutral (0), 2 = positive (+1, True). Neutral
-    is its own class, so `neutral` must stay None; a float rating has no class
-    and raises ValueError.
-    """
-    if num_classes not in (2, 3):
-        raise ValueError(f"num_classes must be 2 or 3, got {num_classes!r}")
-    if num_classes == 2 and neutral is not None and neutral not in NEUTRAL_POLICIES:
-        raise ValueError(f"neutral must be one of {sorted(NEUTRAL_POLICIES)}, got {neutral!r}")
-    if num_classes == 3 and neutral is not None:
-        raise ValueError(f"a 3-class PRM keeps neutral steps as class 1; neutral must be None, got {neutral!r}")
-    if isinstance(ratings, torch.Tensor):
-        ratings = ratings.tolist()
-    labels: list[float | int] = []
-    for step, rating in enumerate(ratings):
-        if isinstance(rating, bool):
-            labels.append((1.0 if rating else 0.0) if num_classes == 2 else (2 if rating else 0))
-        elif isinstance(rating, int):
-            if rating not in (-1, 0, 1):
-                raise ValueError(f"step {step}: an integer rating must be -1, 0 or +1, got {rating}")
-            if num_classes == 3:
-                labels.append(rating + 1)
-            elif rating == 0:
-                if neutral is None:
-                    raise ValueError(f"step {step}: rating 0 (neutral) needs neutral= one of "
-                                     f"{sorted(NEUTRAL_POLICIES)} for a 2-class PRM")
-                labels.append(NEUTRAL_POLICIES[neutral])
-            else:
-                labels.append(1.0 if rating == 1 else 0.0)
-        elif isinstance(rating, float):
-            if num_classes == 3:
-                raise ValueError(f"step {step}: a float rating {rating} has no class; a 3-class PRM needs "
-                                 f"ratings in {{-1, 0, +1}}")
-            if not 0.0 <= rating <= 1.0:  # also refuses NaN
-                raise ValueError(f"step {step}: a float rating is a probability in [0, 1], got {rating}")
-            labels.append(rating)
-        else:
-            raise ValueError(f"step {step}: a rating must be a bool, an int or a float, got {type(rating).__name__}")
-    return torch.tensor(labels, dtype=torch.float64 if num_classes == 2 else torch.int64)
 
 
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
