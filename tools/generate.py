@@ -23,7 +23,8 @@ import argparse
 from megatron_rm.config import ParallelConfig
 from megatron_rm.core.file_job import add_file_arguments, check_files, run_tool
 from megatron_rm.errors import UsageError
-from megatron_rm.generation.batch_job import PROMPT_POLICIES, GenerateTask, generate_file
+from megatron_rm.generation.batch_job import GenerateTask, generate_file
+from megatron_rm.generation.prompts import PROMPT_POLICIES
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.loading.models import PRECISIONS, load_policy
 

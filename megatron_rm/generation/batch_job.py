@@ -12,28 +12,16 @@ rank 0 with one gather over the data-parallel group.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed as dist
-
-from megatron_rm.core.file_job import JobRow, RowTask, Summary, run_file
+from megatron_rm.core.file_job import RowTask, Summary, run_file
 from megatron_rm.core.micro_batches import deal
-from megatron_rm.data.rows import Invalid, RowProblem, decode, parse_prompt
 from megatron_rm.data.sources import RawRow
-from megatron_rm.data.tokenize import Encoded, encode_prompts, fit
-from megatron_rm.generation.generator import Completion, Generator
+from megatron_rm.generation.generator import Completion, Generator, generate_batched, response_text
+from megatron_rm.generation.prompts import PROMPT_POLICIES, PromptRow, end_token_ids, prompt_rows
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.loading.models import LoadedPolicy
-
-PROMPT_POLICIES = ("error", "truncate_prompt")
-
-
-@dataclass
-class PromptRow(JobRow):
-    truncated: bool = False
-    """The prompt's oldest tokens were cut to leave room for max_new_tokens."""
+from megatron_rm.runtime.parallel import gather_to_first
 
 
 class GenerateTask(RowTask):
@@ -94,84 +82,6 @@ class GenerateTask(RowTask):
         return {"responses": texts, "response_ids": [c.token_ids for c in completions],
                 "logprobs": [c.logprobs for c in completions],
                 "finish_reasons": [c.finish_reason for c in completions], "prompt_truncated": row.truncated}
-
-def generate_batched(generator: Generator, prompts: list[list[int]], numbers: list[int], params: SamplingParams,
-                     seed: int, batch_size: int) -> list[Completion]:
-    """A completion of each prompt (in order), `batch_size` at a time; response i draws from
-    (seed, numbers[i]), so it is the same in any batch. Prompts of similar length share a batch."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    done: dict[int, Completion] = {}
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        completions = generator.generate([prompts[i] for i in batch], params, [(seed, numbers[i]) for i in batch])
-        done.update(zip(batch, completions))
-    return [done[i] for i in range(len(prompts))]
-
-
-def response_text(tokenizer, completion: Completion) -> str:
-    """The response as text, without the stop token that ended it."""
-    return tokenizer.decode(completion.response_ids)
-
-
-def prompt_rows(raws: list[RawRow], tokenizer, room: int, prompt_policy: str, max_new_tokens: int,
-                max_sequence_length: int) -> list[PromptRow]:
-    """Each raw row as a prompt to generate from (`sequences` holds its one token sequence), or its
-    problem: not a prompt row, or too long to leave `room` tokens' worth of prompt."""
-    rows, prompts = [], []
-    for raw in raws:
-        row = PromptRow(raw.location)
-        rows.append(row)
-        try:
-            row.fields = decode(raw.payload)
-        except Invalid as invalid:
-            row.problem = RowProblem(raw.location, invalid.field, invalid.reason, invalid.message)
-            continue
-        parsed = parse_prompt(RawRow(raw.location, row.fields))
-        if isinstance(parsed, RowProblem):
-            row.problem = parsed
-            continue
-        prompts.append((row, parsed))
-    # Training's length policy, with the prompt's last token in the place of a response:
-    # truncate_prompt cuts the oldest tokens (a leading BOS stays) and never that one.
-    truncation = "drop" if prompt_policy == "error" else "truncate_prompt"
-    for (row, _), ids in zip(prompts, encode_prompts(tokenizer, [prompt for _, prompt in prompts])):
-        fitted, status = fit(Encoded(ids, len(ids) - 1), room, truncation, tokenizer.bos_token_id,
-                              tokenizer.eos_token_id)
-        if fitted is None:
-            field = "messages" if "messages" in row.fields else "prompt"
-            row.problem = RowProblem(row.location, field, "too_long",
-                                     f"{len(ids)} prompt tokens + max_new_tokens={max_new_tokens} exceed the "
-                                     f"model's max_sequence_length={max_sequence_length}"
-                                     + (" (truncate_prompt cuts the oldest tokens)" if prompt_policy == "error"
-                                        else ""))
-            continue
-        row.sequences, row.truncated = [fitted], status == "truncated"
-    return rows
-
-
-def end_token_ids(tokenizer, model_path: str | Path) -> tuple[int, ...]:
-    """The tokens that end a response of the policy loaded from `model_path`: the tokenizer's EOS
-    and, for a Hugging Face folder, those its generation_config.json names (a chat model may end
-    its turn with another token, as Llama 3 Instruct does with <|eot_id|>)."""
-    ends = [tokenizer.eos_token_id]
-    config = Path(model_path) / "generation_config.json"
-    if config.is_file():
-        named = json.loads(config.read_text()).get("eos_token_id")
-        ends += named if isinstance(named, list) else [named] if isinstance(named, int) else []
-    return tuple(dict.fromkeys(ends))
-
-
-def gather_to_first(done: list, layout) -> list | None:
-    """Every replica's completions on global rank 0 (None on every other rank). Each replica's
-    ranks hold the same completions; those in rank 0's data-parallel group send theirs."""
-    if layout.dp == 1:
-        return [done] if dist.get_rank() == 0 else None
-    group = layout.groups.dp
-    first = dist.get_process_group_ranks(group)[0]
-    gathered = [None] * layout.dp if dist.get_rank() == first else None
-    dist.gather_object(done, gathered, dst=first, group=group)
-    return gathered if dist.get_rank() == 0 else None
-
 
 def generate_file(task: GenerateTask, input_path: str | Path, output_path: str | Path, *, on_invalid: str = "error",
                   chunk_rows: int = 256, progress: bool = True) -> Summary | None:

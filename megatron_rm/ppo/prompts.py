@@ -18,7 +18,7 @@ import torch
 from megatron_rm.data.rows import ProblemLog
 from megatron_rm.data.sources import iter_raw_rows
 from megatron_rm.errors import CheckpointError, DataError
-from megatron_rm.generation.batch_job import prompt_rows
+from megatron_rm.generation.prompts import prompt_rows
 
 
 @dataclass

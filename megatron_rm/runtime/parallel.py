@@ -147,3 +147,15 @@ def broadcast_sequences(sequences: list[list[int]] | None, src: int = 0) -> list
         flat = torch.empty(total, dtype=torch.int64, device=device)
     dist.broadcast(flat, src)
     return [piece.tolist() for piece in flat.cpu().split(lengths.cpu().tolist())]
+
+
+def gather_to_first(done: list, layout) -> list | None:
+    """Every replica's completions on global rank 0 (None on every other rank). Each replica's
+    ranks hold the same completions; those in rank 0's data-parallel group send theirs."""
+    if layout.dp == 1:
+        return [done] if dist.get_rank() == 0 else None
+    group = layout.groups.dp
+    first = dist.get_process_group_ranks(group)[0]
+    gathered = [None] * layout.dp if dist.get_rank() == first else None
+    dist.gather_object(done, gathered, dst=first, group=group)
+    return gathered if dist.get_rank() == 0 else None

@@ -12,8 +12,9 @@ import torch
 
 from megatron_rm.data.tokenize import encode_prompts
 from megatron_rm.errors import DataError
-from megatron_rm.generation.batch_job import GenerateTask, end_token_ids, generate_file
+from megatron_rm.generation.batch_job import GenerateTask, generate_file
 from megatron_rm.generation.generator import EOS, LENGTH
+from megatron_rm.generation.prompts import end_token_ids
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.loading.models import load_policy
 from tests.convert.hf_models import save_model
