@@ -39,10 +39,11 @@ from megatron_rm.config import POLICY, REWARD, ModelConfig, ParallelConfig
 from megatron_rm.core.optim import SkipGuard
 from megatron_rm.data import load_tokenizer
 from megatron_rm.loading.reward import ScoringModel
-from megatron_rm.model.factory import build_policy_model, build_reward_model
+from megatron_rm.loading.trainable import build_trainable
+from megatron_rm.model.factory import build_reward_model
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
 from megatron_rm.ppo.kl import kl_controller
-from megatron_rm.ppo.models import PPOModels, trained
+from megatron_rm.ppo.models import PPOModels
 from megatron_rm.ppo.prompts import PromptSampler, load_prompts
 from megatron_rm.ppo.reference import CpuReference
 from megatron_rm.ppo.step import Context, run_step
@@ -75,11 +76,9 @@ def ppo_config(args, micro_batch_size: int) -> PPOConfig:
 def context(cfg: PPOConfig, config: ModelConfig, tokenizer, layout) -> Context:
     """The run's `Context` (`ppo.trainer.build_context`) around random-weight models of `config`."""
     vocab, updates = len(tokenizer), cfg.train.max_steps * cfg.ppo.epochs
-    actor = trained(build_policy_model(config, cfg.parallel, vocab), config, vocab, cfg.actor.optim, updates,
-                    "fp32", POLICY)
+    actor = build_trainable(POLICY, config, cfg.parallel, vocab, cfg.actor.optim, updates, precision="fp32")
     reference = CpuReference(actor.module)
-    critic = trained(build_reward_model(config, cfg.parallel, vocab), config, vocab, cfg.critic.optim, updates,
-                     "fp32", REWARD)
+    critic = build_trainable(REWARD, config, cfg.parallel, vocab, cfg.critic.optim, updates, precision="fp32")
     reward = ScoringModel([build_reward_model(config, cfg.parallel, vocab).eval()], config, tokenizer, layout,
                           normalization=None, name="random reward model")
     models = PPOModels(actor, critic, reference, reward, layout, tokenizer)

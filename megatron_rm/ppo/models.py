@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_rm.config import POLICY, REWARD, ModelConfig, OptimizerConfig, layout_problems, padded_vocab_size
+from megatron_rm.config import POLICY, REWARD, OptimizerConfig, layout_problems
 from megatron_rm.core.checkpoint import ModelState
-from megatron_rm.core.optim import build_optimizer
 from megatron_rm.errors import CheckpointError, ConfigError
-from megatron_rm.loading.models import BUILDERS, Found, find, job_layout, load_weights
+from megatron_rm.loading.models import Found, find, job_layout
 from megatron_rm.loading.reward import ScoringModel, scoring_model
+from megatron_rm.loading.trainable import Trained, build_trainable
 from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.ppo.reference import CpuReference
 from megatron_rm.runtime.parallel import Layout
@@ -74,27 +74,6 @@ def _with_head(found: Found, key: str) -> Found:
 
 
 @dataclass
-class Trained:
-    """A trained model of the run: its DDP wrapper (what the schedule runs) and its state (the
-    module, optimizer and scheduler, as checkpoints take them)."""
-
-    ddp: torch.nn.Module
-    state: ModelState
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.state.module
-
-    @property
-    def optimizer(self):
-        return self.state.optimizer
-
-    @property
-    def scheduler(self):
-        return self.state.scheduler
-
-
-@dataclass
 class PPOModels:
     actor: Trained
     critic: Trained
@@ -125,17 +104,8 @@ def build_models(cfg: PPOConfig, sources: Sources, *, actor_steps: int, critic_s
 
 
 def _trained(found: Found, cfg: PPOConfig, optim: OptimizerConfig, total_steps: int) -> Trained:
-    module = BUILDERS[found.kind](found.config, cfg.parallel, len(found.tokenizer), precision=cfg.train.precision)
-    load_weights(found, module)
-    return trained(module, found.config, len(found.tokenizer), optim, total_steps, cfg.train.precision, found.kind)
-
-
-def trained(module: torch.nn.Module, config: ModelConfig, tokenizer_size: int, optim: OptimizerConfig,
-            total_steps: int, precision: str, kind: str) -> Trained:
-    """`module` (this rank's stage of a `kind` model of `config`) with its optimizer and schedule."""
-    ddp, optimizer, scheduler = build_optimizer(module, optim, max(total_steps, 1), precision=precision)
-    state = ModelState(module, config, padded_vocab_size(tokenizer_size, config), optimizer, scheduler, kind=kind)
-    return Trained(ddp, state)
+    return build_trainable(found.kind, found.config, cfg.parallel, len(found.tokenizer), optim, max(total_steps, 1),
+                           precision=cfg.train.precision, weights=found)
 
 
 @contextmanager

@@ -15,12 +15,8 @@ after that step writes, and `checkpoint.load=auto` goes on as if the server had 
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import sys
 from pathlib import Path
-
-import yaml
 
 from megatron_rm import runtime
 from megatron_rm.config import CheckpointConfig
@@ -29,8 +25,8 @@ from megatron_rm.core.checkpoint_files import LATEST
 from megatron_rm.core.optim import SkipGuard
 from megatron_rm.data.sources import iter_raw_rows
 from megatron_rm.errors import RewardServerError
-from megatron_rm.generation.batch_job import end_token_ids
 from megatron_rm.generation.generator import Generator
+from megatron_rm.generation.prompts import end_token_ids
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
 from megatron_rm.ppo.evaluation import evaluate
 from megatron_rm.ppo.kl import KL_UNITS, FixedKLController, kl_controller
@@ -39,9 +35,8 @@ from megatron_rm.ppo.prompts import PromptSampler, PromptSet, load_prompts
 from megatron_rm.ppo.remote_reward import RemoteReward
 from megatron_rm.ppo.rewards import ModelRewards, ReplicasAgree, ServerRewards
 from megatron_rm.ppo.step import Context, run_step
-from megatron_rm.training.metrics_log import MetricsLog
+from megatron_rm.training.lifecycle import RunLifecycle
 from megatron_rm.training.resume import restore, start_source
-from megatron_rm.training.signals import StopRequest
 
 
 def train_ppo(cfg: PPOConfig) -> dict | None:
@@ -53,11 +48,8 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             iter_raw_rows(path)  # checks the path and its format, reads nothing
     sources = find_sources(cfg, world_size, cuda=runtime.cuda_available(), te_available=runtime.te_available())
     resume_from = start_source(CheckpointConfig(load=cfg.checkpoint.load), cfg.run.dir)
-    is_logger = int(os.environ.get("RANK", "0")) == 0
-
-    def say(message: str) -> None:
-        if is_logger:
-            print(message, file=sys.stderr if message.startswith("warning") else sys.stdout, flush=True)
+    life = RunLifecycle(cfg.run.dir, cfg)
+    say = life.say
 
     t = cfg.train
     updates_per_step = cfg.ppo.epochs * (cfg.responses_per_step() // cfg.mini_batch_size())
@@ -81,17 +73,14 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                     load_optimizer=cfg.checkpoint.load_optimizer)
     ctx = build_context(cfg, models, controller, guards, end_token_ids(tokenizer, cfg.actor.init))
 
-    run_dir = Path(cfg.run.dir)
-    if is_logger:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type}; "
-            f"{_prompt_line('prompts', train_prompts)}"
-            + (f"; {_prompt_line('eval prompts', eval_prompts)}" if eval_prompts else "")
-            + f"; {cfg.responses_per_step()} responses per step; KL {cfg.kl.type} ({cfg.kl.estimator}, {KL_UNITS})")
-    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg), since=start)
+    life.begin()
+    say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type}; "
+        f"{_prompt_line('prompts', train_prompts)}"
+        + (f"; {_prompt_line('eval prompts', eval_prompts)}" if eval_prompts else "")
+        + f"; {cfg.responses_per_step()} responses per step; KL {cfg.kl.type} ({cfg.kl.estimator}, {KL_UNITS})")
+    log = life.metrics_log(cfg.logging, since=start)
 
-    checkpoints_dir = run_dir / "checkpoints"
+    checkpoints_dir = life.checkpoints
     # The step `checkpoint.load=auto` resumes from as things stand (a resumed run's own start).
     saved_step = start if start and _latest_name(checkpoints_dir) == f"step_{start}" else None
 
@@ -104,39 +93,36 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         say(f"saved {saved}")
 
     def run_eval(step: int) -> dict | None:
+        nonlocal summary
         if eval_prompts is None:
             return None
-        summary = evaluate(ctx, step, eval_prompts, run_dir)
+        summary = evaluate(ctx, step, eval_prompts, life.run_dir)
         if summary is not None:
             log.write(step, "eval", summary, kl_coef=controller.value)
         return summary
 
-    stop = StopRequest()
-    summary, step = None, start
+    summary = None
     completed = start  # the last step whose update finished
+
+    def step(n: int) -> None:
+        nonlocal completed
+        metrics = run_step(ctx, n, [train_prompts.ids[i] for i in sampler.prompts(n - 1)])
+        completed = n
+        if n % t.log_interval == 0 or n == t.max_steps:
+            log.write(n, "train", metrics, total_steps=t.max_steps, kl_units=KL_UNITS,
+                      skipped_steps=guards["actor"].total + guards["critic"].total)
+
+    def finish(last: int) -> dict | None:
+        if last > start:
+            run_eval(last)
+            save(last)
+        return summary
+
     try:
         if start == 0:
-            summary = run_eval(0)  # the starting policy, before any update
-        while step < t.max_steps:
-            step += 1
-            prompt_ids = [train_prompts.ids[i] for i in sampler.prompts(step - 1)]
-            metrics = run_step(ctx, step, prompt_ids)
-            completed = step
-            if step % t.log_interval == 0 or step == t.max_steps:
-                log.write(step, "train", metrics, total_steps=t.max_steps, kl_units=KL_UNITS,
-                          skipped_steps=guards["actor"].total + guards["critic"].total)
-            stopping = stop.agreed()
-            if step < t.max_steps and cfg.eval.interval and step % cfg.eval.interval == 0:
-                summary = run_eval(step)
-            if stopping or (step < t.max_steps and cfg.checkpoint.save_interval
-                            and step % cfg.checkpoint.save_interval == 0):
-                save(step)
-            if stopping:
-                say(f"stopping after step {step} on SIGTERM; resume with checkpoint.load=auto")
-                return None
-        if step > start:
-            summary = run_eval(step)
-            save(step)
+            run_eval(0)  # the starting policy, before any update
+        return life.run(start, t.max_steps, step, finish, evaluate=run_eval, save=save,
+                        eval_interval=cfg.eval.interval, save_interval=cfg.checkpoint.save_interval)
     except RewardServerError as error:
         # Every rank is here together (`ReplicasAgree`), in a step (before its update) or an
         # evaluation: the state is still the last completed step's (see the module's docstring).
@@ -149,9 +135,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             where = "no step had completed, so nothing was saved; start the run again once the server answers"
         raise RewardServerError(f"{error}\n{where}") from None
     finally:
-        stop.restore()
         log.close()
-    return summary
 
 
 def build_context(cfg: PPOConfig, models: PPOModels, controller: FixedKLController, guards: dict[str, SkipGuard],

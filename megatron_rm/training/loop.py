@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
-import yaml
 
 from megatron_rm import runtime
-from megatron_rm.config import RMConfig, TrainConfig, padded_vocab_size, warmup_problem
+from megatron_rm.config import RMConfig, TrainConfig, warmup_problem
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
-from megatron_rm.core.optim import SkipGuard, build_optimizer, train_step
+from megatron_rm.core.optim import SkipGuard, train_step
 from megatron_rm.core.schedule import run_objective
 from megatron_rm.data import load_tokenizer, pad_id
 from megatron_rm.data.ending import Ending
 from megatron_rm.errors import ConfigError
+from megatron_rm.loading.trainable import build_trainable
 from megatron_rm.model.layer_spec import layer_implementation
 from megatron_rm.objectives import build_objective, model_for_loss
 from megatron_rm.runtime import parallel
@@ -36,9 +34,8 @@ from megatron_rm.training.data_setup import (
     train_micro_batches,
     write_report,
 )
-from megatron_rm.training.metrics_log import MetricsLog
+from megatron_rm.training.lifecycle import RunLifecycle
 from megatron_rm.training.resume import restore, start_source
-from megatron_rm.training.signals import StopRequest
 from megatron_rm.training.task import REWARD_MODEL, Task
 
 
@@ -55,24 +52,18 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")), cuda=runtime.cuda_available(),
              te_available=runtime.te_available(), vocab_size=len(tokenizer), model_kind=task.model_kind)
     objective = build_objective(cfg.loss, cfg.model.num_labels, vocab_size=cfg.model.vocab_size or len(tokenizer))
-    is_logger = int(os.environ.get("RANK", "0")) == 0
-
-    def say(message: str) -> None:
-        if is_logger:
-            print(message, file=sys.stderr if message.startswith("warning") else sys.stdout, flush=True)
+    life = RunLifecycle(cfg.run.dir, cfg)
+    say, run_dir = life.say, life.run_dir
 
     t = cfg.train
     layout = parallel.initialize(cfg.parallel, t.seed)
-    run_dir = Path(cfg.run.dir)
-    if is_logger:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    life.begin()
     train_split, eval_split, report = load_splits(cfg.data, cfg.model.tokenizer, run_dir, objective.grouping,
                                                      labelling_for(cfg), Ending.of(cfg.model))
     objective.check_data(train_split.store, cfg.data.train_path)
     sampler = sampler_for(train_split, cfg.data, t)
     total = total_steps(t, sampler.steps_per_epoch)
-    if is_logger:
+    if life.is_logger:
         write_report(report, run_dir)
         say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type} "
             f"({runtime.backend()}), {layer_implementation(cfg.model)} layers, {cfg.data.batching} batching, "
@@ -81,18 +72,17 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
         if train_split.store.has_margins() and cfg.loss.type != "margin":
             say(f"note: the data has per-pair margins; loss.type={cfg.loss.type} does not use them "
                 "(loss.type=margin does)")
-    model = task.build_model(cfg.model, cfg.parallel, len(tokenizer), precision=t.precision, recompute=t.recompute)
-    ddp_model, optimizer, scheduler = build_optimizer(
-        model, t, total, precision=t.precision, use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
-    padded_vocab = padded_vocab_size(len(tokenizer), cfg.model)
-    models = {DEFAULT_MODEL: checkpoint.ModelState(model, cfg.model, padded_vocab, optimizer, scheduler,
-                                                   kind=task.model_kind)}
+    trained = build_trainable(task.model_kind, cfg.model, cfg.parallel, len(tokenizer), t, total,
+                              precision=t.precision, recompute=t.recompute,
+                              use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+    ddp_model, optimizer, scheduler = trained.ddp, trained.optimizer, trained.scheduler
+    padded_vocab = trained.state.padded_vocab_size
+    models = {DEFAULT_MODEL: trained.state}
     guard, position = SkipGuard(t.max_skipped), DataPosition(sampler)
     objects = {"sampler": position, "skip_guard": guard}
     start = restore(source, models, objects, layout, say, resume=t.max_steps != 0,
                     load_optimizer=cfg.checkpoint.load_optimizer)
-    log = MetricsLog(run_dir, enabled=is_logger, logging=cfg.logging, config=dataclasses.asdict(cfg),
-                     since=start if t.max_steps else None)  # an evaluation alone adds to what is there
+    log = life.metrics_log(cfg.logging, since=start if t.max_steps else None)  # an evaluation alone adds to the log
     train_batching = MicroBatching.of(cfg.data, t.micro_batch_size, pad_id(tokenizer))
     eval_batching = MicroBatching.of(cfg.data, cfg.eval.micro_batch_size or t.micro_batch_size, pad_id(tokenizer),
                                      train_micro_batch_size=t.micro_batch_size)
@@ -112,53 +102,46 @@ def train(cfg: RMConfig, task: Task = REWARD_MODEL) -> dict | None:
 
     def save(step: int, **extra) -> None:
         position.step = step
-        saved = checkpoint.save(run_dir / "checkpoints", step, models, objects=objects, layout=layout,
+        saved = checkpoint.save(life.checkpoints, step, models, objects=objects, layout=layout,
                                 tokenizer=tokenizer, keep=cfg.checkpoint.keep,
                                 **objective.checkpoint_metadata(cfg.data), **extra)
         say(f"saved {saved}")
 
-    stop = StopRequest()
     # Throughput counts training steps only: evaluation and saving are timed apart.
     interval_sums, interval_seconds, run_start = None, 0.0, time.perf_counter()
-    step, summary = start, None
+
+    def step(n: int) -> None:
+        nonlocal interval_sums, interval_seconds
+        began = time.perf_counter()
+        batches = train_micro_batches(train_split, sampler, n - 1, layout, train_batching)
+        result = train_step(ddp_model, optimizer, scheduler, objective, batches, t.clip_grad, layout)
+        interval_seconds += time.perf_counter() - began
+        guard.record(n, result)
+        interval_sums = result.sums if interval_sums is None else interval_sums + result.sums
+        if n % t.log_interval == 0 or n == total:
+            interval = objective.summarize(interval_sums)
+            model_flops = flops.training_flops(cfg.model, interval["tokens"], interval["squared_lengths"],
+                                               padded_vocab if task.output_layer else 0)
+            rate = model_flops / interval_seconds
+            per_step = (time.perf_counter() - run_start) / (n - start)
+            log.write(n, "train", _public(interval), total_steps=total, lr=result.lr,
+                      grad_norm=result.grad_norm, skipped_steps=guard.total,
+                      tokens_per_s=interval["tokens"] / interval_seconds, flops_per_s=rate,
+                      mfu=rate / (peak * layout.world_size) if peak else None,
+                      eta_s=per_step * (total - n))
+            interval_sums, interval_seconds = None, 0.0
+
+    def finish(last: int) -> dict | None:
+        summary = evaluate(last) if eval_split else None
+        if last > start:
+            save(last, **task.final_metadata(summary))
+        return summary
+
     try:
-        while step < total:
-            step += 1
-            began = time.perf_counter()
-            batches = train_micro_batches(train_split, sampler, step - 1, layout, train_batching)
-            result = train_step(ddp_model, optimizer, scheduler, objective, batches, t.clip_grad, layout)
-            interval_seconds += time.perf_counter() - began
-            guard.record(step, result)
-            interval_sums = result.sums if interval_sums is None else interval_sums + result.sums
-            if step % t.log_interval == 0 or step == total:
-                interval = objective.summarize(interval_sums)
-                model_flops = flops.training_flops(cfg.model, interval["tokens"], interval["squared_lengths"],
-                                                   padded_vocab if task.output_layer else 0)
-                rate = model_flops / interval_seconds
-                per_step = (time.perf_counter() - run_start) / (step - start)
-                log.write(step, "train", _public(interval), total_steps=total, lr=result.lr,
-                          grad_norm=result.grad_norm, skipped_steps=guard.total,
-                          tokens_per_s=interval["tokens"] / interval_seconds, flops_per_s=rate,
-                          mfu=rate / (peak * layout.world_size) if peak else None,
-                          eta_s=per_step * (total - step))
-                interval_sums, interval_seconds = None, 0.0
-            stopping = stop.agreed()
-            if step < total and eval_split and cfg.eval.interval and step % cfg.eval.interval == 0:
-                evaluate(step)
-            if stopping or (step < total and cfg.checkpoint.save_interval
-                            and step % cfg.checkpoint.save_interval == 0):
-                save(step)
-            if stopping:
-                say(f"stopping after step {step} on SIGTERM; resume with checkpoint.load=auto")
-                return None
-        if eval_split:
-            summary = evaluate(step)
-        if step > start:
-            save(step, **task.final_metadata(summary))
+        return life.run(start, total, step, finish, evaluate=evaluate if eval_split else None, save=save,
+                        eval_interval=cfg.eval.interval, save_interval=cfg.checkpoint.save_interval)
     finally:
-        stop.restore()
         log.close()
-    return summary
 
 
 def total_steps(t: TrainConfig, steps_per_epoch: int) -> int:

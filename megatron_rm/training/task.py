@@ -6,16 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from megatron_rm.model import build_policy_model, build_reward_model
+from megatron_rm.config import POLICY, REWARD
 
 
 @dataclass(frozen=True)
 class Task:
     model_kind: str
-    """reward or policy: which loss types the run accepts, and what its checkpoints record (a
-    checkpoint of the other kind is refused on loading)."""
-    build_model: Callable
-    """`build_reward_model` or `build_policy_model` (same signature)."""
+    """reward or policy: the model built (`loading.trainable`), which loss types the run accepts,
+    and what its checkpoints record (a checkpoint of the other kind is refused on loading)."""
     final_metadata: Callable[[dict | None], dict]
     """What the final checkpoint stores from the final evaluation's summary (None without one)."""
     output_layer: bool
@@ -33,7 +31,7 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-REWARD_MODEL = Task("reward", build_reward_model, reward_statistics, output_layer=False)
+REWARD_MODEL = Task(REWARD, reward_statistics, output_layer=False)
 """`tools/train_rm.py`: a reward model on ranked responses."""
-SFT = Task("policy", build_policy_model, lambda summary: {}, output_layer=True)
+SFT = Task(POLICY, lambda summary: {}, output_layer=True)
 """`tools/train_sft.py`: a policy imitating one response per prompt."""

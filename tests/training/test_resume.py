@@ -155,6 +155,8 @@ def test_sigterm_saves_and_exits_cleanly(eval_file, tmp_path):
     assert _latest(run_dir) == f"step_{step}"
     saved = json.loads((run_dir / "checkpoints" / f"step_{step}" / "megatron_rm.json").read_text())
     assert saved["step"] == step and saved["state"]["sampler"]["consumed_samples"] == 16 * step
+    # What a requeue script reads: torchrun's own status reports the signal it was sent.
+    assert json.loads((run_dir / "stopped.json").read_text())["step"] == step
     # The one traceback is torchrun's own report of the signal it relayed.
     assert output.count("Traceback") == output.count("SignalException: Process") == 1, output[-4000:]
 

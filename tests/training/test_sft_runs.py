@@ -9,7 +9,9 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from tests.conftest import DEMO, PYTHON, REPO, child_env, run_command
 
@@ -84,13 +86,23 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_losses(tmp_path, data):
     assert "stopping after step" in log, log[-3000:]
     stopped_at = max(_rows(run_dir, "train"))
     assert 3 <= stopped_at < 40
+    marker = json.loads((run_dir / "stopped.json").read_text())
+    assert marker == {"step": stopped_at, "checkpoint": str(run_dir / "checkpoints" / f"step_{stopped_at}"),
+                      "signal": "SIGTERM"}
     resumed = _run(*_common(data, run_dir, *args, "checkpoint.load=auto"))
     assert f"at step {stopped_at}" in resumed.stdout
+    assert not (run_dir / "stopped.json").exists()  # the resumed run finished
     whole, again = _rows(tmp_path / "whole", "train"), _rows(run_dir, "train")
     assert sorted(again) == list(range(1, 41))
     for step in range(1, 41):
         assert {k: again[step][k] for k in COMPARED} == {k: whole[step][k] for k in COMPARED}, step
     assert _rows(run_dir, "eval")[40]["loss"] == _rows(tmp_path / "whole", "eval")[40]["loss"]
+    # Every RNG a step may draw from carries on as in the uninterrupted run, read or not.
+    rng = [torch.load(d / "checkpoints" / "step_40" / "rng" / "rank_00000.pt", weights_only=False)
+           for d in (tmp_path / "whole", run_dir)]
+    assert rng[0]["python"] == rng[1]["python"]
+    assert all(np.array_equal(a, b) for a, b in zip(rng[0]["numpy"], rng[1]["numpy"]))
+    assert torch.equal(rng[0]["torch"], rng[1]["torch"])
 
 
 @pytest.mark.parametrize("case, args, message", [
