@@ -1,21 +1,46 @@
-"""The Hydra edge: register the typed schema, turn a composed config into dataclasses."""
+"""The Hydra edge: the tools' entry point, the typed schema, a composed config turned into dataclasses."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from megatron_rm.config import ModelConfig, RMConfig, SFTConfig
 from megatron_rm.core import checkpoint_files
-from megatron_rm.errors import UsageError
+from megatron_rm.errors import UsageError, exit_on_usage_error
 from megatron_rm.ppo.config import PPOConfig
+from megatron_rm.runtime import parallel
 from megatron_rm.training.resume import start_metadata, start_source
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def hydra_main(config_name: str, run: Callable[[DictConfig, Sequence[str]], object]) -> Callable[[], None]:
+    """A tool's `main`: `run(cfg, overrides)` on conf/<config_name>.yaml composed with the command
+    line's `key=value` overrides (also passed as given). A UsageError is printed once, by rank 0,
+    and exits with status 2; the process group is shut down however the run ends."""
+    register_schema()
+
+    # Hydra names the job after the file of the function it is given, unwrapping it: wrapping the
+    # tool's own `run` keeps its name ("train_rm is powered by Hydra" in --help).
+    @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
+    @functools.wraps(run)
+    def main(cfg: DictConfig) -> None:
+        try:
+            overrides = HydraConfig.get().overrides.task
+            exit_on_usage_error(lambda: run(cfg, overrides), rank=int(os.environ.get("RANK", "0")))
+        finally:
+            parallel.shutdown()
+
+    return main
 
 
 def register_schema() -> None:

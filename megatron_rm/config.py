@@ -313,7 +313,11 @@ class RunConfig:
 
 
 @dataclass
-class CheckpointConfig:
+class BaseCheckpointConfig:
+    """The `checkpoint` keys of every trainer: where a run resumes from and how it saves.
+    `CheckpointConfig` (reward-model and SFT runs) adds `init`; PPO's (`ppo.config`) has no
+    `init` (actor.init and critic.init name its starting weights) and resumes `auto` by default."""
+
     load: Optional[str] = None
     """Resume from a checkpoint, at any TP/PP layout: one checkpoint's folder; a run's
     `checkpoints/` folder (the checkpoint its `latest` file names, falling back to older ones
@@ -321,15 +325,19 @@ class CheckpointConfig:
     checkpoint (a requeued job resumes), else a fresh start from checkpoint.init or random
     weights. A training checkpoint resumes the run (weights, optimizer, learning-rate
     schedule, data position, RNG); a converted one only gives the starting weights."""
-    init: Optional[str] = None
-    """Starting weights for a new run (a converted model, or another run's checkpoint: its
-    weights only, from step 0), used when checkpoint.load finds nothing to resume."""
     save_interval: int = 0
-    """Save every this many steps (0: only at the end). The last step is always saved."""
+    """Save every this many steps (0: only at the end and on SIGTERM). The last step is always saved."""
     keep: int = 3
     """Keep this many newest checkpoints of the run (0: all)."""
     load_optimizer: bool = True
     """false: resume weights, schedule and data position with a fresh optimizer state."""
+
+
+@dataclass
+class CheckpointConfig(BaseCheckpointConfig):
+    init: Optional[str] = None
+    """Starting weights for a new run (a converted model, or another run's checkpoint: its
+    weights only, from step 0), used when checkpoint.load finds nothing to resume."""
 
 
 @dataclass

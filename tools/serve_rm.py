@@ -48,6 +48,7 @@ from megatron_rm.server.app import (
     HeaderTimeout,
     Server,
     build_app,
+    check_normalize,
     listen,
 )
 from megatron_rm.server.serving_loop import IDLE_TICK_S, Batcher, BatchLimits, Lead, follow
@@ -131,10 +132,8 @@ def main() -> None:
 
     def run():
         scorer = scorer_from_arguments(args)
-        if args.normalize and scorer.token_head:  # checked on every rank: all stop alike
-            raise UsageError(f"--normalize: {args.model} is a token-head model, whose rewards are probabilities")
-        if args.normalize and scorer.model.normalization is None:
-            raise UsageError(f"--normalize: {args.model} stores no reward statistics to normalise with")
+        if args.normalize:  # checked on every rank, not only by build_app on rank 0: all stop alike
+            check_normalize(scorer, "--normalize", args.model)
         if scorer.model.layout.rank == 0:
             serve(scorer, args)
         else:

@@ -15,25 +15,19 @@ Configuration: conf/train_ppo.yaml (defaults) + Hydra overrides `key=value`.
 Writes run.dir/metrics.jsonl, run.dir/samples/eval_step_<N>.jsonl and run.dir/checkpoints/step_<N>.
 """
 
-import os
-
-import hydra
 from omegaconf import OmegaConf
 
-from megatron_rm.cli import CONF_DIR, register_schema
-from megatron_rm.errors import exit_on_usage_error
+from megatron_rm.cli import hydra_main
 from megatron_rm.ppo.trainer import train_ppo
-from megatron_rm.runtime import parallel
-
-register_schema()
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train_ppo", version_base="1.3")
-def main(cfg) -> None:
-    try:
-        exit_on_usage_error(lambda: train_ppo(OmegaConf.to_object(cfg)), rank=int(os.environ.get("RANK", "0")))
-    finally:
-        parallel.shutdown()
+# PPOConfig has no `model` for to_config to take from a checkpoint (actor.init, critic.init and
+# reward.model name the models): the composed config is used as it is.
+def run(cfg, _overrides) -> None:
+    train_ppo(OmegaConf.to_object(cfg))
+
+
+main = hydra_main("train_ppo", run)
 
 
 # dist_checkpointing starts spawned helper processes that re-import this file.

@@ -13,26 +13,15 @@ Configuration: conf/train_rm.yaml (defaults) + Hydra overrides `key=value`.
 Writes run.dir/metrics.jsonl, run.dir/config.yaml and run.dir/checkpoints/step_<N>.
 """
 
-import os
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-
-from megatron_rm.cli import CONF_DIR, register_schema, to_config
-from megatron_rm.errors import exit_on_usage_error
-from megatron_rm.runtime import parallel
+from megatron_rm.cli import hydra_main, to_config
 from megatron_rm.training.loop import train
 
-register_schema()
+
+def run(cfg, overrides) -> None:
+    train(to_config(cfg, overrides))
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train_rm", version_base="1.3")
-def main(cfg) -> None:
-    try:
-        overrides = HydraConfig.get().overrides.task
-        exit_on_usage_error(lambda: train(to_config(cfg, overrides)), rank=int(os.environ.get("RANK", "0")))
-    finally:
-        parallel.shutdown()
+main = hydra_main("train_rm", run)
 
 
 # dist_checkpointing starts spawned helper processes that re-import this file.

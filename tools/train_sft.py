@@ -13,27 +13,16 @@ Configuration: conf/train_sft.yaml (defaults) + Hydra overrides `key=value`.
 Writes run.dir/metrics.jsonl, run.dir/config.yaml and run.dir/checkpoints/step_<N>.
 """
 
-import os
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-
-from megatron_rm.cli import CONF_DIR, register_schema, to_config
-from megatron_rm.errors import exit_on_usage_error
-from megatron_rm.runtime import parallel
+from megatron_rm.cli import hydra_main, to_config
 from megatron_rm.training.loop import train
 from megatron_rm.training.task import SFT
 
-register_schema()
+
+def run(cfg, overrides) -> None:
+    train(to_config(cfg, overrides), SFT)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train_sft", version_base="1.3")
-def main(cfg) -> None:
-    try:
-        overrides = HydraConfig.get().overrides.task
-        exit_on_usage_error(lambda: train(to_config(cfg, overrides), SFT), rank=int(os.environ.get("RANK", "0")))
-    finally:
-        parallel.shutdown()
+main = hydra_main("train_sft", run)
 
 
 # dist_checkpointing starts spawned helper processes that re-import this file.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -23,13 +23,18 @@ HERE = Path(__file__).resolve().parent
 SPECIAL = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
+def rows(data_dir: Path, *names: str) -> Iterator[dict]:
+    """The rows of the JSONL files `names` in `data_dir`, in order."""
+    for name in names:
+        with (data_dir / name).open(encoding="utf-8") as lines:
+            for line in lines:
+                yield json.loads(line)
+
+
 def texts(data_dir: Path):
-    for name in ("train.jsonl", "eval.jsonl"):
-        with (data_dir / name).open(encoding="utf-8") as rows:
-            for line in rows:
-                row = json.loads(line)
-                yield row["prompt"] + row["chosen"]
-                yield row["prompt"] + row["rejected"]
+    for row in rows(data_dir, "train.jsonl", "eval.jsonl"):
+        yield row["prompt"] + row["chosen"]
+        yield row["prompt"] + row["rejected"]
 
 
 def bpe(texts: Iterable[str], vocab_size: int, isolate: str | None = None) -> PreTrainedTokenizerFast:
@@ -55,15 +60,21 @@ def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
     return bpe(texts(data_dir), vocab_size)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=HERE / "data")
-    parser.add_argument("--out-dir", type=Path, default=HERE / "tokenizer")
-    parser.add_argument("--vocab-size", type=int, default=384)
+def command_line(description: str, build: Callable[[Path, int], PreTrainedTokenizerFast], here: Path,
+                 vocab_size: int) -> None:
+    """A tokenizer trainer's command line: `build` from here/data, saved to here/tokenizer by default."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=here / "data")
+    parser.add_argument("--out-dir", type=Path, default=here / "tokenizer")
+    parser.add_argument("--vocab-size", type=int, default=vocab_size)
     args = parser.parse_args()
     tokenizer = build(args.data_dir, args.vocab_size)
     save_tokenizer(tokenizer, args.out_dir)  # loadable by transformers 4.x too
     print(f"saved a {len(tokenizer)}-token tokenizer to {args.out_dir}")
+
+
+def main() -> None:
+    command_line(__doc__, build, HERE, vocab_size=384)
 
 
 if __name__ == "__main__":

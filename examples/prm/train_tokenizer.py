@@ -13,28 +13,21 @@ the whole text. Decoding gives back the exact text.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from megatron_rm.data import save_tokenizer
-
 HERE = Path(__file__).resolve().parent
-# The demo's builder: the same special tokens, digits one per token, exact decoding.
+# The demo's builder and command line: the same special tokens, digits one per token, exact decoding.
 _spec = importlib.util.spec_from_file_location("demo_tokenizer", HERE.parent / "demo" / "train_tokenizer.py")
 demo_tokenizer = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo_tokenizer)
 
 
 def texts(data_dir: Path):
-    for name in ("steps_train.jsonl", "steps_eval.jsonl"):
-        with (data_dir / name).open(encoding="utf-8") as rows:
-            for line in rows:
-                row = json.loads(line)
-                yield row["prompt"] + "".join(step + "\n" for step in row["completions"])
+    for row in demo_tokenizer.rows(data_dir, "steps_train.jsonl", "steps_eval.jsonl"):
+        yield row["prompt"] + "".join(step + "\n" for step in row["completions"])
 
 
 def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
@@ -42,14 +35,7 @@ def build(data_dir: Path, vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=HERE / "data")
-    parser.add_argument("--out-dir", type=Path, default=HERE / "tokenizer")
-    parser.add_argument("--vocab-size", type=int, default=64)
-    args = parser.parse_args()
-    tokenizer = build(args.data_dir, args.vocab_size)
-    save_tokenizer(tokenizer, args.out_dir)  # loadable by transformers 4.x too
-    print(f"saved a {len(tokenizer)}-token tokenizer to {args.out_dir}")
+    demo_tokenizer.command_line(__doc__, build, HERE, vocab_size=64)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-import torch.distributed as dist
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_rm import runtime
 from megatron_rm.data import Batch
 from megatron_rm.runtime.parallel import Layout, broadcast_from_last_stage
+from megatron_rm.runtime.sums import all_reduce_sums
 
 Forward = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
@@ -67,7 +67,7 @@ def run_objective(model_chunks, batches: Sequence[Batch], objective, layout: Lay
     local = torch.zeros(objective.size, dtype=torch.float64, device=runtime.device())
     for result in results:
         local += result["sums"]
-    dist.all_reduce(local, group=layout.groups.dp)
+    all_reduce_sums(local, layout.groups.dp)
     return broadcast_from_last_stage(local, local.shape, local.dtype, layout)
 
 

@@ -9,7 +9,7 @@ tokens: each objective counts its own), so the loss is a true mean however the t
 split into micro-batches and ranks.
 
 The metric sums are one float64 vector laid out by named fields
-(`metrics.SumLayout`); it adds up across micro-batches and data-parallel ranks,
+(`runtime.sums.SumLayout`); it adds up across micro-batches and data-parallel ranks,
 and `summarize` divides once at the end, so every mean is weighted by its true
 count. An objective that records more than the common fields extends
 `metric_fields`, `metric_sums` and `summarize`.
@@ -26,6 +26,7 @@ from megatron_rm.config import DataConfig, LossConfig, ParallelConfig
 from megatron_rm.errors import DataError
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.objectives import metrics
+from megatron_rm.runtime.sums import SumLayout
 
 CALIBRATION_BINS = 10
 
@@ -48,7 +49,7 @@ class Objective(ABC):
         self.num_labels = num_labels
         self.vocab_size = vocab_size
         """A policy's real vocabulary (its logits' later columns are padding); None for a reward model."""
-        self.layout = metrics.SumLayout(self.metric_fields())
+        self.layout = SumLayout(self.metric_fields())
         self.size = self.layout.size
         """Length of the metric sums vector."""
 

@@ -1,8 +1,8 @@
 """Metrics as named sums, so they reduce exactly across micro-batches and ranks.
 
 A micro-batch reports sums (counts, sums of values, sums of squares) under
-field names; a `SumLayout` lays the fields out in one float64 vector, which
-adds up element-wise across micro-batches and data-parallel ranks in a single
+field names; a `runtime.sums.SumLayout` lays the fields out in one float64 vector,
+which adds up element-wise across micro-batches and data-parallel ranks in a single
 all-reduce; means are divided by the total count once at the end. Averaging
 per-rank means instead would weight a rank with few pairs like one with many.
 """
@@ -13,50 +13,10 @@ from collections.abc import Mapping
 
 import torch
 
+from megatron_rm.runtime.sums import mean_variance, moment_sums
+
 PAIR_FIELDS = {"pairs": 1, "correct": 1, "margin": 1, "chosen_reward": 1, "rejected_reward": 1}
 """The fields of `pair_sums`, each one value wide."""
-
-
-class SumLayout:
-    """Named fields of one float64 vector of sums, in the order given.
-
-    Each field's offset follows from the widths of the fields before it, so code
-    reads and writes the vector by name only.
-    """
-
-    def __init__(self, widths: Mapping[str, int]):
-        self.fields: dict[str, slice] = {}
-        start = 0
-        for name, width in widths.items():
-            if not isinstance(width, int) or width < 1:
-                raise ValueError(f"field {name!r} must be at least 1 value wide, got {width!r}")
-            self.fields[name] = slice(start, start + width)
-            start += width
-        self.size = start
-
-    def pack(self, values: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
-        """The float64 vector holding `values` by name (detached); fields not given are 0.
-
-        The vector lives on the device of the first tensor among `values` (CPU without one).
-        """
-        unknown = sorted(set(values) - set(self.fields))
-        if unknown:
-            raise ValueError(f"fields {unknown} are not in the layout {list(self.fields)}")
-        device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), None)
-        sums = torch.zeros(self.size, dtype=torch.float64, device=device)
-        for name, value in values.items():
-            field = sums[self.fields[name]]
-            value = torch.as_tensor(value).detach()
-            if value.numel() != field.numel():
-                raise ValueError(f"field {name!r} holds {field.numel()} values, got {value.numel()}")
-            field.copy_(value.reshape(-1))
-        return sums
-
-    def unpack(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each field of `sums` by name (views, 1-D)."""
-        if tuple(sums.shape) != (self.size,):
-            raise ValueError(f"the layout holds {self.size} values, got shape {tuple(sums.shape)}")
-        return {name: sums[where] for name, where in self.fields.items()}
 
 
 def pair_sums(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -135,14 +95,8 @@ def reward_moment_sums(rewards: torch.Tensor) -> dict[str, torch.Tensor]:
 
     `rewards` is (docs, labels); a 1-D tensor counts as one label.
     """
-    values = rewards.detach().double()
-    if values.dim() == 1:
-        values = values[:, None]
-    return {
-        "documents": torch.tensor(float(values.shape[0]), dtype=torch.float64, device=values.device),
-        "reward_sum": values.sum(dim=0),
-        "reward_square_sum": (values ** 2).sum(dim=0),
-    }
+    documents, reward_sum, reward_square_sum = moment_sums(rewards if rewards.dim() > 1 else rewards[:, None])
+    return {"documents": documents, "reward_sum": reward_sum, "reward_square_sum": reward_square_sum}
 
 
 def reward_mean_std(sums: Mapping[str, torch.Tensor]) -> tuple[list[float], list[float]]:
@@ -150,11 +104,6 @@ def reward_mean_std(sums: Mapping[str, torch.Tensor]) -> tuple[list[float], list
 
     NaN for both when there are no documents.
     """
-    total, square_total = sums["reward_sum"].double().cpu(), sums["reward_square_sum"].double().cpu()
-    count = float(sums["documents"])
-    if count == 0:
-        return [float("nan")] * len(total), [float("nan")] * len(total)
-    mean = total / count
-    # E[x^2] - E[x]^2 can round a tiny bit below zero when every reward is (nearly) equal.
-    variance = (square_total / count - mean ** 2).clamp(min=0.0)
+    mean, variance = mean_variance(float(sums["documents"]), sums["reward_sum"].double().cpu(),
+                                   sums["reward_square_sum"].double().cpu())
     return mean.tolist(), variance.sqrt().tolist()

@@ -10,7 +10,8 @@ a valid advantage or return.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from megatron_rm.runtime.sums import moments
 
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
@@ -60,17 +61,10 @@ def whiten_together(xs: list[torch.Tensor], masks: list[torch.Tensor], group=Non
                     eps: float = 1e-8) -> list[torch.Tensor]:
     """`whiten` with one mean and variance for the masked entries of every tensor in `xs`
     (a replica's micro-batches, each padded to its own width)."""
-    moments = torch.zeros(3, dtype=torch.float64, device=xs[0].device)
-    for x, mask in zip(xs, masks):
-        kept = x[mask.bool()].double()
-        moments += torch.stack([kept.new_tensor(float(kept.numel())), kept.sum(), kept.square().sum()])
-    if group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(moments, group=group)
-    count, total, squares = moments.tolist()
-    if count == 0:
+    summed = moments([x[mask.bool()] for x, mask in zip(xs, masks)], group)
+    if summed.count == 0:
         return [torch.zeros_like(x) for x in xs]
-    mean = total / count
-    scale = (max(squares / count - mean * mean, 0.0) + eps) ** -0.5
+    mean, scale = summed.mean, (summed.variance + eps) ** -0.5
     out = []
     for x, mask in zip(xs, masks):
         whitened = (x - mean) * scale + (0.0 if shift_mean else mean)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from megatron_rm.config import (
+    BaseCheckpointConfig,
     LoggingConfig,
     OptimizerConfig,
     ParallelConfig,
@@ -149,14 +150,10 @@ class PPOEvalConfig:
 
 
 @dataclass
-class PPOCheckpointConfig:
+class PPOCheckpointConfig(BaseCheckpointConfig):
     load: Optional[str] = "auto"
     """auto: resume from run.dir/checkpoints when it has a checkpoint; a folder: resume that run's
     checkpoint (at any TP/PP); null: always start from actor.init and critic.init."""
-    save_interval: int = 0
-    """Save every this many steps (0: only at the end and on SIGTERM)."""
-    keep: int = 3
-    load_optimizer: bool = True
 
 
 @dataclass

@@ -5,8 +5,8 @@ forward-only schedule at the job's TP/PP layout, on this replica's micro-batches
   very micro-batches the update will run first, so that the first update's ratio is exactly 1;
 - reference log-probabilities: the same forward with the initial weights swapped in from CPU;
 - values: the critic (a reward model read at every position);
-- scores: a reward model of the job at each document's last token (`model_scores`), or a
-  reward server's (`ppo.remote_reward`).
+- scores: a reward model of the job at each document's last token (`model_scores`, the same
+  forward as `scoring.rewards`), or a reward server's (`ppo.remote_reward`).
 Each comes back on every pipeline stage (`core.schedule.collect`).
 """
 
@@ -26,6 +26,7 @@ from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.experience import Scored, Shaping, shaped_scores
 from megatron_rm.ppo.reference import CpuReference
 from megatron_rm.runtime.parallel import Layout
+from megatron_rm.scoring.rewards import batch_rewards
 
 
 @dataclass
@@ -62,10 +63,7 @@ def token_values(models: RolloutModels, batches: list[Batch]) -> list[torch.Tens
 
 def model_scores(reward: list[torch.nn.Module], batches: list[Batch], layout: Layout) -> list[torch.Tensor]:
     """(documents,) each document's reward (a multi-label model's first label) on every rank."""
-    labels = unwrap(reward[0]).num_labels
-    rewards = collect(reward, batches, forward_documents, layout, shape=lambda b: (b.num_documents, labels),
-                      dtype=torch.float32)
-    return [r[:, 0] for r in rewards]
+    return [r[:, 0] for r in batch_rewards(reward, batches, layout)]
 
 
 def score(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor], rewards: list[torch.Tensor],

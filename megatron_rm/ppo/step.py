@@ -21,8 +21,7 @@ import torch.distributed as dist
 from megatron_rm import runtime
 from megatron_rm.core.optim import SkipGuard, train_step
 from megatron_rm.data import Batch, pad_id
-from megatron_rm.generation.batch_job import generate_batched
-from megatron_rm.generation.generator import Completion, Generator
+from megatron_rm.generation.generator import Completion, Generator, generate_batched
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.config import PPOConfig
@@ -34,6 +33,7 @@ from megatron_rm.ppo.models import PPOModels, in_eval_mode
 from megatron_rm.ppo.objectives import ActorObjective, CriticObjective, Rollouts
 from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
 from megatron_rm.runtime.parallel import Layout
+from megatron_rm.runtime.sums import all_reduce_sums, moments
 
 
 @dataclass
@@ -138,7 +138,9 @@ def run_step(ctx: Context, step: int, prompt_ids: list[list[int]]) -> dict:
     if train_actor:
         ctx.controller.update(kl["mean"], n_steps=cfg.responses_per_step())
     lengths = torch.tensor([float(len(c.token_ids)) for c in completions], device=runtime.device())
-    new_tokens, document_tokens = _dp_sum([float(lengths.sum()), float(sum(b.tokens for b in batches))], layout)
+    tokens = torch.tensor([float(lengths.sum()), float(sum(b.tokens for b in batches))], dtype=torch.float64,
+                          device=runtime.device())
+    new_tokens, document_tokens = all_reduce_sums(tokens, layout.groups.dp).tolist()
     length = _moments(lengths, layout)
     raw_moments, reward_moments = _moments(torch.cat(raw), layout), _moments(torch.cat(normalised), layout)
     return _finite({
@@ -207,20 +209,13 @@ def _finite(metrics: dict) -> dict:
             for key, value in metrics.items()}
 
 
-def _dp_sum(values: list[float], layout) -> list[float]:
-    total = torch.tensor(values, dtype=torch.float64, device=runtime.device())
-    dist.all_reduce(total, group=layout.groups.dp)
-    return total.tolist()
-
-
 def _moments(x: torch.Tensor, layout) -> dict:
     """Count, mean, population std and max of `x` over every data-parallel replica."""
     x = x.double().to(runtime.device())
-    count, total, squares = _dp_sum([float(x.numel()), float(x.sum()), float(x.square().sum())], layout)
+    summed = moments([x], layout.groups.dp)
     largest = torch.tensor([float(x.max()) if x.numel() else -float("inf")], device=runtime.device())
     dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=layout.groups.dp)
-    mean = total / count if count else float("nan")
-    return {"count": count, "mean": mean, "std": max(squares / count - mean * mean, 0.0) ** 0.5 if count else 0.0,
+    return {"count": summed.count, "mean": summed.mean, "std": summed.variance ** 0.5 if summed.count else 0.0,
             "max": float(largest)}
 
 

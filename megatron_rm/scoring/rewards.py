@@ -19,11 +19,16 @@ def score(model_chunks, batches: Iterable[Batch], layout: Layout) -> torch.Tenso
     Documents follow the batches' layout order. Only the last stage computes them; it
     broadcasts the (documents, num_labels) rewards, never hidden states.
     """
-    batches = list(batches)
+    per_batch = batch_rewards(model_chunks, batches, layout)
+    return torch.cat(per_batch) if per_batch else torch.zeros(0, unwrap(model_chunks[0]).num_labels)
+
+
+def batch_rewards(model_chunks, batches: Iterable[Batch], layout: Layout) -> list[torch.Tensor]:
+    """`score`'s rewards batch by batch: (documents, num_labels) fp32 for each batch (PPO keeps
+    its micro-batches apart)."""
     num_labels = unwrap(model_chunks[0]).num_labels
-    per_batch = collect(model_chunks, batches, forward_documents, layout,
-                        shape=lambda batch: (batch.num_documents, num_labels), dtype=torch.float32)
-    return torch.cat(per_batch) if per_batch else torch.zeros(0, num_labels)
+    return collect(model_chunks, batches, forward_documents, layout,
+                   shape=lambda batch: (batch.num_documents, num_labels), dtype=torch.float32)
 
 
 def token_values(model_chunks, batches: Iterable[Batch], layout: Layout) -> torch.Tensor:

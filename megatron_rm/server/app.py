@@ -78,10 +78,8 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
               max_items: int = DEFAULT_MAX_ITEMS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """The app; it starts the batcher with itself and closes it (stopping the other ranks) last."""
-    if normalize and scorer.token_head:
-        raise UsageError(f"{name}: normalize applies to sequence rewards; a token head's are probabilities")
-    if normalize and scorer.model.normalization is None:
-        raise UsageError(f"{name}: normalize asks for the model's reward statistics, and it stores none")
+    if normalize:
+        check_normalize(scorer, "normalize", name)
     created = int(time.time())
 
     tokenizing = Tokenizing()
@@ -115,6 +113,15 @@ def build_app(scorer: Scorer, batcher: Batcher, *, name: str, normalize: bool = 
         return models_response(name, created, scorer.max_length)
 
     return app
+
+
+def check_normalize(scorer: Scorer, option: str, model: str) -> None:
+    """Refuse `option` (normalised rewards) unless `model` gives sequence rewards and stores the
+    reward statistics to normalise them with."""
+    if scorer.token_head:
+        raise UsageError(f"{option}: {model} is a token-head model, whose rewards are probabilities")
+    if scorer.model.normalization is None:
+        raise UsageError(f"{option}: {model} stores no reward statistics to normalise with")
 
 
 class Tokenizing:

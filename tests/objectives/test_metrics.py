@@ -7,7 +7,6 @@ import torch
 
 from megatron_rm.objectives.metrics import (
     PAIR_FIELDS,
-    SumLayout,
     calibration_sums,
     expected_calibration_error,
     pair_sums,
@@ -16,6 +15,7 @@ from megatron_rm.objectives.metrics import (
     reward_moment_sums,
     summarize,
 )
+from megatron_rm.runtime.sums import SumLayout
 
 # --- named fields ----------------------------------------------------------------------
 

@@ -204,7 +204,7 @@ def test_tokenizing_never_holds_other_clients_and_a_huge_text_is_refused_untoken
 
 def test_normalize_needs_stored_statistics(one):
     _, scorer, _, _ = one
-    with pytest.raises(UsageError, match="stores none"):
+    with pytest.raises(UsageError, match="stores no reward statistics"):
         build_app(scorer, Batcher(Lead(scorer)), name="rm", normalize=True)
 
 

@@ -183,7 +183,7 @@ def test_a_request_a_token_model_cannot_answer_is_refused_naming_the_field(serve
 
 def test_normalize_does_not_apply_to_a_token_head(served):
     _, scorer = served
-    with pytest.raises(UsageError, match="a token head's are probabilities"):
+    with pytest.raises(UsageError, match="whose rewards are probabilities"):
         build_app(scorer, Batcher(Lead(scorer)), name="prm", normalize=True)
 
 
