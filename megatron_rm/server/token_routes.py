@@ -45,9 +45,11 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokenizing,
     request's tokenization off the event loop."""
     reading, encoder = scorer.reading, scorer.encoder
 
-    async def logits_of(responses: list[Located]) -> tuple:
+    async def logits_of(locate, request) -> tuple[list[Located], list, list[list[int]]]:
+        """The request's inputs located (`locate`, off the event loop), their per-token logits and ids."""
+        responses = await tokenizing(locate, request)
         sequences = [response.ids for response in responses]
-        return await batcher.score(sequences), sequences
+        return responses, await batcher.score(sequences), sequences
 
     def texts_located(request) -> list[Located]:
         texts, names = request.texts(max_items)
@@ -60,8 +62,7 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokenizing,
 
     @app.post("/score")
     async def score(request: TokenScoreRequest):
-        responses = await tokenizing(score_located, request)
-        logits, sequences = await logits_of(responses)
+        responses, logits, sequences = await logits_of(score_located, request)
         scored = rewards(logits, responses, reading)
         if request.native:
             return score_response(scored, responses)
@@ -69,8 +70,7 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokenizing,
 
     @app.post("/get_reward")
     async def get_reward(request: RewardRequest):
-        responses = await tokenizing(texts_located, request)
-        logits, _ = await logits_of(responses)
+        responses, logits, _ = await logits_of(texts_located, request)
         scored = rewards(logits, responses, reading)
         return reward_response(torch.tensor([reward for reward, _ in scored], dtype=torch.float64))
 
@@ -78,8 +78,7 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokenizing,
     @app.post("/v1/classify")
     async def classify(request: ClassifyRequest):
         request.use_activation_resolved()  # checked, but the reward is a probability either way
-        responses = await tokenizing(texts_located, request)
-        logits, sequences = await logits_of(responses)
+        responses, logits, sequences = await logits_of(texts_located, request)
         return classify_response(name, rewards(logits, responses, reading), sequences)
 
     @app.post("/pooling")
@@ -89,8 +88,7 @@ def add_token_routes(app: FastAPI, scorer: Scorer, batcher: Batcher, tokenizing,
                                       f"tasks {CLASSIFY_TASK!r} (each input's reward) and {TOKEN_CLASSIFY_TASK!r} "
                                       "(class probabilities at every token)", "task")
         activation = request.use_activation_resolved()
-        responses = await tokenizing(texts_located, request)
-        logits, sequences = await logits_of(responses)
+        responses, logits, sequences = await logits_of(texts_located, request)
         if request.task == TOKEN_CLASSIFY_TASK:
             return pooling_response(name, token_probabilities(logits, activation), sequences)
         data = [as_classes(reward) for reward, _ in rewards(logits, responses, reading)]
