@@ -66,8 +66,8 @@ def model_scores(reward: list[torch.nn.Module], batches: list[Batch], layout: La
     return [r[:, 0] for r in batch_rewards(reward, batches, layout)]
 
 
-def score(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor], rewards: list[torch.Tensor],
-          shaping: Shaping) -> list[Scored]:
+def rollout_forwards(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor],
+                     rewards: list[torch.Tensor], shaping: Shaping) -> list[Scored]:
     """The policy and critic forwards of the rollout phase for this replica's micro-batches, with
     `ended` (which responses stopped by themselves) and `rewards` (each response's reward, as
     PPO takes it before shaping), ready for `experience.experience`."""

@@ -26,7 +26,7 @@ from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.ppo.experience import Shaping, documents, experience
-from megatron_rm.ppo.forwards import RolloutModels, score
+from megatron_rm.ppo.forwards import RolloutModels, rollout_forwards
 from megatron_rm.ppo.kl import FixedKLController
 from megatron_rm.ppo.losses import PolicyLossSettings
 from megatron_rm.ppo.models import PPOModels, in_eval_mode
@@ -123,7 +123,7 @@ def run_step(ctx: Context, step: int, prompt_ids: list[list[int]]) -> dict:
                                    cfg.rollout.temperature)
     shaping = Shaping(clip=cfg.reward.clip, no_eos=cfg.rollout.no_eos, no_eos_penalty=cfg.rollout.no_eos_penalty)
     with in_eval_mode(actor_chunks + critic_chunks):
-        parts = score(rollout_models, batches, ended, normalised, shaping)
+        parts = rollout_forwards(rollout_models, batches, ended, normalised, shaping)
     kl_coef = ctx.controller.value
     result = experience(parts, kl_coef=kl_coef, estimator=cfg.kl.estimator, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam,
                         dp_group=layout.groups.dp)

@@ -13,7 +13,7 @@ from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.runtime.parallel import Layout
 
 
-def score(model_chunks, batches: Iterable[Batch], layout: Layout) -> torch.Tensor:
+def document_rewards(model_chunks, batches: Iterable[Batch], layout: Layout) -> torch.Tensor:
     """Rewards (documents, num_labels) fp32 for this rank's batches, identical on every pipeline stage.
 
     Documents follow the batches' layout order. Only the last stage computes them; it
@@ -24,7 +24,7 @@ def score(model_chunks, batches: Iterable[Batch], layout: Layout) -> torch.Tenso
 
 
 def batch_rewards(model_chunks, batches: Iterable[Batch], layout: Layout) -> list[torch.Tensor]:
-    """`score`'s rewards batch by batch: (documents, num_labels) fp32 for each batch (PPO keeps
+    """`document_rewards` batch by batch: (documents, num_labels) fp32 for each batch (PPO keeps
     its micro-batches apart)."""
     num_labels = unwrap(model_chunks[0]).num_labels
     return collect(model_chunks, batches, forward_documents, layout,

@@ -25,8 +25,7 @@ from megatron_rm.errors import ConfigError
 from megatron_rm.loading.reward import ScoringModel
 from megatron_rm.objectives.step_rewards import AGGREGATIONS
 from megatron_rm.scoring.inputs import InputEncoder
-from megatron_rm.scoring.rewards import score as score_batches
-from megatron_rm.scoring.rewards import token_values
+from megatron_rm.scoring.rewards import document_rewards, token_values
 from megatron_rm.scoring.token.scores import TokenReading
 
 DEFAULT_MAX_TOKENS = 8192
@@ -103,7 +102,7 @@ class Scorer:
             return rewards.cpu()
         mine, batches = self._my_batches(sequences)
         if batches:
-            local = score_batches(self.model.chunks, batches, self.model.layout)
+            local = document_rewards(self.model.chunks, batches, self.model.layout)
             order = torch.tensor([i for batch in mine for i in batch], device=rewards.device)
             rewards[order] = local.to(rewards.device)
         return self._summed(rewards).cpu()

@@ -34,7 +34,7 @@ from megatron_rm.model import build_reward_model
 from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.runtime import parallel
-from megatron_rm.scoring.rewards import score
+from megatron_rm.scoring.rewards import document_rewards
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))
 
@@ -48,14 +48,14 @@ def score_checkpoint(directory: Path, layout: ParallelConfig, batches: list[Batc
     if parallel_state.is_pipeline_last_stage():
         model.reward_head.register_forward_hook(
             lambda module, args, output: hidden.append(args[0][args[2], args[1]].detach().clone()))
-    rewards = [score([model], [batch], grid) for batch in batches]
+    rewards = [document_rewards([model], [batch], grid) for batch in batches]
     return {"rewards": rewards, "hidden": hidden}
 
 
 def folder_rewards(path: Path, layout: ParallelConfig, batches: list[Batch], grid) -> list[torch.Tensor]:
     """The rewards of each batch from the reward model at `path`, on every rank."""
     model, _ = build_and_load(find(path, "reward"), layout, "fp32", seed=0)
-    return [score([model], [batch], grid) for batch in batches]
+    return [document_rewards([model], [batch], grid) for batch in batches]
 
 
 def policy_logits(path: Path, layout: ParallelConfig, batches: list[Batch], grid) -> list[torch.Tensor]:

@@ -31,7 +31,7 @@ from megatron_rm.model import RewardHead, build_reward_model
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.objectives import build_objective
 from megatron_rm.runtime import parallel
-from megatron_rm.scoring.rewards import score
+from megatron_rm.scoring.rewards import document_rewards
 from megatron_rm.training.data_setup import MicroBatching, Split, sampler_for, train_micro_batches
 from tests.conftest import DEMO, tiny_model_config
 
@@ -130,9 +130,9 @@ def run_layout(tp: int, pp: int, checkpoint_dir: Path, out: Path, create: bool) 
     model.eval()
     result = {
         "layout": layout.place(),
-        "rewards_right": score([model], batches, layout).tolist(),
-        "rewards_left": score([model], [left_padded(b) for b in batches], layout).tolist(),
-        "rewards_packed": score([model], packed, layout).tolist(),
+        "rewards_right": document_rewards([model], batches, layout).tolist(),
+        "rewards_left": document_rewards([model], [left_padded(b) for b in batches], layout).tolist(),
+        "rewards_packed": document_rewards([model], packed, layout).tolist(),
         "token_values": token_values(model, batches, layout),
     }
     if layout.tp > 1 and layout.is_last_stage:

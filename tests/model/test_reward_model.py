@@ -9,7 +9,7 @@ from megatron_rm.data import load_tokenizer
 from megatron_rm.data.documents import Batch
 from megatron_rm.model import build_reward_model
 from megatron_rm.model.inputs import causal_padding_mask, document_ends, position_ids
-from megatron_rm.scoring.rewards import score
+from megatron_rm.scoring.rewards import document_rewards
 from tests.conftest import tiny_model_config
 
 
@@ -58,13 +58,13 @@ def test_model_has_no_vocab_output_layer(single_rank):
 def test_padding_never_changes_a_reward(single_rank):
     model, _, _ = _model()
     rows = [[5, 9, 12, 40, 7, 1], [20, 21, 1], [33, 34, 35, 36, 37, 38, 39, 1], [8, 1]]
-    alone = torch.cat([score([model], [_batch([row], "right")], single_rank) for row in rows])
-    right = score([model], [_batch(rows, "right")], single_rank)
-    left = score([model], [_batch(rows, "left")], single_rank)
+    alone = torch.cat([document_rewards([model], [_batch([row], "right")], single_rank) for row in rows])
+    right = document_rewards([model], [_batch(rows, "right")], single_rank)
+    left = document_rewards([model], [_batch(rows, "left")], single_rank)
     torch.testing.assert_close(right, alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(left, alone, rtol=1e-5, atol=1e-6)
     # The reward must depend on the real tokens: a changed token changes it.
-    changed = score([model], [_batch([[5, 9, 12, 41, 7, 1]], "right")], single_rank)
+    changed = document_rewards([model], [_batch([[5, 9, 12, 41, 7, 1]], "right")], single_rank)
     assert not torch.allclose(changed, alone[:1])
 
 
@@ -72,9 +72,9 @@ def test_multi_attribute_head_with_bias(single_rank):
     model, _, _ = _model(num_labels=3, head_bias=True)
     with torch.no_grad():
         model.reward_head.bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
-    rewards = score([model], [_batch([[5, 9, 1], [7, 1]], "right")], single_rank)
+    rewards = document_rewards([model], [_batch([[5, 9, 1], [7, 1]], "right")], single_rank)
     assert rewards.shape == (2, 3) and rewards.dtype == torch.float32
     with torch.no_grad():
         model.reward_head.bias.zero_()
-    unbiased = score([model], [_batch([[5, 9, 1], [7, 1]], "right")], single_rank)
+    unbiased = document_rewards([model], [_batch([[5, 9, 1], [7, 1]], "right")], single_rank)
     torch.testing.assert_close(rewards - unbiased, torch.tensor([[1.0, -2.0, 0.5]] * 2))

@@ -14,7 +14,7 @@ from megatron_rm.model import build_policy_model, build_reward_model
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.experience import Shaping, documents, experience
-from megatron_rm.ppo.forwards import RolloutModels, model_scores, score
+from megatron_rm.ppo.forwards import RolloutModels, model_scores, rollout_forwards
 from megatron_rm.ppo.objectives import ActorObjective
 from megatron_rm.ppo.reference import CpuReference
 from tests.conftest import tiny_model_config
@@ -39,8 +39,8 @@ def test_rollout_forwards_and_the_first_update(single_rank):
     batches, ended_rows = [batch for batch, _ in halves], [ended for _, ended in halves]
     rewards = model_scores([reward], batches, single_rank)
     # With no_eos=penalty every response trains the policy (few random responses end with EOS).
-    parts = score(models, batches, ended_rows, rewards, Shaping(no_eos="penalty"))
-    kept = score(models, batches, ended_rows, rewards, Shaping())
+    parts = rollout_forwards(models, batches, ended_rows, rewards, Shaping(no_eos="penalty"))
+    kept = rollout_forwards(models, batches, ended_rows, rewards, Shaping())
     for part, unshaped, first in zip(parts, kept, (0, 2)):
         _, actions = next_token_targets(part.batch)
         for row in range(part.batch.input_ids.shape[0]):
