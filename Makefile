@@ -63,7 +63,7 @@ test-fast: install
 # ruff's rules, then the layers and the absence of import cycles (.importlinter).
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-logo
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
