@@ -1,5 +1,5 @@
 """The reward server's routes for a token-head model (outcome and process reward models);
-`server.build_app` adds them instead of the sequence routes, on the same paths.
+`server.app.build_app` adds them instead of the sequence routes, on the same paths.
 
 Each request is parsed and located (ids and read positions) on the event loop, as the
 sequence routes encode theirs; the batcher runs the forward and returns every input's
