@@ -7,9 +7,11 @@ ProcessGroupCollection in `layout.groups`) instead of reading parallel_state.
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
@@ -66,9 +68,11 @@ def init_distributed() -> None:
 def initialize(parallel: ParallelConfig, seed: int) -> Layout:
     """Create megatron's TP/PP/DP groups and seed every RNG for this rank.
 
-    Call after `config.validate`. Weights initialise from `seed + 100 * pp_rank`
-    (each stage holds different layers), identically on every TP rank: on the CPU
-    the full weight is drawn and then split, so the model is the same at any TP.
+    Call after the run's checks (`training.checks.validate`). Weights initialise from
+    `seed + 100 * pp_rank` (each stage holds different layers), identically on every TP rank: on
+    the CPU the full weight is drawn and then split, so the model is the same at any TP. Python's
+    and NumPy's global generators take the same seed, so that every RNG a checkpoint saves starts
+    alike in every run of the config (and a resumed run goes on exactly as an uninterrupted one).
     """
     init_distributed()
     runtime.cpu_compat.enable()
@@ -78,6 +82,8 @@ def initialize(parallel: ParallelConfig, seed: int) -> Layout:
     stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
     torch.manual_seed(stage_seed)
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
     return layout()
 
 
