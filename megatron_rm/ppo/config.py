@@ -130,6 +130,10 @@ class PPOUpdateConfig:
     mini_batch_size: int = 0
     """Responses per optimizer step over all data-parallel ranks; 0: all of the step's responses."""
     clip: float = 0.2
+    """The ratio is clipped to [1 - clip, 1 + clip_high]."""
+    clip_high: Optional[float] = None
+    """The upper clip (null: ppo.clip). DAPO's clip-higher sets 0.28 with clip 0.2, so that
+    unlikely tokens with a positive advantage can grow (verl clip_ratio_high, TRL epsilon_high)."""
     dual_clip: Optional[float] = None
     value_clip: Optional[float] = 0.2
     gamma: float = 1.0
@@ -231,6 +235,8 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
         found.append(f"kl.init_coef={k.init_coef} must be a finite number >= 0")
     if not 0 < p.clip < 1:
         found.append(f"ppo.clip={p.clip} must be in (0, 1)")
+    if p.clip_high is not None and not p.clip_high > 0:
+        found.append(f"ppo.clip_high={p.clip_high} must be > 0 or null")
     if p.dual_clip is not None and not p.dual_clip > 1:
         found.append(f"ppo.dual_clip={p.dual_clip} must be > 1 or null")
     if p.value_clip is not None and not p.value_clip > 0:

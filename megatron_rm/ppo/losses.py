@@ -16,7 +16,9 @@ import torch
 @dataclass(frozen=True)
 class PolicyLossSettings:
     clip: float = 0.2
-    """The ratio is clipped to [1 - clip, 1 + clip]."""
+    """The ratio is clipped to [1 - clip, 1 + clip_high]."""
+    clip_high: float | None = None
+    """None: clip (a symmetric clip)."""
     dual_clip: float | None = None
     """With a negative advantage the loss is capped at -A * dual_clip (> 1; Ye et al. 2020); None: off."""
     entropy_coef: float = 0.0
@@ -36,7 +38,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     log_ratio = torch.where(valid, logprobs - old_logprobs, 0.0)
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - settings.clip, 1.0 + settings.clip)
+    high = settings.clip if settings.clip_high is None else settings.clip_high
+    clipped = -advantages * ratio.clamp(1.0 - settings.clip, 1.0 + high)
     per_token = torch.maximum(unclipped, clipped)
     if settings.dual_clip is not None:
         per_token = torch.where(advantages < 0, torch.minimum(per_token, -advantages * settings.dual_clip), per_token)

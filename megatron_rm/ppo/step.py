@@ -166,7 +166,8 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool)
     cfg, layout, models = ctx.cfg, ctx.layout, ctx.models
     per_update = cfg.mini_batch_size() // layout.dp // cfg.micro_batch_size(layout.dp)
     actor = ActorObjective(ctx.vocab_size, cfg.rollout.temperature,
-                           PolicyLossSettings(cfg.ppo.clip, cfg.ppo.dual_clip, cfg.ppo.entropy_coef))
+                           PolicyLossSettings(clip=cfg.ppo.clip, clip_high=cfg.ppo.clip_high,
+                                              dual_clip=cfg.ppo.dual_clip, entropy_coef=cfg.ppo.entropy_coef))
     critic = CriticObjective(cfg.ppo.value_clip)
     sums = {"actor": None, "critic": None}
     norms = {"actor": [], "critic": []}

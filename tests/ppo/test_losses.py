@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from megatron_rm.ppo.losses import PolicyLossSettings, policy_loss, value_loss
@@ -9,12 +10,12 @@ from megatron_rm.ppo.losses import PolicyLossSettings, policy_loss, value_loss
 MASK = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]])
 
 
-def reference_policy_loss(new, old, advantages, mask, clip, dual_clip=None):
+def reference_policy_loss(new, old, advantages, mask, clip, dual_clip=None, clip_high=None):
     total = 0.0
     for row, col in mask.nonzero().tolist():
         ratio = float(torch.exp(new[row, col].double() - old[row, col].double()))
         a = float(advantages[row, col])
-        loss = max(-a * ratio, -a * min(max(ratio, 1 - clip), 1 + clip))
+        loss = max(-a * ratio, -a * min(max(ratio, 1 - clip), 1 + (clip if clip_high is None else clip_high)))
         if dual_clip is not None and a < 0:
             loss = min(loss, -a * dual_clip)
         total += loss
@@ -36,14 +37,29 @@ def test_clipped_surrogate_equals_the_reference_and_its_gradient_flows_through_u
     old = torch.randn(3, 5, generator=generator)
     new = (old + 0.4 * torch.randn(3, 5, generator=generator)).requires_grad_()
     advantages = torch.randn(3, 5, generator=generator)
-    for settings in (PolicyLossSettings(clip=0.2), PolicyLossSettings(clip=0.1, dual_clip=3.0)):
+    for settings in (PolicyLossSettings(clip=0.2), PolicyLossSettings(clip=0.1, dual_clip=3.0),
+                     PolicyLossSettings(clip=0.2, clip_high=0.28)):
         loss, _, stats = policy_loss(new, old, advantages, MASK, settings)
-        expected = reference_policy_loss(new.detach(), old, advantages, MASK, settings.clip, settings.dual_clip)
+        expected = reference_policy_loss(new.detach(), old, advantages, MASK, settings.clip, settings.dual_clip,
+                                         settings.clip_high)
         assert abs(float(loss.detach()) - expected) < 1e-5
         assert 0 < float(stats["clipped"]) < int(MASK.sum())
     new.grad = None
     policy_loss(new, old, advantages, MASK)[0].backward()
     assert float(new.grad[~MASK.bool()].abs().sum()) == 0.0
+
+
+def test_clip_higher_lets_a_positive_advantage_raise_the_ratio_further():
+    """DAPO: with clip 0.2 and clip_high 0.28 a ratio of 1.25 on a positive advantage still has a
+    gradient; a ratio of 0.75 on a negative one is clipped at 0.8 as before."""
+    mask = torch.ones(1, 1)
+    for ratio, advantage, symmetric, higher in ((1.25, 1.0, 1.2, 1.25), (1.35, 1.0, 1.2, 1.28), (0.75, -1.0, 0.8, 0.8)):
+        new = torch.full((1, 1), float(torch.tensor(ratio).log()), requires_grad=True)
+        old, a = torch.zeros(1, 1), torch.full((1, 1), advantage)
+        for settings, bound in ((PolicyLossSettings(clip=0.2), symmetric),
+                                (PolicyLossSettings(clip=0.2, clip_high=0.28), higher)):
+            loss = policy_loss(new, old, a, mask, settings)[0]
+            assert float(loss) == pytest.approx(-advantage * bound, rel=1e-6), (ratio, settings)
 
 
 def test_dual_clip_caps_the_loss_of_a_negative_advantage():

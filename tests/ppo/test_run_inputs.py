@@ -41,6 +41,7 @@ def _config(**changes) -> PPOConfig:
     ({"ppo__gamma": 1.5}, "ppo.gamma=1.5 must be in [0, 1]"),
     ({"rollout__no_eos": "drop"}, "rollout.no_eos='drop' must be one of mask, penalty"),
     ({"reward__clip": 0.0}, "reward.clip=0.0 must be > 0 or null"),
+    ({"ppo__clip_high": 0.0}, "ppo.clip_high=0.0 must be > 0 or null"),
 ])
 def test_bad_configuration_is_named(changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
