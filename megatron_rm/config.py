@@ -8,6 +8,7 @@ model exists, and names every offending value.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass, field
@@ -372,6 +373,21 @@ def padded_vocab_size(tokenizer_size: int, model: ModelConfig) -> int:
 TRUNCATION_MODES = ("drop", "truncate_prompt", "truncate_response")
 
 
+def finite_problems(config, prefix: str = "") -> list[str]:
+    """A problem for every float setting of `config` (nested groups included) that is nan or
+    infinite: nan slips through every `not x > 0` check (PPO's rollout.no_eos_penalty=nan made
+    every step non-finite, and skipped), and inf is no setting (rollout.temperature=inf samples
+    uniformly)."""
+    found = []
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            found += finite_problems(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{key}={value} must be a finite number")
+    return found
+
+
 def _choice(key: str, value, allowed) -> list[str]:
     return [] if value in allowed else [f"{key}={value!r} must be one of {', '.join(allowed)}"]
 
@@ -550,6 +566,7 @@ def problems(cfg: RMConfig, world_size: int, *, cuda: bool, te_available: bool, 
     m, p, t, d = cfg.model, cfg.parallel, cfg.train, cfg.data
     found = (loop_problems(t, "train", cuda) + optimizer_problems(t, "train") + data_problems(d)
              + model_problems(m, "model", cuda=cuda, te_available=te_available, vocab_size=vocab_size))
+    found += finite_problems(cfg)
     found += _at_least(0, {"eval.interval": cfg.eval.interval, "checkpoint.save_interval": cfg.checkpoint.save_interval,
                            "checkpoint.keep": cfg.checkpoint.keep})
     if cfg.eval.micro_batch_size is not None and cfg.eval.micro_batch_size < 1:

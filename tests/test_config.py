@@ -244,6 +244,7 @@ def test_negative_warmup_is_refused():
     ("clip_grad", -1.0, "train.clip_grad=-1.0 must be >= 0"),
     ("max_skipped", -1, "train.max_skipped=-1 must be >= 0"),
     ("epochs", 0, "train.epochs=0 must be >= 1"),
+    ("weight_decay", float("nan"), "train.weight_decay=nan must be a finite number"),
 ])
 def test_training_settings_are_checked(field, value, needle):
     the_problem(problems(make(train={field: value})), needle)

@@ -3,7 +3,6 @@ training's: every problem is named with its key before any process group or mode
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -16,6 +15,7 @@ from megatron_rm.config import (
     _at_least,
     _choice,
     data_parallel_size,
+    finite_problems,
     optimizer_problems,
 )
 from megatron_rm.errors import ConfigError
@@ -198,6 +198,7 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
     own checks come when they are found)."""
     t, r, k, p = cfg.train, cfg.rollout, cfg.kl, cfg.ppo
     found = [] if cfg.actor.init else ["actor.init must name the starting policy"]
+    found += finite_problems(cfg)
     if bool(cfg.reward.model) == bool(cfg.reward.url):
         found.append("set exactly one of reward.model (a reward model in this job) and reward.url (a reward server)")
     if not cfg.critic_init:
@@ -231,8 +232,8 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
             found.append(f"kl.target={k.target} must be > 0 (nats per token) for kl.type=adaptive")
         if not k.horizon > 0:
             found.append(f"kl.horizon={k.horizon} must be > 0 (responses) for kl.type=adaptive")
-    if not (k.init_coef >= 0 and math.isfinite(k.init_coef)):
-        found.append(f"kl.init_coef={k.init_coef} must be a finite number >= 0")
+    if k.init_coef < 0:
+        found.append(f"kl.init_coef={k.init_coef} must be >= 0")
     if not 0 < p.clip < 1:
         found.append(f"ppo.clip={p.clip} must be in (0, 1)")
     if p.clip_high is not None and not p.clip_high > 0:

@@ -42,6 +42,10 @@ def _config(**changes) -> PPOConfig:
     ({"rollout__no_eos": "drop"}, "rollout.no_eos='drop' must be one of mask, penalty"),
     ({"reward__clip": 0.0}, "reward.clip=0.0 must be > 0 or null"),
     ({"ppo__clip_high": 0.0}, "ppo.clip_high=0.0 must be > 0 or null"),
+    ({"kl__init_coef": -0.1}, "kl.init_coef=-0.1 must be >= 0"),
+    ({"rollout__no_eos_penalty": float("nan")}, "rollout.no_eos_penalty=nan must be a finite number"),
+    ({"rollout__temperature": float("inf")}, "rollout.temperature=inf must be a finite number"),
+    ({"ppo__gamma": float("nan")}, "ppo.gamma=nan must be a finite number"),
 ])
 def test_bad_configuration_is_named(changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
