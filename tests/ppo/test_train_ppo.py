@@ -166,10 +166,12 @@ def test_sigterm_saves_and_the_run_resumes_at_another_layout(setup, reward_serve
     saved = json.loads((run_dir / "checkpoints" / f"step_{step}" / "megatron_rm.json").read_text())
     assert saved["state"]["sampler"]["step"] == step
     assert saved["state"]["kl_controller"]["value"] == _rows(run_dir)[step]["kl_coef_next"]
+    assert json.loads((run_dir / "stopped.json").read_text())["step"] == step  # the requeue script's marker
 
     resumed = torchrun(2, TOOL, *_args(setup, run_dir, "parallel.pp=2", *extra))
     fresh = "actor had not stepped: a fresh optimizer state; " if step <= 1 else ""  # warm-up: step 1
     assert f"at step {step}; {fresh}RNG states not restored" in resumed.stdout
+    assert not (run_dir / "stopped.json").exists()
     rows = _rows(run_dir)
     assert sorted(rows) == list(range(1, STEPS + 1))
     assert rows[step + 1]["kl_coef"] == saved["state"]["kl_controller"]["value"]
