@@ -1,4 +1,5 @@
-"""Where a run executes: the device, the collective backend, optional kernels."""
+"""Where a run executes: the device, the collective backend, optional kernels; the process groups
+(`parallel`) and exact sums over ranks (`sums`)."""
 
 from __future__ import annotations
 
