@@ -9,7 +9,7 @@
   estimation over the masked (action) positions of (batch, response_length) tensors, unwhitened;
 - `AdaptiveKLController(init_kl_coef, target, horizon)`, `FixedKLController(kl_coef)`: `.value`,
   `.update(current_kl, n_steps)`, `.state_dict()`, `.load_state_dict()`;
-- `group_advantages(scores, groups, baseline, scale, eps)`: each response's advantage against
+- `group_advantages(scores, groups, estimator, scale, eps)`: each response's advantage against
   the other responses to its prompt (GRPO, Dr. GRPO, RLOO; see `ppo.groups`);
 - `aggregate_loss(per_token, mask, mode, norm) -> (numerator, denominator)`: a per-token loss
   as sums that make the global batch's token mean, sequence mean or Dr. GRPO's normalised sum.

@@ -11,24 +11,25 @@ from __future__ import annotations
 
 import torch
 
-GROUP_BASELINES = ("mean", "leave_one_out")
+GROUP_ESTIMATORS = ("grpo", "rloo")
 GROUP_SCALES = ("std", "none")
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 
 
-def group_advantages(scores: torch.Tensor, groups: torch.Tensor, *, baseline: str = "mean", scale: str = "std",
+def group_advantages(scores: torch.Tensor, groups: torch.Tensor, estimator: str = "grpo", *, scale: str = "std",
                      eps: float = 1e-6) -> torch.Tensor:
     """(responses,) each response's advantage against its group, float64.
 
-    - `baseline="mean"`: r_i - mean of the group (GRPO); `"leave_one_out"`: r_i - mean of the
-      group's other responses (RLOO), i.e. G/(G-1) (r_i - mean).
-    - `scale="std"`: divided by the group's sample std (Bessel's, as verl, OpenRLHF, NeMo-RL and
-      TRL) plus `eps` (verl's 1e-6, outside the square root); `"none"`: not divided (Dr. GRPO).
+    - `"grpo"`: r_i - mean of the group, divided by the group's sample std (Bessel's, as verl,
+      OpenRLHF, NeMo-RL and TRL) plus `eps` (verl's 1e-6, outside the square root) when
+      `scale="std"`; not divided when `scale="none"` (Dr. GRPO).
+    - `"rloo"`: r_i - mean of the group's other responses, i.e. G/(G-1) (r_i - mean), never
+      divided (as verl, OpenRLHF and TRL; `scale` is GRPO's only).
 
     A group with one scored response has no baseline to compare with: its advantage is 0 (as
     verl's vectorised RLOO and NeMo-RL; verl's GRPO would pass the raw score through).
     """
-    _choice("baseline", baseline, GROUP_BASELINES)
+    _choice("group estimator", estimator, GROUP_ESTIMATORS)
     _choice("scale", scale, GROUP_SCALES)
     if scores.shape != groups.shape or scores.dim() != 1:
         raise ValueError(f"scores {tuple(scores.shape)} and groups {tuple(groups.shape)}: one value per response")
@@ -45,9 +46,9 @@ def group_advantages(scores: torch.Tensor, groups: torch.Tensor, *, baseline: st
     values = torch.where(scored, scores.double(), 0.0)
     centred = torch.where(scored, values - per_group(values) / n.clamp(min=1), 0.0)
     advantages = centred
-    if baseline == "leave_one_out":
+    if estimator == "rloo":
         advantages = advantages * n / (n - 1).clamp(min=1)
-    if scale == "std":
+    elif scale == "std":
         std = (per_group(centred.square()) / (n - 1).clamp(min=1)).sqrt()
         advantages = advantages / (std + eps)
     return torch.where(scored & (n > 1), advantages, 0.0)

@@ -14,7 +14,7 @@ from megatron_rm.ppo.groups import aggregate_loss, group_advantages
 T = torch.tensor
 
 
-def _reference(scores, groups, baseline, scale, eps):
+def _reference(scores, groups, estimator, scale, eps):
     """Each response against the other scored responses of its group, one group at a time."""
     out = []
     for score, group in zip(scores, groups):
@@ -24,9 +24,9 @@ def _reference(scores, groups, baseline, scale, eps):
             continue
         mean = sum(mates) / len(mates)
         advantage = score - mean
-        if baseline == "leave_one_out":
+        if estimator == "rloo":
             advantage = score - (sum(mates) - score) / (len(mates) - 1)
-        if scale == "std":
+        elif scale == "std":
             advantage /= statistics.stdev(mates) + eps
         out.append(advantage)
     return out
@@ -53,15 +53,14 @@ def test_trl_eps_and_dr_grpo():
     ([1, 1, 0, 0.5], [0.5, 0.5, -0.833333, -0.166667]),
 ])
 def test_rloo_equals_verl_and_trl(scores, expected):
-    advantages = group_advantages(T(scores, dtype=torch.float64), T([0, 0, 0, 0]), baseline="leave_one_out",
-                                  scale="none")
+    advantages = group_advantages(T(scores, dtype=torch.float64), T([0, 0, 0, 0]), "rloo")
     assert advantages.tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_equal_scores_give_exactly_zero():
     """No E[x^2] - E[x]^2 residue divided by a std of ~1e-9 (NeMo-RL PR #4158's -2075)."""
-    for baseline in ("mean", "leave_one_out"):
-        advantages = group_advantages(T([0.95] * 7, dtype=torch.float32), T([3] * 7), baseline=baseline)
+    for estimator in ("grpo", "rloo"):
+        advantages = group_advantages(T([0.95] * 7, dtype=torch.float32), T([3] * 7), estimator)
         assert advantages.tolist() == [0.0] * 7
 
 
@@ -73,18 +72,17 @@ def test_a_missing_reward_and_a_lone_response_get_zero_and_leave_the_statistics(
     assert advantages.tolist() == [expected[0], 0.0, *expected[1:], 0.0]
 
 
-@pytest.mark.parametrize("baseline", ["mean", "leave_one_out"])
-@pytest.mark.parametrize("scale", ["std", "none"])
-def test_groups_are_independent_of_order_and_match_a_plain_loop(baseline, scale):
+@pytest.mark.parametrize("estimator, scale", [("grpo", "std"), ("grpo", "none"), ("rloo", "none")])
+def test_groups_are_independent_of_order_and_match_a_plain_loop(estimator, scale):
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(40, generator=generator, dtype=torch.float64)
     scores[torch.randperm(40, generator=generator)[:5]] = math.nan
     groups = torch.randint(0, 9, (40,), generator=generator) * 13  # ids need not be dense
-    advantages = group_advantages(scores, groups, baseline=baseline, scale=scale)
-    assert advantages.tolist() == pytest.approx(_reference(scores.tolist(), groups.tolist(), baseline, scale, 1e-6),
+    advantages = group_advantages(scores, groups, estimator, scale=scale)
+    assert advantages.tolist() == pytest.approx(_reference(scores.tolist(), groups.tolist(), estimator, scale, 1e-6),
                                                 abs=1e-12)
     order = torch.randperm(40, generator=generator)
-    permuted = group_advantages(scores[order], groups[order], baseline=baseline, scale=scale)
+    permuted = group_advantages(scores[order], groups[order], estimator, scale=scale)
     torch.testing.assert_close(permuted, advantages[order], rtol=0, atol=1e-14)
 
 
@@ -115,8 +113,8 @@ def test_aggregations_on_verl_593_and_at_any_split(mode, norm, expected):
 def test_bad_names_and_norms_are_refused():
     with pytest.raises(ValueError, match="scale 'batch' must be one of std, none"):
         group_advantages(T([1.0]), T([0]), scale="batch")
-    with pytest.raises(ValueError, match="baseline 'median' must be one of mean, leave_one_out"):
-        group_advantages(T([1.0]), T([0]), baseline="median")
+    with pytest.raises(ValueError, match="group estimator 'gae' must be one of grpo, rloo"):
+        group_advantages(T([1.0]), T([0]), "gae")
     loss, mask = _verl_593()
     with pytest.raises(ValueError, match="must be one of token_mean, seq_mean_token_mean"):
         aggregate_loss(loss, mask, "sum")

@@ -53,7 +53,7 @@ def test_group_advantages_and_aggregate_loss_by_keyword():
     from megatron_rm.rlhf import aggregate_loss, group_advantages
 
     advantages = group_advantages(scores=torch.tensor([1.0, 0.0, 3.0, 3.0]), groups=torch.tensor([0, 0, 1, 1]),
-                                  baseline="mean", scale="none", eps=1e-6)
+                                  estimator="grpo", scale="none", eps=1e-6)
     assert advantages.tolist() == [0.5, -0.5, 0.0, 0.0]
     numerator, denominator = aggregate_loss(per_token=torch.tensor([[1.0, 3.0], [5.0, 0.0]]),
                                             mask=torch.tensor([[1, 1], [1, 0]]), mode="seq_mean_token_mean", norm=None)
