@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 DEMO_ARGS ?=
 
-.PHONY: install demo ppo-demo prm-demo test test-fast lint clean
+.PHONY: install demo ppo-demo grpo-demo prm-demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ PPO_DEMO_ARGS ?=
 ppo-demo: install
 	rm -rf $(PPO_DEMO_DIR)
 	$(PY) examples/ppo/run.py --work $(PPO_DEMO_DIR) $(PPO_DEMO_ARGS)
+
+# GRPO on the demo: SFT warm start, then GRPO with the task's rule as the reward (no reward model),
+# then the same with the demo reward model mixed in; prints held-out accuracy before and after each.
+# GRPO_DEMO_ARGS: e.g. --steps 60, --rule-only, or key=value settings for tools/train_grpo.py.
+GRPO_DEMO_DIR ?= runs/grpo_demo
+GRPO_DEMO_ARGS ?=
+grpo-demo: install
+	rm -rf $(GRPO_DEMO_DIR)
+	$(PY) examples/grpo/run.py --work $(GRPO_DEMO_DIR) $(GRPO_DEMO_ARGS)
 
 # Outcome and process reward models on synthetic arithmetic chains: trains a PRM and an ORM on 2 CPU
 # processes and prints their held-out figures against the targets. PRM_DEMO_ARGS: e.g. --steps 800.

@@ -84,7 +84,7 @@ def context(cfg: PPOConfig, config: ModelConfig, tokenizer, layout) -> Context:
     models = PPOModels(actor, critic, reference, reward, layout, tokenizer)
     controller = kl_controller(cfg.kl.type, cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
     guards = {name: SkipGuard(cfg.train.max_skipped) for name in ("actor", "critic")}
-    return build_context(cfg, models, controller, guards, (tokenizer.eos_token_id,))
+    return build_context(cfg, models, [], controller, guards, (tokenizer.eos_token_id,))
 
 
 def bench(name: str, config: ModelConfig, args, layout) -> None:
@@ -99,7 +99,7 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
     timed = []
     for step in range(1, cfg.train.max_steps + 1):
         began = time.perf_counter()
-        metrics = run_step(ctx, step, [prompts.ids[i] for i in sampler.prompts(step - 1)])
+        metrics = run_step(ctx, step, prompts, sampler.prompts(step - 1))
         if step > args.warmup:
             timed.append({**metrics, "step_s": time.perf_counter() - began})
 

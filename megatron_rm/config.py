@@ -385,6 +385,9 @@ def finite_problems(config, prefix: str = "") -> list[str]:
             found += finite_problems(value, f"{key}.")
         elif isinstance(value, float) and not math.isfinite(value):
             found.append(f"{key}={value} must be a finite number")
+        elif isinstance(value, (list, tuple)):
+            found += [f"{key}[{i}]={item} must be a finite number" for i, item in enumerate(value)
+                      if isinstance(item, float) and not math.isfinite(item)]
     return found
 
 

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples" / "demo"))
-from make_data import asked_count, listed_count  # noqa: E402  (the demo's own ground truth)
+from rl_demo import judge, policy, read, reward_model, run, torchrun  # noqa: E402  (the RL demos' shared steps)
 
 # What PPO runs with on top of conf/train_ppo.yaml: a tiny policy learns at a higher rate than a
 # real one (conf's 1e-6), and short responses keep a step near a second on the CPU. Evaluation
@@ -43,23 +41,6 @@ PPO_SETTINGS = ("train.prompts_per_step=16", "rollout.samples_per_prompt=4", "ro
                 "ppo.epochs=2", "ppo.mini_batch_size=32", "eval.temperature=1.0", "logging.tensorboard=false")
 LAST_STEPS = 5
 """The KL reported against the target is the mean of this many last steps (one step's is noisy)."""
-
-
-def run(*args: str) -> None:
-    print("+", " ".join(args), flush=True)
-    subprocess.run(list(args), cwd=REPO, check=True)
-
-
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def judge(samples: list[dict]) -> dict:
-    """Mean reward-model reward and ground-truth accuracy of one evaluation's greedy responses."""
-    right = [listed_count(row["response"]) == asked_count(row["prompt"]) for row in samples]
-    return {"reward_mean": sum(row["reward"] for row in samples) / len(samples),
-            "right_fraction": sum(right) / len(right),
-            "eos_fraction": sum(row["finish_reason"] == "eos" for row in samples) / len(samples)}
 
 
 def main() -> None:
@@ -77,18 +58,11 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc-per-node={args.nproc}"]
-    made_by_demo = REPO / "runs" / "demo" / "checkpoints"
-    reward_model = args.reward_model or (made_by_demo if (made_by_demo / "latest").is_file() else None)
-    if reward_model is None:
-        reward_model = work / "rm" / "checkpoints"
-        run(*torchrun, "tools/train_rm.py", f"run.dir={work / 'rm'}", f"train.max_steps={args.rm_steps}")
-    policy = args.policy or work / "sft" / "checkpoints"
-    if not args.policy:
-        run(*torchrun, "tools/train_sft.py", f"run.dir={work / 'sft'}", f"train.max_steps={args.sft_steps}")
+    rm = reward_model(work, args.reward_model, args.rm_steps, args.nproc)
+    actor = policy(work, args.policy, args.sft_steps, args.nproc)
 
     ppo_dir = work / "ppo"
-    run(*torchrun, "tools/train_ppo.py", f"actor.init={policy}", f"reward.model={reward_model}",
+    run(*torchrun(args.nproc), "tools/train_ppo.py", f"actor.init={actor}", f"reward.model={rm}",
         f"run.dir={ppo_dir}", "checkpoint.load=null", f"train.max_steps={args.steps}",
         f"eval.max_prompts={args.prompts}", *PPO_SETTINGS, *args.ppo_overrides)
 

@@ -19,8 +19,12 @@ from megatron_rm.config import (
     optimizer_problems,
 )
 from megatron_rm.errors import ConfigError
+from megatron_rm.ppo.estimators import ADVANTAGE_ESTIMATORS
 from megatron_rm.ppo.experience import NO_EOS_POLICIES
-from megatron_rm.ppo.kl import CONTROLLERS, ESTIMATORS
+from megatron_rm.ppo.groups import GROUP_SCALES, LOSS_AGGREGATIONS
+from megatron_rm.ppo.kl import CONTROLLERS, ESTIMATORS, LOSS_ESTIMATORS, PLACEMENTS
+from megatron_rm.ppo.losses import POLICY_LOSSES
+from megatron_rm.ppo.reward_sources import COMBINE_MODES
 
 
 @dataclass
@@ -29,6 +33,17 @@ class ActorConfig:
     """The starting policy, which is also the frozen reference: a policy checkpoint (trained by
     tools/train_sft.py or converted with --model-kind policy) or a Hugging Face *ForCausalLM folder."""
     optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-6, lr_decay_style="constant"))
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "gae"
+    """The advantage estimator (`ppo.estimators`): gae (with a critic), grpo, rloo, reinforce_pp or
+    reinforce_pp_baseline; the last four build no critic."""
+    group_scale: str = "std"
+    """grpo: std divides by the group's std (GRPO); none does not (Dr. GRPO)."""
+    std_eps: float = 1e-6
+    """Added to the group's std, outside the square root (verl's 1e-6; TRL 1e-4, OpenRLHF 1e-9)."""
 
 
 @dataclass
@@ -46,7 +61,7 @@ class CriticConfig:
 class RewardConfig:
     model: Optional[str] = None
     """A reward model run inside this job (our checkpoint or a *ForSequenceClassification folder);
-    it must share the actor's tokenizer. Set this or `url`."""
+    it must share the actor's tokenizer. At most one of this and `url`."""
     url: Optional[str] = None
     """A reward server speaking our POST /get_reward (tools/serve_rm.py, OpenRLHF's protocol): a
     reward model with another tokenizer or on other machines."""
@@ -64,6 +79,18 @@ class RewardConfig:
     batch_size: int = 256
     """Texts per request to `url` (0: a replica's whole step in one request; our server takes up to
     1024 per request by default)."""
+    functions: list[str] = field(default_factory=list)
+    """Reward functions: built-ins (gsm8k, math, exact_match), FILE.py:NAME or package.module:NAME,
+    each called as TRL calls one, fn(prompts, completions, **columns) -> list[float | None]."""
+    weights: Optional[list[float]] = None
+    """One weight per source: the functions in order, then reward.model or reward.url; null: all 1."""
+    combine: str = "sum"
+    """sum: the weighted sum of the sources (a None counts as absent, as TRL's nansum); normalize_then_sum:
+    each source standardised over the step's responses first."""
+    overlong_buffer: int = 0
+    """DAPO's overlong shaping: a response longer than rollout.max_new_tokens - overlong_buffer tokens
+    loses overlong_penalty x (its excess / overlong_buffer), down to -overlong_penalty; 0: off."""
+    overlong_penalty: float = 1.0
 
 
 @dataclass
@@ -120,7 +147,10 @@ class KLConfig:
     horizon: int = 10000
     """Responses over which the adaptive controller closes the gap."""
     estimator: str = "k1"
-    """Per-token estimate in the reward: k1, abs, k2 or k3."""
+    """Per-token estimate: k1, abs, k2 or k3 in the reward; k1, k2 or k3 (verl's clamped low_var_kl) in the loss."""
+    placement: str = "reward"
+    """reward: -coef x KL in each token's reward; loss: +coef x KL in each token's policy loss (needs
+    kl.type=fixed); none: no KL, and no reference forward."""
 
 
 @dataclass
@@ -135,6 +165,13 @@ class PPOUpdateConfig:
     """The upper clip (null: ppo.clip). DAPO's clip-higher sets 0.28 with clip 0.2, so that
     unlikely tokens with a positive advantage can grow (verl clip_ratio_high, TRL epsilon_high)."""
     dual_clip: Optional[float] = None
+    policy_loss: str = "clipped"
+    """clipped: PPO's clipped surrogate; reinforce: -A x log pi (no ratio)."""
+    loss_agg: str = "token_mean"
+    """token_mean, seq_mean_token_mean, seq_mean_token_sum or seq_mean_token_sum_norm (Dr. GRPO), each
+    over the whole mini-batch at any layout (`groups.aggregate_loss`)."""
+    loss_norm_tokens: Optional[int] = None
+    """seq_mean_token_sum_norm's constant; null: rollout.max_new_tokens."""
     value_clip: Optional[float] = 0.2
     gamma: float = 1.0
     lam: float = 0.95
@@ -163,6 +200,7 @@ class PPOCheckpointConfig(BaseCheckpointConfig):
 @dataclass
 class PPOConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -179,6 +217,14 @@ class PPOConfig:
     @property
     def critic_init(self) -> Optional[str]:
         return self.critic.init or self.reward.model
+
+    @property
+    def needs_critic(self) -> bool:
+        return ADVANTAGE_ESTIMATORS[self.algorithm.advantage].needs_critic
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl.placement != "none"
 
     def responses_per_step(self) -> int:
         return self.train.prompts_per_step * self.rollout.samples_per_prompt
@@ -199,17 +245,28 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
     t, r, k, p = cfg.train, cfg.rollout, cfg.kl, cfg.ppo
     found = [] if cfg.actor.init else ["actor.init must name the starting policy"]
     found += finite_problems(cfg)
-    if bool(cfg.reward.model) == bool(cfg.reward.url):
-        found.append("set exactly one of reward.model (a reward model in this job) and reward.url (a reward server)")
-    if not cfg.critic_init:
-        found.append("critic.init must name a reward model when reward.url is used (the critic starts from one)")
+    found += _choice("algorithm.advantage", cfg.algorithm.advantage, tuple(ADVANTAGE_ESTIMATORS))
+    found += _choice("algorithm.group_scale", cfg.algorithm.group_scale, GROUP_SCALES)
+    if not cfg.algorithm.std_eps >= 0:
+        found.append(f"algorithm.std_eps={cfg.algorithm.std_eps} must be >= 0")
+    found += reward_problems(cfg)
+    if cfg.algorithm.advantage in ADVANTAGE_ESTIMATORS:
+        found += algorithm_problems(cfg)
     if cfg.reward.url and cfg.reward.normalize:
         found.append("reward.normalize=true with reward.url: start the server with --normalize instead")
     found += optimizer_problems(cfg.actor.optim, "actor.optim") + optimizer_problems(cfg.critic.optim, "critic.optim")
     found += _choice("train.precision", t.precision, ("fp32", "bf16"))
     if t.precision == "bf16" and not cuda:
         found.append("train.precision=bf16 needs CUDA; use train.precision=fp32 on the CPU")
-    found += _choice("kl.type", k.type, CONTROLLERS) + _choice("kl.estimator", k.estimator, ESTIMATORS)
+    found += _choice("kl.type", k.type, CONTROLLERS) + _choice("kl.placement", k.placement, PLACEMENTS)
+    found += _choice("kl.estimator", k.estimator, LOSS_ESTIMATORS if k.placement == "loss" else ESTIMATORS)
+    if k.placement == "loss" and k.type == "adaptive":
+        found.append("kl.placement=loss needs kl.type=fixed (the adaptive controller steers a KL penalty in the "
+                     "reward; no anchor drives a loss coefficient)")
+    found += _choice("ppo.policy_loss", p.policy_loss, POLICY_LOSSES)
+    found += _choice("ppo.loss_agg", p.loss_agg, LOSS_AGGREGATIONS)
+    if p.loss_norm_tokens is not None and not p.loss_norm_tokens >= 1:
+        found.append(f"ppo.loss_norm_tokens={p.loss_norm_tokens} must be >= 1 or null (rollout.max_new_tokens)")
     found += _choice("rollout.no_eos", r.no_eos, NO_EOS_POLICIES)
     found += _choice("data.on_invalid", cfg.data.on_invalid, ("error", "skip"))
     found += _choice("data.prompt_policy", cfg.data.prompt_policy, ("error", "truncate_prompt"))
@@ -265,6 +322,49 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
                      f"(train.prompts_per_step x rollout.samples_per_prompt)")
     elif mini % dp:
         found.append(f"ppo.mini_batch_size={mini} is not divisible by the data-parallel size {dp}")
+    return found
+
+
+def reward_problems(cfg: PPOConfig) -> list[str]:
+    """Where the rewards come from: at most one of reward.model and reward.url, with or without
+    functions, and a weight per source."""
+    reward = cfg.reward
+    found = []
+    if reward.model and reward.url:
+        found.append("set at most one of reward.model (a reward model in this job) and reward.url (a reward server)")
+    if not (reward.model or reward.url or reward.functions):
+        found.append("no reward: set reward.model, reward.url or reward.functions")
+    sources = len(reward.functions) + bool(reward.model or reward.url)
+    if reward.weights is not None and len(reward.weights) != sources:
+        found.append(f"reward.weights has {len(reward.weights)} values for {sources} reward sources (reward.functions "
+                     "in order, then reward.model or reward.url)")
+    found += _choice("reward.combine", reward.combine, COMBINE_MODES)
+    if not reward.overlong_buffer >= 0:
+        found.append(f"reward.overlong_buffer={reward.overlong_buffer} must be >= 0")
+    elif reward.overlong_buffer > cfg.rollout.max_new_tokens:
+        found.append(f"reward.overlong_buffer={reward.overlong_buffer} exceeds rollout.max_new_tokens="
+                     f"{cfg.rollout.max_new_tokens}")
+    if not reward.overlong_penalty >= 0:
+        found.append(f"reward.overlong_penalty={reward.overlong_penalty} must be >= 0")
+    return found
+
+
+def algorithm_problems(cfg: PPOConfig) -> list[str]:
+    """What the advantage estimator needs: a critic and its source, or several responses per prompt."""
+    name, found = cfg.algorithm.advantage, []
+    spec = ADVANTAGE_ESTIMATORS[name]
+    if spec.needs_groups and cfg.rollout.samples_per_prompt < 2:
+        found.append(f"algorithm.advantage={name} compares the responses to one prompt: rollout.samples_per_prompt="
+                     f"{cfg.rollout.samples_per_prompt} must be >= 2")
+    if spec.needs_critic and not cfg.critic_init:
+        found.append(f"algorithm.advantage={name} needs a critic: set critic.init (or reward.model, which it "
+                     "starts from by default) to a reward model")
+    if not spec.needs_critic:
+        if cfg.critic.init:
+            found.append(f"critic.init is set but algorithm.advantage={name} uses no critic")
+        if cfg.critic.warmup_steps:
+            found.append(f"critic.warmup_steps={cfg.critic.warmup_steps} with algorithm.advantage={name}, "
+                         "which uses no critic")
     return found
 
 

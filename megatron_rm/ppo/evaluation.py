@@ -28,13 +28,17 @@ def evaluate(ctx: Context, step: int, prompts: PromptSet, run_dir: Path) -> dict
         # Draws of their own (seed + 1): training responses are numbered from 0 with the run's seed.
         completions = generate_batched(ctx.generator, ids, mine, params, cfg.train.seed + 1, cfg.rollout.batch_size)
     batches, _, rows = micro_batches(ctx, ids, completions, list(range(len(mine))))
-    raw, normalised = score_responses(ctx, ids, completions, batches, rows)
+    rewards = score_responses(ctx, prompts, mine, completions, batches, rows)
+    sources = rewards.sources if len(rewards.sources) > 1 else {}
     done = []
-    for chosen, rewards, shaped in zip(rows, raw, normalised):
-        for i, reward, normal in zip(chosen, rewards.tolist(), shaped.tolist()):
+    for k, chosen in enumerate(rows):
+        for j, i in enumerate(chosen):
             completion = completions[i]
-            done.append((mine[i], {"response": response_text(ctx.models.tokenizer, completion), "reward": reward,
-                                   "reward_normalized": normal, "finish_reason": completion.finish_reason,
+            done.append((mine[i], {"response": response_text(ctx.models.tokenizer, completion),
+                                   "reward": _number(rewards.raw[k][j]),
+                                   "reward_normalized": _number(rewards.combined[k][j]),
+                                   **{f"reward_{name}": _number(values[k][j]) for name, values in sources.items()},
+                                   "finish_reason": completion.finish_reason,
                                    "response_length": len(completion.token_ids)}))
     gathered = gather_to_first(done, layout)
     if dist.get_rank() != 0:
@@ -48,9 +52,16 @@ def evaluate(ctx: Context, step: int, prompts: PromptSet, run_dir: Path) -> dict
             if not cfg.reward.normalize:
                 added.pop("reward_normalized")
             out.write(json.dumps({**prompts.fields[index], **added}) + "\n")
-    rewards = [results[i]["reward"] for i in range(len(prompts))]
-    mean = sum(rewards) / len(rewards)
-    return {"reward_mean": mean, "reward_std": math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)),
+    scored = [results[i]["reward"] for i in range(len(prompts)) if results[i]["reward"] is not None]
+    mean = sum(scored) / len(scored) if scored else math.nan
+    return {"reward_mean": mean,
+            "reward_std": math.sqrt(sum((r - mean) ** 2 for r in scored) / len(scored)) if scored else math.nan,
             "response_length_mean": sum(results[i]["response_length"] for i in results) / len(results),
             "eos_fraction": sum(results[i]["finish_reason"] == EOS for i in results) / len(results),
             "prompts": len(prompts)}
+
+
+def _number(value) -> float | None:
+    """A reward for JSON: None for no reward (NaN)."""
+    value = float(value)
+    return None if math.isnan(value) else value

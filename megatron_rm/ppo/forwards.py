@@ -32,9 +32,11 @@ from megatron_rm.scoring.rewards import batch_rewards
 @dataclass
 class RolloutModels:
     actor: list[torch.nn.Module]
-    critic: list[torch.nn.Module]
-    reference: CpuReference
-    """The initial actor's weights (this rank's shard), swapped into `actor` for the reference."""
+    critic: list[torch.nn.Module] | None
+    """None: no critic (its values are not computed)."""
+    reference: CpuReference | None
+    """The initial actor's weights (this rank's shard), swapped into `actor` for the reference;
+    None: no reference forward (kl.placement=none)."""
     layout: Layout
     vocab_size: int
     temperature: float
@@ -67,16 +69,23 @@ def model_scores(reward: list[torch.nn.Module], batches: list[Batch], layout: La
 
 
 def rollout_forwards(models: RolloutModels, batches: list[Batch], ended: list[torch.Tensor],
-                     rewards: list[torch.Tensor], shaping: Shaping) -> list[Scored]:
-    """The policy and critic forwards of the rollout phase for this replica's micro-batches, with
-    `ended` (which responses stopped by themselves) and `rewards` (each response's reward, as
-    PPO takes it before shaping), ready for `experience.experience`."""
+                     rewards: list[torch.Tensor], shaping: Shaping,
+                     groups: list[torch.Tensor] | None = None) -> list[Scored]:
+    """The policy, reference and critic forwards of the rollout phase for this replica's
+    micro-batches, with `ended` (which responses stopped by themselves), `rewards` (each
+    response's reward before shaping) and `groups` (each response's prompt in the step), ready
+    for `experience.experience`."""
     old = action_logprobs(models, batches)
-    with models.reference.swapped_into(unwrap(models.actor[0])):
-        reference = action_logprobs(models, batches)
-    values = token_values(models, batches)
+    reference = [None] * len(batches)
+    if models.reference is not None:
+        with models.reference.swapped_into(unwrap(models.actor[0])):
+            reference = action_logprobs(models, batches)
+    values = token_values(models, batches) if models.critic is not None else [None] * len(batches)
+    groups = groups if groups is not None else [None] * len(batches)
     parts = []
-    for batch, stopped, raw, old_logprobs, ref_logprobs, value in zip(batches, ended, rewards, old, reference, values):
-        scores, learn = shaped_scores(raw, stopped, shaping)
-        parts.append(Scored(batch, old_logprobs, ref_logprobs, value, scores, learn))
+    for batch, stopped, raw, old_logprobs, ref_logprobs, value, group in zip(batches, ended, rewards, old, reference,
+                                                                            values, groups):
+        lengths = next_token_targets(batch)[1].sum(-1)
+        scores, learn = shaped_scores(raw, stopped, shaping, lengths.to(raw.device))
+        parts.append(Scored(batch, old_logprobs, ref_logprobs, value, scores, learn, group))
     return parts

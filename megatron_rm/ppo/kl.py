@@ -11,6 +11,11 @@ estimate (nats per token), as verl and OpenRLHF feed it; so `kl.target` is per t
 0.05), not the per-sequence sum of Ziegler et al. (where 6 nats over 24 tokens is 0.25 per
 token). `kl_units` names it wherever it is logged.
 
+Where the KL enters (`kl.placement`): `reward` (as Ziegler et al., OpenRLHF and verl's
+`use_kl_in_reward`) subtracts kl_coef times the estimate from each token's reward; `loss` (the
+GRPO paper, verl's `use_kl_loss`, NeMo-RL, TRL's `beta`) adds kl_coef times `kl_loss` to each
+token's policy loss; `none` (DAPO, TRL's default beta 0) has no KL and no reference forward.
+
 `AdaptiveKLController` is Ziegler et al.'s proportional controller:
 value *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon, with n_steps the number
 of responses in the PPO step and `horizon` counted in responses, called once per step after
@@ -23,6 +28,8 @@ from __future__ import annotations
 import torch
 
 ESTIMATORS = ("k1", "abs", "k2", "k3")
+LOSS_ESTIMATORS = ("k1", "k2", "k3")
+PLACEMENTS = ("reward", "loss", "none")
 CONTROLLERS = ("adaptive", "fixed")
 KL_UNITS = "nats per token (batch mean of each response's token mean)"
 
@@ -41,6 +48,21 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
         d = d.clamp(min=-20.0)
         return torch.expm1(-d) + d
     raise ValueError(f"KL estimator {estimator!r} must be one of {', '.join(ESTIMATORS)}")
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token KL term of the policy loss (`kl.placement=loss`), differentiable in `logprobs`.
+
+    `k3` is verl's `low_var_kl` and NeMo-RL's: d clamped to [-20, 20] (exp(-d) stays finite) and
+    the estimate to at most 10, so one token the reference finds unlikely cannot dominate the
+    loss; `k1` is d and `k2` is d^2 / 2 (whose gradient is k1's value, the unbiased gradient of
+    KL(pi || pi_ref))."""
+    if estimator not in LOSS_ESTIMATORS:
+        raise ValueError(f"KL loss estimator {estimator!r} must be one of {', '.join(LOSS_ESTIMATORS)}")
+    if estimator != "k3":
+        return kl_penalty(logprobs, ref_logprobs, estimator)
+    d = (logprobs - ref_logprobs).clamp(-20.0, 20.0)
+    return (torch.expm1(-d) + d).clamp(max=10.0)
 
 
 def mean_per_token(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

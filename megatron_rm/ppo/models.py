@@ -1,6 +1,7 @@
-"""The models of a PPO run, found, checked and built at the job's layout: the actor (trained, and
-its initial weights kept in CPU memory as the reference), the critic (trained; a reward model
-read at every token) and, unless a reward server scores, the frozen reward model.
+"""The models of a run, found, checked and built at the job's layout: the actor (trained, and
+its initial weights kept in CPU memory as the reference unless kl.placement=none), the critic
+(trained; a reward model read at every token) when the advantage estimator needs one and, when
+reward.model is set, the frozen reward model.
 
 Everything that can be wrong with the sources is found before a process group starts: a
 missing or wrong-kind model (a reward model as the actor, a policy as the critic), a folder
@@ -31,7 +32,8 @@ ACTOR, CRITIC = "actor", "critic"
 @dataclass
 class Sources:
     actor: Found
-    critic: Found
+    critic: Found | None
+    """None when the advantage estimator needs no critic."""
     reward: Found | None
 
 
@@ -40,7 +42,9 @@ def find_sources(cfg: PPOConfig, world_size: int, *, cuda: bool, te_available: b
     actor = find(cfg.actor.init, POLICY, seed=seed)
     reward = _with_head(find(cfg.reward.model, REWARD, seed=seed), "reward.model") if cfg.reward.model else None
     # The critic starts from the reward model unless critic.init names another: found once.
-    critic = _with_head(find(cfg.critic.init, REWARD, seed=seed), "critic.init") if cfg.critic.init else reward
+    critic = None
+    if cfg.needs_critic:
+        critic = _with_head(find(cfg.critic.init, REWARD, seed=seed), "critic.init") if cfg.critic.init else reward
     # The reward model reads each rollout's text with its own tokenizer (`ppo.rewards`); the critic
     # reads the actor's token ids, so it must share the actor's vocabulary.
     if critic is not None and critic.tokenizer.get_vocab() != actor.tokenizer.get_vocab():
@@ -76,14 +80,19 @@ def _with_head(found: Found, key: str) -> Found:
 @dataclass
 class PPOModels:
     actor: Trained
-    critic: Trained
-    reference: CpuReference
+    critic: Trained | None
+    """None when the advantage estimator needs no critic: nothing built, nothing checkpointed."""
+    reference: CpuReference | None
+    """None when nothing reads the reference policy (kl.placement=none)."""
     reward: ScoringModel | None
     layout: Layout
     tokenizer: object
 
     def states(self) -> dict[str, ModelState]:
-        return {ACTOR: self.actor.state, CRITIC: self.critic.state}
+        states = {ACTOR: self.actor.state}
+        if self.critic is not None:
+            states[CRITIC] = self.critic.state
+        return states
 
     @property
     def vocab_size(self) -> int:
@@ -97,8 +106,8 @@ def build_models(cfg: PPOConfig, sources: Sources, *, actor_steps: int, critic_s
     t = cfg.train
     layout = job_layout(cfg.parallel, sources.actor.config, len(sources.actor.tokenizer), t.precision, t.seed)
     actor = _trained(sources.actor, cfg, cfg.actor.optim, actor_steps)
-    reference = CpuReference(actor.module)
-    critic = _trained(sources.critic, cfg, cfg.critic.optim, critic_steps)
+    reference = CpuReference(actor.module) if cfg.needs_reference else None
+    critic = _trained(sources.critic, cfg, cfg.critic.optim, critic_steps) if sources.critic is not None else None
     reward = scoring_model(sources.reward, cfg.parallel, t.precision, t.seed) if sources.reward else None
     return PPOModels(actor, critic, reference, reward, layout, sources.actor.tokenizer)
 

@@ -34,56 +34,65 @@ class Rollouts:
     batch: Batch
     old_logprobs: torch.Tensor
     """(rows, seq) log-probabilities of the actions under the policy that sampled them."""
-    old_values: torch.Tensor
-    """(rows, seq) the critic's values before the update."""
+    old_values: torch.Tensor | None
+    """(rows, seq) the critic's values before the update; None without a critic."""
     advantages: torch.Tensor
-    returns: torch.Tensor
+    returns: torch.Tensor | None
+    """(rows, seq) the critic's targets; None without a critic."""
     policy_rows: torch.Tensor | None = None
     """(rows,) bool: the responses the policy loss learns from (None: all); the critic learns
     from every response (see `experience`, no_eos)."""
+    ref_logprobs: torch.Tensor | None = None
+    """(rows, seq) the reference policy's log-probabilities, for a KL term in the loss (kl.placement=loss)."""
 
     @property
     def input_ids(self) -> torch.Tensor:  # megatron's schedule sizes its buffers from it
         return self.batch.input_ids
 
     def to(self, device) -> Rollouts:
+        def moved(x):
+            return None if x is None else x.to(device)
         return replace(self, batch=self.batch.to(device), old_logprobs=self.old_logprobs.to(device),
-                       old_values=self.old_values.to(device), advantages=self.advantages.to(device),
-                       returns=self.returns.to(device),
-                       policy_rows=None if self.policy_rows is None else self.policy_rows.to(device))
+                       old_values=moved(self.old_values), advantages=self.advantages.to(device),
+                       returns=moved(self.returns), policy_rows=moved(self.policy_rows),
+                       ref_logprobs=moved(self.ref_logprobs))
 
 
 class _PPOObjective:
     fields: tuple[str, ...] = ()
+    """The statistics summed with the loss; each is divided by `tokens` (the action tokens) at the end."""
 
     @property
     def size(self) -> int:
         return 2 + len(self.fields)
 
-    def _result(self, loss: torch.Tensor, count: torch.Tensor, stats: dict):
-        sums = torch.stack([loss.detach().double(), count.double(), *(stats[name] for name in self.fields)])
-        return loss, count.to(torch.int), {"sums": sums}
+    def _result(self, loss: torch.Tensor, denominator: torch.Tensor, stats: dict):
+        sums = torch.stack([loss.detach().double(), denominator.double(), *(stats[name] for name in self.fields)])
+        return loss, denominator.to(torch.int), {"sums": sums}
 
     def summarize(self, sums: torch.Tensor) -> dict:
-        """Token means of the loss and each statistic over every micro-batch and rank."""
-        tokens = float(sums[1])
-        means = {name: float(value) / tokens if tokens else math.nan
-                 for name, value in zip(("loss", *self.fields), [sums[0], *sums[2:]])}
-        return {**means, "tokens": int(tokens)}
+        """The loss (numerator over denominator) and the token means of the statistics, over every
+        micro-batch and rank."""
+        named = dict(zip(self.fields, sums[2:].tolist()))
+        tokens = named.pop("tokens")
+        means = {name: value / tokens if tokens else math.nan for name, value in named.items()}
+        return {"loss": float(sums[0]) / float(sums[1]) if float(sums[1]) else math.nan, **means,
+                "tokens": int(tokens)}
 
     def loss_is_finite(self, sums: torch.Tensor) -> bool:
         return not float(sums[1]) or math.isfinite(float(sums[0]))
 
 
 class ActorObjective(_PPOObjective):
-    """The clipped surrogate on the actor's log-probabilities at the sampling temperature."""
+    """The policy loss (`losses.policy_loss`) on the actor's log-probabilities at the sampling temperature."""
 
     def __init__(self, vocab_size: int, temperature: float, settings: PolicyLossSettings | None = None,
                  log_entropy: bool = True):
         self.vocab_size, self.temperature = vocab_size, temperature
         self.settings = settings or PolicyLossSettings()
         self.with_entropy = log_entropy or self.settings.entropy_coef > 0
-        self.fields = ("clipped", "approx_kl", *(("entropy",) if self.with_entropy else ()))
+        self.fields = ("tokens", "clipped", "approx_kl", *(("entropy",) if self.with_entropy else ()),
+                       *(("kl_loss",) if self.settings.kl_coef else ()))
 
     def forward(self, model, rollouts: Rollouts) -> torch.Tensor:
         return forward_logits(model, rollouts.batch)
@@ -97,14 +106,14 @@ class ActorObjective(_PPOObjective):
         if entropy is not None and not self.settings.entropy_coef:
             entropy = entropy.detach()  # logged only: no second backward through the softmax
         return self._result(*policy_loss(logprobs, rollouts.old_logprobs, rollouts.advantages, mask, self.settings,
-                                         entropy))
+                                         entropy, rollouts.ref_logprobs))
 
 
 class CriticObjective(_PPOObjective):
     """The clipped value loss on the critic's per-position values (a reward model's head read at
     every token)."""
 
-    fields = ("clipped",)
+    fields = ("tokens", "clipped")
 
     def __init__(self, clip: float | None = 0.2):
         self.clip = clip

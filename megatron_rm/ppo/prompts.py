@@ -26,7 +26,9 @@ class PromptSet:
     path: str
     ids: list[list[int]]
     fields: list[dict]
-    """Each kept row as read (evaluation samples carry every input field)."""
+    """Each kept row as read (evaluation samples carry every input field; reward functions read them)."""
+    locations: list[str]
+    """Each kept row's `file:line`."""
     problems: ProblemLog
     truncated: int = 0
 
@@ -52,8 +54,8 @@ def load_prompts(path: str | Path, tokenizer, *, room: int, prompt_policy: str, 
     if not kept:
         raise DataError(f"{path}: no valid prompt among {len(rows)} row(s)"
                         + (f" ({problems.by_reason()})" if problems.total else ""))
-    return PromptSet(str(path), [row.sequences[0] for row in kept], [row.fields for row in kept], problems,
-                     truncated=sum(row.truncated for row in kept))
+    return PromptSet(str(path), [row.sequences[0] for row in kept], [row.fields for row in kept],
+                     [row.location for row in kept], problems, truncated=sum(row.truncated for row in kept))
 
 
 class PromptSampler:

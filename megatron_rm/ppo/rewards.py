@@ -1,4 +1,5 @@
-"""Where a PPO run's rewards come from: a reward model inside the job, or a reward server.
+"""A reward model's scores for a run: a reward model inside the job, or a reward server
+(`reward_sources` adds reward functions and mixes them).
 
 Either way a response's reward is the reward model's reading of its text, prompt + response
 without the stop token, tokenized and ended as the model reads any text (`data.ending`): the job
@@ -20,7 +21,7 @@ import torch.distributed as dist
 from megatron_rm import runtime
 from megatron_rm.data import Batch, document_batch, pad_id
 from megatron_rm.data.ending import Ending
-from megatron_rm.errors import ConfigError, RewardServerError
+from megatron_rm.errors import ConfigError, DataError, RewardServerError
 from megatron_rm.loading.reward import ScoringModel
 from megatron_rm.ppo.forwards import model_scores
 from megatron_rm.ppo.remote_reward import RemoteReward
@@ -84,27 +85,33 @@ class ServerRewards:
         return rewards, rewards
 
 
+def agree(call, errors: tuple[type[Exception], ...] = (RewardServerError, DataError)):
+    """`call()`'s answer on every rank, or its error (one of `errors`) raised on every rank. Each
+    data-parallel replica computes its own rewards, so one replica's can fail while another's
+    succeed; the ranks agree first (one all-reduce), so no rank goes on into the step's
+    collectives while another stops. The error is the first failing rank's, of the same type."""
+    answer, failure = None, None
+    try:
+        answer = call()
+    except errors as error:
+        failure = error
+    world = dist.get_world_size()
+    first = torch.tensor([world if failure is None else dist.get_rank()], device=runtime.device())
+    dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    if int(first.item()) == world:
+        return answer
+    message = [None if failure is None else
+               (next(i for i, kind in enumerate(errors) if isinstance(failure, kind)), str(failure))]
+    dist.broadcast_object_list(message, src=int(first.item()))
+    kind, text = message[0]
+    raise errors[kind](text)
+
+
 class ReplicasAgree:
-    """A reward server's answer on every rank, or its error on every rank. Each data-parallel
-    replica asks the server for its own responses (`ServerRewards` shares the answer or the error
-    within the replica), so one replica's request can fail while another's succeeds; the ranks
-    agree first (one all-reduce), so no rank goes on into the step's collectives while another
-    stops. The error is the first failing rank's."""
+    """A reward server's answer on every rank, or its error on every rank (`agree`)."""
 
     def __init__(self, rewards: ServerRewards):
         self.rewards = rewards
 
     def __call__(self, batches: list[Batch], texts) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        answer, failure = None, None
-        try:
-            answer = self.rewards(batches, texts)
-        except RewardServerError as error:
-            failure = str(error)
-        world = dist.get_world_size()
-        first = torch.tensor([world if failure is None else dist.get_rank()], device=runtime.device())
-        dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        if int(first.item()) == world:
-            return answer
-        message = [failure]
-        dist.broadcast_object_list(message, src=int(first.item()))
-        raise RewardServerError(message[0])
+        return agree(lambda: self.rewards(batches, texts))

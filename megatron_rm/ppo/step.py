@@ -21,17 +21,19 @@ import torch.distributed as dist
 from megatron_rm import runtime
 from megatron_rm.core.optim import SkipGuard, train_step
 from megatron_rm.data import Batch, pad_id
-from megatron_rm.generation.generator import Completion, Generator, generate_batched
+from megatron_rm.generation.generator import Completion, Generator, generate_batched, response_text
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.config import PPOConfig
+from megatron_rm.ppo.estimators import AdvantageSettings
 from megatron_rm.ppo.experience import Shaping, documents, experience
 from megatron_rm.ppo.forwards import RolloutModels, rollout_forwards
 from megatron_rm.ppo.kl import FixedKLController
 from megatron_rm.ppo.losses import PolicyLossSettings
 from megatron_rm.ppo.models import PPOModels, in_eval_mode
 from megatron_rm.ppo.objectives import ActorObjective, CriticObjective, Rollouts
-from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
+from megatron_rm.ppo.prompts import PromptSet
+from megatron_rm.ppo.reward_sources import ResponseRows, Rewards, RewardSources, response_rows
 from megatron_rm.runtime.parallel import Layout
 from megatron_rm.runtime.sums import all_reduce_sums, moments
 
@@ -43,7 +45,7 @@ class Context:
     cfg: PPOConfig
     models: PPOModels
     generator: Generator
-    rewards: ModelRewards | ServerRewards
+    rewards: RewardSources
     controller: FixedKLController
     guards: dict[str, SkipGuard] = field(default_factory=dict)
 
@@ -54,9 +56,6 @@ class Context:
     @property
     def vocab_size(self) -> int:
         return self.models.vocab_size
-
-    def texts(self, prompts: list[list[int]], completions: list[Completion]) -> list[str]:
-        return rollout_texts(self.models.tokenizer, prompts, completions)
 
 
 def rollout_texts(tokenizer, prompts: list[list[int]], completions: list[Completion]) -> list[str]:
@@ -89,28 +88,45 @@ def micro_batches(ctx: Context, prompts: list[list[int]], completions: list[Comp
     return batches, ended, rows
 
 
-def score_responses(ctx: Context, prompts: list[list[int]], completions: list[Completion], batches: list[Batch],
-                    rows: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(raw, normalised) rewards of each micro-batch's responses."""
-    return ctx.rewards(batches, lambda: [ctx.texts([prompts[i] for i in chosen], [completions[i] for i in chosen])
-                                         for chosen in rows])
+def score_responses(ctx: Context, prompt_set: PromptSet, which: list[int], completions: list[Completion],
+                    batches: list[Batch], rows: list[list[int]]) -> Rewards:
+    """The rewards of each micro-batch's responses: response i answers prompt `which[i]` of
+    `prompt_set`, and micro-batch k holds responses `rows[k]`."""
+    prompts = [prompt_set.ids[p] for p in which]
+    tokenizer = ctx.models.tokenizer
+
+    def texts() -> list[list[str]]:
+        return [rollout_texts(tokenizer, [prompts[i] for i in chosen], [completions[i] for i in chosen])
+                for chosen in rows]
+
+    def function_rows() -> ResponseRows:
+        order = [i for chosen in rows for i in chosen]
+        return response_rows([prompt_set.fields[which[i]] for i in order],
+                             [prompt_set.locations[which[i]] for i in order],
+                             [response_text(tokenizer, completions[i]) for i in order])
+
+    return ctx.rewards(batches, texts, function_rows)
 
 
-def run_step(ctx: Context, step: int, prompt_ids: list[list[int]]) -> dict:
-    """PPO step `step` (1-based) on the step's prompts (all replicas'); the step's metrics, the same
-    on every rank. The KL controller is updated at the end (not during critic warm-up)."""
+def run_step(ctx: Context, step: int, prompt_set: PromptSet, indices: list[int]) -> dict:
+    """Step `step` (1-based) on prompts `indices` of `prompt_set` (all replicas'); the step's
+    metrics, the same on every rank. The KL controller is updated at the end (not during critic
+    warm-up)."""
     cfg, layout, models = ctx.cfg, ctx.layout, ctx.models
     samples = cfg.rollout.samples_per_prompt
     first_number = (step - 1) * cfg.responses_per_step()
-    numbered = [(ids, first_number + j * samples + k) for j, ids in enumerate(prompt_ids) for k in range(samples)]
-    mine = replica_share(numbered, layout)
-    prompts = [ids for ids, _ in mine]
-    actor_chunks, critic_chunks = [models.actor.ddp], [models.critic.ddp]
+    # (prompt, its group: the prompt's position in the step, the response's number in the run)
+    numbered = [(index, j, first_number + j * samples + k) for j, index in enumerate(indices) for k in range(samples)]
+    mine = replica_share(numbered, layout)  # whole groups: samples of a prompt are contiguous
+    which = [index for index, _, _ in mine]
+    prompts = [prompt_set.ids[index] for index in which]
+    actor_chunks = [models.actor.ddp]
+    critic_chunks = [models.critic.ddp] if models.critic is not None else None
 
     began = time.perf_counter()
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
     with in_eval_mode(actor_chunks):
-        completions = generate_batched(ctx.generator, prompts, [number for _, number in mine], params,
+        completions = generate_batched(ctx.generator, prompts, [number for _, _, number in mine], params,
                                        cfg.train.seed, cfg.rollout.batch_size)
     generation_s = time.perf_counter() - began
 
@@ -118,36 +134,47 @@ def run_step(ctx: Context, step: int, prompt_ids: list[list[int]]) -> dict:
     shuffle = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
     order = torch.randperm(len(mine), generator=shuffle).tolist()
     batches, ended, rows = micro_batches(ctx, prompts, completions, order)
-    raw, normalised = score_responses(ctx, prompts, completions, batches, rows)
+    groups = [torch.tensor([mine[i][1] for i in chosen]) for chosen in rows]
+    rewards = score_responses(ctx, prompt_set, which, completions, batches, rows)
     rollout_models = RolloutModels(actor_chunks, critic_chunks, models.reference, layout, ctx.vocab_size,
                                    cfg.rollout.temperature)
-    shaping = Shaping(clip=cfg.reward.clip, no_eos=cfg.rollout.no_eos, no_eos_penalty=cfg.rollout.no_eos_penalty)
-    with in_eval_mode(actor_chunks + critic_chunks):
-        parts = rollout_forwards(rollout_models, batches, ended, normalised, shaping)
+    shaping = Shaping(clip=cfg.reward.clip, no_eos=cfg.rollout.no_eos, no_eos_penalty=cfg.rollout.no_eos_penalty,
+                      max_new_tokens=cfg.rollout.max_new_tokens, overlong_buffer=cfg.reward.overlong_buffer,
+                      overlong_penalty=cfg.reward.overlong_penalty)
+    with in_eval_mode(actor_chunks + (critic_chunks or [])):
+        parts = rollout_forwards(rollout_models, batches, ended, rewards.combined, shaping, groups)
     kl_coef = ctx.controller.value
-    result = experience(parts, kl_coef=kl_coef, estimator=cfg.kl.estimator, gamma=cfg.ppo.gamma, lam=cfg.ppo.lam,
+    result = experience(parts, advantage_settings(cfg, kl_coef), advantage=cfg.algorithm.advantage,
+                        kl_estimator=cfg.kl.estimator, kl_in_loss=cfg.kl.placement == "loss",
                         dp_group=layout.groups.dp)
     scoring_s = time.perf_counter() - began
 
     began = time.perf_counter()
     train_actor = step > cfg.critic.warmup_steps
-    updates = update(ctx, result.rollouts, step, train_actor)
+    updates = update(ctx, result.rollouts, step, train_actor, kl_coef)
     update_s = time.perf_counter() - began
 
-    kl = _moments(result.kl, layout)
-    if train_actor:
+    kl = _moments(result.kl, layout) if result.kl is not None else {"mean": math.nan}
+    if train_actor and cfg.kl.placement == "reward":
         ctx.controller.update(kl["mean"], n_steps=cfg.responses_per_step())
     lengths = torch.tensor([float(len(c.token_ids)) for c in completions], device=runtime.device())
     tokens = torch.tensor([float(lengths.sum()), float(sum(b.tokens for b in batches))], dtype=torch.float64,
                           device=runtime.device())
     new_tokens, document_tokens = all_reduce_sums(tokens, layout.groups.dp).tolist()
     length = _moments(lengths, layout)
-    raw_moments, reward_moments = _moments(torch.cat(raw), layout), _moments(torch.cat(normalised), layout)
+    raw_moments, reward_moments = _moments(_scored(rewards.raw), layout), _moments(_scored(rewards.combined), layout)
+    sources = {}
+    if len(rewards.sources) > 1 or ctx.rewards.functions:
+        sources = {f"reward_{name}": _moments(_scored(values), layout)["mean"]
+                   for name, values in rewards.sources.items()}
+    unscored = _moments(torch.isnan(torch.cat(rewards.combined)).double(), layout)
     return _finite({
         "reward_raw_mean": raw_moments["mean"], "reward_raw_std": raw_moments["std"],
-        "reward_mean": reward_moments["mean"], "reward_std": reward_moments["std"],
-        "kl": kl["mean"], "kl_coef": kl_coef, "kl_coef_next": ctx.controller.value,
-        **updates, "explained_variance": _explained_variance(result.rollouts, layout),
+        "reward_mean": reward_moments["mean"], "reward_std": reward_moments["std"], **sources,
+        **({"unscored_fraction": unscored["mean"]} if ctx.rewards.functions else {}),
+        "kl": kl["mean"], "kl_coef": kl_coef if cfg.kl.placement != "none" else None,
+        "kl_coef_next": ctx.controller.value if cfg.kl.placement != "none" else None,
+        **updates, **({"explained_variance": _explained_variance(result.rollouts, layout)} if critic_chunks else {}),
         "response_length_mean": length["mean"], "response_length_max": length["max"],
         "eos_fraction": _moments(torch.cat(ended).float().to(runtime.device()), layout)["mean"],
         "responses": int(length["count"]), "actor_trained": train_actor,
@@ -159,15 +186,27 @@ def run_step(ctx: Context, step: int, prompt_ids: list[list[int]]) -> dict:
     })
 
 
-def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool) -> dict:
-    """`ppo.epochs` passes of mini-batches over the step's micro-batches: the critic, then (after
-    its warm-up) the actor, one optimizer step each per mini-batch. Token means of the losses and
-    statistics over every update, and the first mini-batch's actor statistics."""
+def advantage_settings(cfg: PPOConfig, kl_coef: float) -> AdvantageSettings:
+    return AdvantageSettings(kl_coef=kl_coef if cfg.kl.placement == "reward" else 0.0, gamma=cfg.ppo.gamma,
+                             lam=cfg.ppo.lam, group_scale=cfg.algorithm.group_scale, std_eps=cfg.algorithm.std_eps)
+
+
+def policy_settings(cfg: PPOConfig, kl_coef: float) -> PolicyLossSettings:
+    p = cfg.ppo
+    return PolicyLossSettings(kind=p.policy_loss, clip=p.clip, clip_high=p.clip_high, dual_clip=p.dual_clip,
+                              entropy_coef=p.entropy_coef, aggregation=p.loss_agg,
+                              norm=p.loss_norm_tokens or cfg.rollout.max_new_tokens,
+                              kl_coef=kl_coef if cfg.kl.placement == "loss" else 0.0, kl_estimator=cfg.kl.estimator)
+
+
+def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool, kl_coef: float = 0.0) -> dict:
+    """`ppo.epochs` passes of mini-batches over the step's micro-batches: the critic (when the
+    estimator has one), then (after its warm-up) the actor, one optimizer step each per
+    mini-batch. The losses and token means of the statistics over every update, and the first
+    mini-batch's actor statistics."""
     cfg, layout, models = ctx.cfg, ctx.layout, ctx.models
     per_update = cfg.mini_batch_size() // layout.dp // cfg.micro_batch_size(layout.dp)
-    actor = ActorObjective(ctx.vocab_size, cfg.rollout.temperature,
-                           PolicyLossSettings(clip=cfg.ppo.clip, clip_high=cfg.ppo.clip_high,
-                                              dual_clip=cfg.ppo.dual_clip, entropy_coef=cfg.ppo.entropy_coef))
+    actor = ActorObjective(ctx.vocab_size, cfg.rollout.temperature, policy_settings(cfg, kl_coef))
     critic = CriticObjective(cfg.ppo.value_clip)
     sums = {"actor": None, "critic": None}
     norms = {"actor": [], "critic": []}
@@ -179,7 +218,9 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool)
             order = torch.randperm(len(rollouts), generator=shuffle).tolist()
         for start in range(0, len(order), per_update):
             chosen = [rollouts[i] for i in order[start:start + per_update]]
-            jobs = [("critic", models.critic, critic, cfg.critic.optim.clip_grad)]
+            jobs = []
+            if models.critic is not None:
+                jobs.append(("critic", models.critic, critic, cfg.critic.optim.clip_grad))
             if train_actor:
                 jobs.append(("actor", models.actor, actor, cfg.actor.optim.clip_grad))
             for name, model, objective, clip in jobs:
@@ -189,18 +230,27 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool)
                 norms[name].append(result.grad_norm)
                 if name == "actor" and first is None:
                     first = actor.summarize(result.sums)
-    metrics = {"critic_lr": models.critic.optimizer.param_groups[0]["lr"],
-               "actor_lr": models.actor.optimizer.param_groups[0]["lr"]}
-    value = critic.summarize(sums["critic"])
-    metrics.update(value_loss=value["loss"], value_clip_fraction=value["clipped"],
-                   critic_grad_norm=sum(norms["critic"]) / len(norms["critic"]))
+    metrics = {"actor_lr": models.actor.optimizer.param_groups[0]["lr"]}
+    if models.critic is not None:
+        value = critic.summarize(sums["critic"])
+        metrics.update(critic_lr=models.critic.optimizer.param_groups[0]["lr"], value_loss=value["loss"],
+                       value_clip_fraction=value["clipped"],
+                       critic_grad_norm=sum(norms["critic"]) / len(norms["critic"]))
     if sums["actor"] is not None:
         policy = actor.summarize(sums["actor"])
         metrics.update(policy_loss=policy["loss"], clip_fraction=policy["clipped"], approx_kl=policy["approx_kl"],
                        entropy=policy.get("entropy"), policy_tokens=policy["tokens"],
                        actor_grad_norm=sum(norms["actor"]) / len(norms["actor"]),
                        first_clip_fraction=first["clipped"], first_approx_kl=first["approx_kl"])
+        if "kl_loss" in policy:
+            metrics["kl_loss"] = policy["kl_loss"]
     return metrics
+
+
+def _scored(per_batch: list[torch.Tensor]) -> torch.Tensor:
+    """The responses that have a reward (a reward function's None is NaN)."""
+    values = torch.cat(per_batch)
+    return values[~torch.isnan(values)]
 
 
 def _finite(metrics: dict) -> dict:

@@ -24,7 +24,7 @@ from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import LATEST
 from megatron_rm.core.optim import SkipGuard
 from megatron_rm.data.sources import iter_raw_rows
-from megatron_rm.errors import RewardServerError
+from megatron_rm.errors import DataError, RewardServerError
 from megatron_rm.generation.generator import Generator
 from megatron_rm.generation.prompts import end_token_ids
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
@@ -33,8 +33,10 @@ from megatron_rm.ppo.kl import KL_UNITS, FixedKLController, kl_controller
 from megatron_rm.ppo.models import PPOModels, build_models, find_sources
 from megatron_rm.ppo.prompts import PromptSampler, PromptSet, load_prompts
 from megatron_rm.ppo.remote_reward import RemoteReward
+from megatron_rm.ppo.reward_sources import RewardSources
 from megatron_rm.ppo.rewards import ModelRewards, ReplicasAgree, ServerRewards
 from megatron_rm.ppo.step import Context, run_step
+from megatron_rm.reward_functions.function import RewardFunction
 from megatron_rm.training.lifecycle import RunLifecycle
 from megatron_rm.training.resume import restore, start_source
 
@@ -46,17 +48,12 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     for path in (cfg.data.prompts_path, cfg.data.eval_prompts_path):  # before the models take a minute to build
         if path:
             iter_raw_rows(path)  # checks the path and its format, reads nothing
+    functions = [RewardFunction.load(spec) for spec in cfg.reward.functions]
     sources = find_sources(cfg, world_size, cuda=runtime.cuda_available(), te_available=runtime.te_available())
     resume_from = start_source(CheckpointConfig(load=cfg.checkpoint.load), cfg.run.dir)
-    life = RunLifecycle(cfg.run.dir, cfg)
-    say = life.say
 
     t = cfg.train
-    updates_per_step = cfg.ppo.epochs * (cfg.responses_per_step() // cfg.mini_batch_size())
-    models = build_models(cfg, sources, actor_steps=max(t.max_steps - cfg.critic.warmup_steps, 0) * updates_per_step,
-                          critic_steps=t.max_steps * updates_per_step)
-    layout, tokenizer = models.layout, models.tokenizer
-    actor_config = models.actor.state.config
+    tokenizer, actor_config = sources.actor.tokenizer, sources.actor.config
     prompt_args = dict(room=actor_config.max_sequence_length - cfg.rollout.max_new_tokens,
                        prompt_policy=cfg.data.prompt_policy, on_invalid=cfg.data.on_invalid,
                        max_new_tokens=cfg.rollout.max_new_tokens,
@@ -64,6 +61,18 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
     train_prompts = load_prompts(cfg.data.prompts_path, tokenizer, **prompt_args)
     eval_prompts = (load_prompts(cfg.data.eval_prompts_path, tokenizer, limit=cfg.eval.max_prompts, **prompt_args)
                     if cfg.data.eval_prompts_path else None)
+    for prompts in filter(None, (train_prompts, eval_prompts)):
+        for function in functions:  # before the models take a minute to build
+            problem = function.column_problem(prompts.fields, prompts.locations)
+            if problem:
+                raise DataError(problem)
+
+    life = RunLifecycle(cfg.run.dir, cfg)
+    say = life.say
+    updates_per_step = cfg.ppo.epochs * (cfg.responses_per_step() // cfg.mini_batch_size())
+    models = build_models(cfg, sources, actor_steps=max(t.max_steps - cfg.critic.warmup_steps, 0) * updates_per_step,
+                          critic_steps=t.max_steps * updates_per_step)
+    layout = models.layout
     sampler = PromptSampler(len(train_prompts), t.prompts_per_step, t.seed)
     controller = kl_controller(cfg.kl.type, cfg.kl.init_coef, cfg.kl.target, cfg.kl.horizon)
     guards = {"actor": SkipGuard(t.max_skipped), "critic": SkipGuard(t.max_skipped)}
@@ -71,13 +80,15 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                "critic_skips": guards["critic"]}
     start = restore(resume_from, models.states(), objects, layout, say, resume=True,
                     load_optimizer=cfg.checkpoint.load_optimizer)
-    ctx = build_context(cfg, models, controller, guards, end_token_ids(tokenizer, cfg.actor.init))
+    ctx = build_context(cfg, models, functions, controller, guards, end_token_ids(tokenizer, cfg.actor.init))
 
     life.begin()
     say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type}; "
         f"{_prompt_line('prompts', train_prompts)}"
         + (f"; {_prompt_line('eval prompts', eval_prompts)}" if eval_prompts else "")
-        + f"; {cfg.responses_per_step()} responses per step; KL {cfg.kl.type} ({cfg.kl.estimator}, {KL_UNITS})")
+        + f"; {cfg.responses_per_step()} responses per step; advantage {cfg.algorithm.advantage}; "
+        + (f"KL in the {cfg.kl.placement} ({cfg.kl.type}, {cfg.kl.estimator}, {KL_UNITS})"
+           if cfg.kl.placement != "none" else "no KL"))
     log = life.metrics_log(cfg.logging, since=start)
 
     checkpoints_dir = life.checkpoints
@@ -106,7 +117,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
 
     def step(n: int) -> None:
         nonlocal completed
-        metrics = run_step(ctx, n, [train_prompts.ids[i] for i in sampler.prompts(n - 1)])
+        metrics = run_step(ctx, n, train_prompts, sampler.prompts(n - 1))
         completed = n
         if n % t.log_interval == 0 or n == t.max_steps:
             log.write(n, "train", metrics, total_steps=t.max_steps, kl_units=KL_UNITS,
@@ -138,17 +149,20 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         log.close()
 
 
-def build_context(cfg: PPOConfig, models: PPOModels, controller: FixedKLController, guards: dict[str, SkipGuard],
-                  eos_token_ids: tuple[int, ...]) -> Context:
+def build_context(cfg: PPOConfig, models: PPOModels, functions: list[RewardFunction], controller: FixedKLController,
+                  guards: dict[str, SkipGuard], eos_token_ids: tuple[int, ...]) -> Context:
     """What every step uses: the models, the actor's generator (ending responses at
-    `eos_token_ids`), the reward (the job's reward model or the server), the KL controller."""
+    `eos_token_ids`), the reward (`functions` and the job's reward model or the server), the KL
+    controller."""
+    model = None
     if models.reward is not None:
-        rewards = ModelRewards(models.reward, cfg.reward.normalize)
-    else:
-        rewards = ReplicasAgree(ServerRewards(RemoteReward(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
-                                                           retries=cfg.reward.retries, backoff_s=cfg.reward.backoff_s,
-                                                           batch_size=cfg.reward.batch_size),
-                                              models.layout))
+        model = ModelRewards(models.reward, cfg.reward.normalize)
+    elif cfg.reward.url:
+        model = ReplicasAgree(ServerRewards(RemoteReward(cfg.reward.url, timeout_s=cfg.reward.timeout_s,
+                                                         retries=cfg.reward.retries, backoff_s=cfg.reward.backoff_s,
+                                                         batch_size=cfg.reward.batch_size),
+                                            models.layout))
+    rewards = RewardSources(model, functions, cfg.reward.weights, cfg.reward.combine, models.layout)
     config = models.actor.state.config
     generator = Generator([models.actor.ddp], models.layout, vocab_size=models.vocab_size,
                           max_sequence_length=config.max_sequence_length, eos_token_ids=eos_token_ids)

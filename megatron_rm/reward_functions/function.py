@@ -12,15 +12,19 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
 from megatron_rm.errors import ConfigError, DataError
-from megatron_rm.reward_functions.builtin import BUILTINS
+from megatron_rm.reward_functions.builtin import BUILTINS, REFERENCE_COLUMNS
+
+# What TRL passes besides the prompt rows' columns; a function may name them without a column.
+_CALL_ARGUMENTS = ("prompts", "completions", "completion_ids")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,29 @@ class RewardFunction:
             raise ConfigError(f"{key}: {where} has no function {name!r}"
                               + ("" if fn is None else f" ({name} is a {type(fn).__name__})"))
         return cls(spec, fn)
+
+    def column_problem(self, rows: Sequence[Mapping], locations: Sequence[str]) -> str | None:
+        """Why the prompt rows cannot feed this function, naming the first row (`file:line`)
+        without a column it needs, or None. A built-in needs a reference answer column in some
+        row (a row without one gets no reward); a function of its own needs every parameter it
+        names without a default in every row."""
+        if self.name in BUILTINS:
+            if any(column in row for row in rows for column in REFERENCE_COLUMNS):
+                return None
+            return (f"{locations[0]}: reward function {self.name} needs a reference answer, and no prompt row has "
+                    f"any of the columns {', '.join(REFERENCE_COLUMNS)}")
+        try:
+            parameters = inspect.signature(self.fn).parameters.values()
+        except (TypeError, ValueError):  # a callable without a signature Python can read
+            return None
+        needed = [p.name for p in parameters if p.default is p.empty and p.name not in _CALL_ARGUMENTS
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for row, location in zip(rows, locations):
+            missing = [name for name in needed if name not in row]
+            if missing:
+                return (f"{location}: the prompt row has no {', '.join(missing)} column, which reward function "
+                        f"{self.name} needs")
+        return None
 
     def __call__(self, prompts: Sequence, completions: Sequence[str], columns: dict[str, list],
                  locations: Sequence[str]) -> list[float | None]:

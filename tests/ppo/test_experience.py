@@ -8,6 +8,7 @@ import torch
 
 from megatron_rm.generation.generator import EOS, LENGTH, Completion
 from megatron_rm.objectives.sft import next_token_targets
+from megatron_rm.ppo.estimators import AdvantageSettings
 from megatron_rm.ppo.experience import Scored, Shaping, documents, experience, shaped_scores
 
 PROMPTS = [[5, 6, 7], [8, 9]]
@@ -37,8 +38,8 @@ def test_returns_carry_the_score_and_the_kl_penalty_and_advantages_are_whitened(
     old[actions] = torch.tensor([-0.5, -1.0, -0.2, -1.0, -1.0, -1.0, -1.0])
     ref = old - 0.1  # k1 = 0.1 nats on every action token
     scores, learn = shaped_scores(torch.tensor([2.0, 1.0]), ended, Shaping())
-    result = experience([Scored(batch, old, ref, torch.zeros(2, 6), scores, learn)], kl_coef=0.5, estimator="k1",
-                        gamma=1.0, lam=1.0)
+    result = experience([Scored(batch, old, ref, torch.zeros(2, 6), scores, learn)],
+                        AdvantageSettings(kl_coef=0.5, lam=1.0))
     (rollouts,) = result.rollouts
     # Row 0: -0.05 on each of its 3 actions, +2 on the last: returns to go 1.85, 1.9, 1.95 (values 0).
     assert rollouts.returns[0, 2:5].tolist() == pytest.approx([1.85, 1.9, 1.95])
@@ -57,7 +58,7 @@ def test_micro_batches_are_whitened_together():
     old, values = -torch.rand(2, 6, generator=generator), torch.randn(2, 6, generator=generator)
     ref = old - 0.2 * torch.rand(2, 6, generator=generator)
     scores, learn = torch.tensor([1.0, -0.5]), torch.tensor([True, True])
-    settings = {"kl_coef": 0.1, "estimator": "k3", "gamma": 1.0, "lam": 0.95}
+    settings = {"settings": AdvantageSettings(kl_coef=0.1, lam=0.95), "kl_estimator": "k3"}
     together = experience([Scored(batch, old, ref, values, scores, learn)], **settings)
     parts = []
     for row in (0, 1):

@@ -1,10 +1,14 @@
-"""The clipped surrogate and the clipped value loss against plain per-token references."""
+"""The clipped surrogate, REINFORCE, the KL term, the loss aggregations and the clipped value
+loss against plain per-token references."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
+from megatron_rm.ppo.kl import kl_loss
 from megatron_rm.ppo.losses import PolicyLossSettings, policy_loss, value_loss
 
 MASK = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]])
@@ -59,7 +63,7 @@ def test_clip_higher_lets_a_positive_advantage_raise_the_ratio_further():
         for settings, bound in ((PolicyLossSettings(clip=0.2), symmetric),
                                 (PolicyLossSettings(clip=0.2, clip_high=0.28), higher)):
             loss = policy_loss(new, old, a, mask, settings)[0]
-            assert float(loss) == pytest.approx(-advantage * bound, rel=1e-6), (ratio, settings)
+            assert float(loss.detach()) == pytest.approx(-advantage * bound, rel=1e-6), (ratio, settings)
 
 
 def test_dual_clip_caps_the_loss_of_a_negative_advantage():
@@ -96,3 +100,51 @@ def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
     unclipped = value_loss(values, old_values, returns, MASK, clip=None)[0]
     assert float(unclipped) == 0.5 * float(((values - returns) ** 2 * MASK).sum())
     assert float(stats["clipped"]) > 0
+
+
+def test_a_kl_term_in_the_loss_is_verls_low_var_kl_with_its_clamps():
+    """k3 = exp(-d) + d - 1 with d clamped to [-20, 20] and the estimate to at most 10
+    (verl kl_penalty_forward("low_var_kl"), NeMo-RL)."""
+    d = torch.tensor([[-30.0, -3.0, -0.5, 0.0, 0.5, 3.0, 30.0]])
+    ref = torch.zeros_like(d)
+    expected = [min(math.exp(-x) + x - 1, 10.0) for x in d.clamp(-20, 20)[0].tolist()]
+    assert kl_loss(d, ref, "k3")[0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert kl_loss(d, ref, "k2").tolist() == (0.5 * d.square()).tolist()
+    # k2's gradient in log pi is d, the unbiased gradient of KL(pi || pi_ref).
+    logprobs = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    kl_loss(logprobs, torch.tensor([[-1.5, -1.0]]), "k2").sum().backward()
+    assert logprobs.grad.tolist() == [[0.5, -1.0]]
+
+
+def test_the_kl_term_enters_each_tokens_loss_and_is_reported():
+    old = torch.full((1, 4), -1.0)
+    ref = old - 0.3
+    mask = torch.tensor([[True, True, True, False]])
+    settings = PolicyLossSettings(kl_coef=0.1, kl_estimator="k1")
+    loss, count, stats = policy_loss(old.clone(), old, torch.zeros(1, 4), mask, settings, ref_logprobs=ref)
+    assert float(loss) == pytest.approx(0.1 * 0.3 * 3) and int(count) == 3
+    assert float(stats["kl_loss"]) == pytest.approx(0.9) and float(stats["tokens"]) == 3
+
+
+def test_reinforce_is_minus_advantage_times_log_probability():
+    logprobs = torch.tensor([[-0.5, -2.0]], requires_grad=True)
+    advantages = torch.tensor([[1.0, -2.0]])
+    loss, count, stats = policy_loss(logprobs, logprobs.detach() - 1.0, advantages, torch.ones(1, 2, dtype=torch.bool),
+                                     PolicyLossSettings(kind="reinforce"))
+    assert float(loss.detach()) == pytest.approx(0.5 - 4.0)
+    loss.backward()
+    assert logprobs.grad.tolist() == [[-1.0, 2.0]]  # no ratio, no clip
+    assert float(stats["clipped"]) == 0
+
+
+def test_the_policy_loss_aggregates_as_the_setting_says():
+    old = torch.zeros(2, 6)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, :5], mask[1, 0] = True, True
+    advantages = torch.where(mask, -2.0, 0.0)
+    advantages[1, 0] = -10.0  # per-token losses: five of 2 and one of 10 (verl #593)
+    for mode, norm, expected in (("token_mean", None, 10 / 3), ("seq_mean_token_mean", None, 6.0),
+                                 ("seq_mean_token_sum_norm", 10, 1.0)):
+        numerator, denominator, stats = policy_loss(old.clone(), old, advantages, mask,
+                                                    PolicyLossSettings(aggregation=mode, norm=norm))
+        assert float(numerator / denominator) == pytest.approx(expected) and float(stats["tokens"]) == 6

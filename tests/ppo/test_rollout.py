@@ -13,6 +13,7 @@ from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.model import build_policy_model, build_reward_model
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.objectives.sft import next_token_targets
+from megatron_rm.ppo.estimators import AdvantageSettings
 from megatron_rm.ppo.experience import Shaping, documents, experience
 from megatron_rm.ppo.forwards import RolloutModels, model_scores, rollout_forwards
 from megatron_rm.ppo.objectives import ActorObjective
@@ -55,7 +56,7 @@ def test_rollout_forwards_and_the_first_update(single_rank):
         torch.testing.assert_close(part.scores, torch.where(ended, raw, torch.full_like(raw, -1.0)))
         assert torch.equal(unshaped.learn_policy, ended)
 
-    result = experience(parts, kl_coef=0.1, estimator="k1", gamma=1.0, lam=0.95)
+    result = experience(parts, AdvantageSettings(kl_coef=0.1, lam=0.95))
     assert result.kl.abs().max() == 0
     objective = ActorObjective(VOCAB, TEMPERATURE)
     actor.train()

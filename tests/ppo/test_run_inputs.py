@@ -30,11 +30,16 @@ def _config(**changes) -> PPOConfig:
     return cfg
 
 
+def test_the_critic_free_estimators_need_no_critic_and_no_reward_model():
+    validate_ppo(_config(algorithm__advantage="grpo", reward__model=None, reward__functions=["gsm8k"]), world_size=1,
+                 cuda=False)
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"kl__target": 0.0}, "kl.target=0.0 must be > 0"),
     ({"kl__horizon": -5}, "kl.horizon=-5 must be > 0"),
     ({"kl__estimator": "k4"}, "kl.estimator='k4' must be one of k1, abs, k2, k3"),
-    ({"reward__url": "http://127.0.0.1:1"}, "set exactly one of reward.model"),
+    ({"reward__url": "http://127.0.0.1:1"}, "set at most one of reward.model"),
     ({"actor__init": None}, "actor.init must name the starting policy"),
     ({"rollout__temperature": 0.0}, "rollout.temperature=0.0 must be > 0"),
     ({"ppo__mini_batch_size": 24}, "ppo.mini_batch_size=24 does not divide the step's 64 responses"),
@@ -46,6 +51,24 @@ def _config(**changes) -> PPOConfig:
     ({"rollout__no_eos_penalty": float("nan")}, "rollout.no_eos_penalty=nan must be a finite number"),
     ({"rollout__temperature": float("inf")}, "rollout.temperature=inf must be a finite number"),
     ({"ppo__gamma": float("nan")}, "ppo.gamma=nan must be a finite number"),
+    ({"algorithm__advantage": "ppo"},
+     "algorithm.advantage='ppo' must be one of gae, grpo, rloo, reinforce_pp, reinforce_pp_baseline"),
+    ({"algorithm__advantage": "grpo", "rollout__samples_per_prompt": 1},
+     "algorithm.advantage=grpo compares the responses to one prompt: rollout.samples_per_prompt=1 must be >= 2"),
+    ({"reward__model": None, "reward__url": "http://127.0.0.1:1"},
+     "algorithm.advantage=gae needs a critic: set critic.init"),
+    ({"algorithm__advantage": "rloo", "critic__init": "critic"},
+     "critic.init is set but algorithm.advantage=rloo uses no critic"),
+    ({"kl__placement": "loss"}, "kl.placement=loss needs kl.type=fixed"),
+    ({"kl__placement": "loss", "kl__type": "fixed", "kl__estimator": "abs"},
+     "kl.estimator='abs' must be one of k1, k2, k3"),
+    ({"reward__functions": ["gsm8k"], "reward__weights": [1.0]}, "reward.weights has 1 values for 2 reward sources"),
+    ({"reward__model": None}, "no reward: set reward.model, reward.url or reward.functions"),
+    ({"reward__functions": ["gsm8k"], "reward__weights": [1.0, float("nan")]},
+     "reward.weights[1]=nan must be a finite number"),
+    ({"reward__overlong_buffer": 100}, "reward.overlong_buffer=100 exceeds rollout.max_new_tokens=64"),
+    ({"ppo__loss_agg": "sum"}, "ppo.loss_agg='sum' must be one of token_mean"),
+    ({"reward__combine": "max"}, "reward.combine='max' must be one of sum, normalize_then_sum"),
 ])
 def test_bad_configuration_is_named(changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

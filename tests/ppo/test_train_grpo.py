@@ -1,0 +1,108 @@
+"""tools/train_grpo.py as real torchrun jobs over gloo: GRPO with a reward function mixed with a
+reward model, the KL in the loss and no critic (none in the checkpoint); the first update of
+every step has ratio exactly 1; a run killed with -9 resumes onto the uninterrupted run's exact
+metrics; one update agrees at TP2, PP2, DP2 and TP2xPP2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import DEMO, REPO, TORCHRUN, child_env, torchrun
+from tests.ppo.checkpoints import save_run_inputs
+from tests.ppo.test_train_ppo import TIMING, _latest, _rows
+from tests.training.test_resume import _kill_9, _wait_for
+
+pytestmark = pytest.mark.slow  # real torchrun jobs
+
+TOOL = str(REPO / "tools" / "train_grpo.py")
+STEPS = 4
+RULE = f"{REPO / 'examples' / 'grpo' / 'rewards.py'}:right_count"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, single_rank):
+    root = tmp_path_factory.mktemp("grpo")
+    models = save_run_inputs(root)
+    (root / "eval.jsonl").write_text("".join((DEMO / "data" / "eval.jsonl").read_text().splitlines(keepends=True)[:4]))
+    return root, models
+
+
+def _args(setup, run_dir, *extra) -> list[str]:
+    root, models = setup
+    # A random policy rarely ends a response: under no_eos=penalty the few that end carry the
+    # groups' differences. A high learning rate moves the policy, so the KL term has a size.
+    return [f"actor.init={models['policy']}", f"reward.functions=[{RULE}]", f"reward.model={models['reward']}",
+            "reward.weights=[1.0,0.5]", f"data.prompts_path={root / 'prompts.jsonl'}",
+            f"data.eval_prompts_path={root / 'eval.jsonl'}", f"train.max_steps={STEPS}", "train.prompts_per_step=4",
+            "train.micro_batch_size=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8",
+            "rollout.no_eos=penalty", "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3", "kl.init_coef=0.1",
+            "checkpoint.save_interval=2", "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    torchrun(1, TOOL, *_args(setup, run_dir, "checkpoint.keep=0"))
+    return run_dir
+
+
+def test_a_grpo_run_has_no_critic_and_logs_each_reward_source(uninterrupted):
+    rows = _rows(uninterrupted)
+    assert sorted(rows) == list(range(1, STEPS + 1))
+    for row in rows.values():
+        assert row["first_clip_fraction"] == 0.0 and row["first_approx_kl"] == 0.0  # ratio exactly 1
+        assert row["responses"] == 16 and row["kl_coef"] == 0.1
+        assert not {"value_loss", "critic_grad_norm", "explained_variance"} & set(row)
+        assert row[f"reward_{RULE}"] == 0.0  # a random policy never lists the right number of items
+        # The mix (before the no-EOS penalty): 1.0 x the rule + 0.5 x the reward model.
+        assert row["reward_mean"] == pytest.approx(0.5 * row["reward_model"], rel=1e-5)
+    assert rows[1]["kl_loss"] == 0.0 and rows[STEPS]["kl_loss"] > 0  # the policy moved from its reference
+    saved = json.loads((uninterrupted / "checkpoints" / f"step_{STEPS}" / "megatron_rm.json").read_text())
+    assert set(saved["models"]) == {"actor"}
+    samples = [json.loads(line) for line in
+               (uninterrupted / "samples" / f"eval_step_{STEPS}.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and {f"reward_{RULE}", "reward_model", "reward"} <= set(samples[0])
+
+
+def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(setup, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with (run_dir / "output.log").open("a") as output:
+        job = subprocess.Popen([TORCHRUN, "--standalone", "--nproc-per-node=1", TOOL, *_args(setup, run_dir)],
+                               cwd=REPO, env=child_env(), stdout=output, stderr=subprocess.STDOUT)
+    _wait_for(lambda: _latest(run_dir) == "step_2", job, "the checkpoint of step 2")
+    _kill_9(job)
+    resumed = torchrun(1, TOOL, *_args(setup, run_dir))
+    assert "resumed from" in resumed.stdout
+    mine, reference = _rows(run_dir), _rows(uninterrupted)
+    for step in range(1, STEPS + 1):
+        for key, value in reference[step].items():
+            if key not in TIMING:
+                assert mine[step][key] == value, (step, key)
+    assert _rows(run_dir, "eval")[STEPS] == _rows(uninterrupted, "eval")[STEPS]
+
+
+@pytest.fixture(scope="module")
+def layouts(setup, tmp_path_factory):
+    """Run dirs of one update at TP2, PP2 and DP2 (one two-rank job) and TP2xPP2 (the tool on four)."""
+    root = tmp_path_factory.mktemp("layouts")
+    runs = {name: root / name for name in ("tp2", "pp2", "dp2", "tp2xpp2")}
+    one_update = ("train.max_steps=1", "data.eval_prompts_path=null")
+    overrides = [arg for arg in _args(setup, root / "unused", *one_update) if not arg.startswith("run.dir=")]
+    torchrun(2, str(REPO / "tests" / "ppo" / "parity_worker.py"), "--config", "train_grpo",
+             "--layout", "2", "1", str(runs["tp2"]), "--layout", "1", "2", str(runs["pp2"]),
+             "--layout", "1", "1", str(runs["dp2"]), "--", *overrides)
+    torchrun(4, TOOL, *_args(setup, runs["tp2xpp2"], *one_update, "parallel.tp=2", "parallel.pp=2"))
+    return runs
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "tp2xpp2"])
+def test_one_update_agrees_at_every_layout(layouts, uninterrupted, layout):
+    mine, reference = _rows(layouts[layout])[1], _rows(uninterrupted)[1]
+    assert mine["response_length_mean"] == reference["response_length_mean"]  # the same responses
+    for key in ("reward_mean", "reward_model", "policy_loss", "entropy"):
+        assert mine[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+    assert mine["actor_grad_norm"] == pytest.approx(reference["actor_grad_norm"], rel=1e-4)
