@@ -42,11 +42,12 @@ from megatron_rm.loading.reward import ScoringModel
 from megatron_rm.loading.trainable import build_trainable
 from megatron_rm.model.factory import build_reward_model
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
+from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.kl import kl_controller
 from megatron_rm.ppo.models import PPOModels
 from megatron_rm.ppo.prompts import PromptSampler, load_prompts
 from megatron_rm.ppo.reference import CpuReference
-from megatron_rm.ppo.step import Context, run_step
+from megatron_rm.ppo.step import run_step
 from megatron_rm.ppo.trainer import build_context
 from megatron_rm.runtime import parallel
 
@@ -99,7 +100,7 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
     timed = []
     for step in range(1, cfg.train.max_steps + 1):
         began = time.perf_counter()
-        metrics = run_step(ctx, step, prompts, sampler.prompts(step - 1))
+        metrics = run_step(ctx, step, prompts, sampler)
         if step > args.warmup:
             timed.append({**metrics, "step_s": time.perf_counter() - began})
 

@@ -135,6 +135,12 @@ class RolloutConfig:
     """A response cut at max_new_tokens: mask (scored, trains the critic, left out of the policy
     loss) or penalty (its score becomes no_eos_penalty and it trains both)."""
     no_eos_penalty: float = -1.0
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: groups whose rewards are all equal are dropped and more prompts sampled
+    until the step holds train.prompts_per_step groups that differ (`ppo.sampling`)."""
+    dynamic_sampling_max_batches: int = 10
+    """Rounds of train.prompts_per_step prompts a step may sample (NeMo-RL's 10, verl's max_num_gen_batches);
+    more stop the run."""
 
 
 @dataclass
@@ -273,7 +279,11 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
     found += _at_least(1, {"train.prompts_per_step": t.prompts_per_step, "train.micro_batch_size": t.micro_batch_size,
                            "train.log_interval": t.log_interval, "rollout.samples_per_prompt": r.samples_per_prompt,
                            "rollout.max_new_tokens": r.max_new_tokens, "rollout.batch_size": r.batch_size,
-                           "ppo.epochs": p.epochs, "reward.retries + 1": cfg.reward.retries + 1})
+                           "ppo.epochs": p.epochs, "reward.retries + 1": cfg.reward.retries + 1,
+                           "rollout.dynamic_sampling_max_batches": r.dynamic_sampling_max_batches})
+    if r.dynamic_sampling and r.samples_per_prompt < 2:
+        found.append(f"rollout.dynamic_sampling compares the responses to one prompt: rollout.samples_per_prompt="
+                     f"{r.samples_per_prompt} must be >= 2")
     found += _at_least(0, {"train.max_steps": t.max_steps, "train.max_skipped": t.max_skipped,
                            "critic.warmup_steps": cfg.critic.warmup_steps, "ppo.mini_batch_size": p.mini_batch_size,
                            "eval.interval": cfg.eval.interval, "eval.max_prompts": cfg.eval.max_prompts,

@@ -2,8 +2,9 @@
 
 An estimator takes a replica's responses, micro-batch by micro-batch (`Responses`), and returns
 each micro-batch's per-token advantages and, for an estimator with a critic, its returns. What
-needs the whole step (whitening) reduces over the data-parallel group; what needs a group (the
-responses to one prompt) needs nothing more, since a prompt's responses all live on one replica.
+needs the whole step reduces over the data-parallel group: whitening all-reduces sums, and the
+group statistics gather every response's score and group (a few numbers per response), since a
+prompt's responses are spread over the replicas' mini-batch shares (`step.update_rows`).
 
 - `gae` (needs a critic): KL-shaped token rewards, GAE, advantages whitened over the step (today's PPO).
 - `grpo`: each response's score against its group's mean, divided by the group's std unless
@@ -27,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
+from megatron_rm import runtime
 from megatron_rm.ppo.advantages import gae, token_rewards, whiten_together
 from megatron_rm.ppo.groups import GROUP_SCALES, group_advantages
 
@@ -98,15 +101,32 @@ def _gae(r: Responses, s: AdvantageSettings, dp_group) -> Estimate:
     return whiten_together(advantages, r.masks, dp_group), returns
 
 
-def _sequence_advantages(r: Responses, s: AdvantageSettings, estimator_name: str, scale: str) -> list[torch.Tensor]:
+def _over_the_step(scores: torch.Tensor, groups: torch.Tensor, dp_group, estimator_name: str, scale: str,
+                   eps: float = 1e-6) -> torch.Tensor:
+    """`group_advantages` of this replica's responses, with every replica's scores and groups in the
+    statistics (each replica holds the same number of responses)."""
+    if dp_group is None or dist.get_world_size(dp_group) == 1:
+        return group_advantages(scores, groups, estimator_name, scale=scale, eps=eps)
+    both = torch.stack([scores.double(), groups.double()]).to(runtime.device())
+    gathered = [torch.empty_like(both) for _ in range(dist.get_world_size(dp_group))]
+    dist.all_gather(gathered, both, group=dp_group)
+    every = torch.cat(gathered, dim=1).cpu()
+    rank = dist.get_rank(dp_group)
+    advantages = group_advantages(every[0], every[1].long(), estimator_name, scale=scale, eps=eps)
+    return advantages[rank * len(scores):(rank + 1) * len(scores)]
+
+
+def _sequence_advantages(r: Responses, s: AdvantageSettings, dp_group, estimator_name: str,
+                         scale: str) -> list[torch.Tensor]:
     """Each response's group advantage (`groups.group_advantages`) on its every action token,
     with the response's summed KL subtracted from its score first."""
     scores = [score - s.kl_coef * torch.where(mask, kl, 0.0).sum(-1)
               for score, kl, mask in zip(r.scores, r.kl, r.masks)]
-    flat = group_advantages(torch.cat(scores), torch.cat(r.groups), estimator_name, scale=scale, eps=s.std_eps)
+    flat = _over_the_step(torch.cat(scores).cpu(), torch.cat(r.groups).cpu(), dp_group, estimator_name, scale,
+                          s.std_eps)
     out, start = [], 0
     for score, mask in zip(scores, r.masks):
-        rows = flat[start:start + len(score)].to(torch.float32)
+        rows = flat[start:start + len(score)].to(device=mask.device, dtype=torch.float32)
         out.append(torch.where(mask, rows[:, None], 0.0))
         start += len(score)
     return out
@@ -116,12 +136,12 @@ def _sequence_advantages(r: Responses, s: AdvantageSettings, estimator_name: str
 def _grpo(r: Responses, s: AdvantageSettings, dp_group) -> Estimate:
     if s.group_scale not in GROUP_SCALES:
         raise ValueError(f"group scale {s.group_scale!r} must be one of {', '.join(GROUP_SCALES)}")
-    return _sequence_advantages(r, s, "grpo", s.group_scale), None
+    return _sequence_advantages(r, s, dp_group, "grpo", s.group_scale), None
 
 
 @estimator("rloo", needs_groups=True)
 def _rloo(r: Responses, s: AdvantageSettings, dp_group) -> Estimate:
-    return _sequence_advantages(r, s, "rloo", "none"), None
+    return _sequence_advantages(r, s, dp_group, "rloo", "none"), None
 
 
 def _whitened_returns(scores: list[torch.Tensor], r: Responses, s: AdvantageSettings, dp_group) -> list[torch.Tensor]:
@@ -141,6 +161,7 @@ def _reinforce_pp(r: Responses, s: AdvantageSettings, dp_group) -> Estimate:
 
 @estimator("reinforce_pp_baseline", needs_groups=True)
 def _reinforce_pp_baseline(r: Responses, s: AdvantageSettings, dp_group) -> Estimate:
-    flat = group_advantages(torch.cat(r.scores), torch.cat(r.groups), "grpo", scale="none")
-    centred = list(flat.to(torch.float32).split([len(score) for score in r.scores]))
+    flat = _over_the_step(torch.cat(r.scores).cpu(), torch.cat(r.groups).cpu(), dp_group, "grpo", "none")
+    centred = [part.to(device=score.device, dtype=torch.float32)
+               for part, score in zip(flat.split([len(score) for score in r.scores]), r.scores)]
     return _whitened_returns(centred, r, s, dp_group), None

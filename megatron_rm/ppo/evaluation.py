@@ -12,9 +12,10 @@ import torch.distributed as dist
 
 from megatron_rm.generation.generator import EOS, generate_batched, response_text
 from megatron_rm.generation.sampling import SamplingParams
+from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.models import in_eval_mode
 from megatron_rm.ppo.prompts import PromptSet
-from megatron_rm.ppo.step import Context, micro_batches, score_responses
+from megatron_rm.ppo.sampling import micro_batches, score_responses
 from megatron_rm.runtime.parallel import gather_to_first
 
 

@@ -104,7 +104,9 @@ def experience(parts: list[Scored], settings: AdvantageSettings, *, advantage: s
         masks.append(mask)
         kls.append(torch.zeros_like(part.old_logprobs) if part.ref_logprobs is None else
                    torch.where(mask, kl_penalty(part.old_logprobs, part.ref_logprobs, kl_estimator), 0.0))
-    groups = [torch.arange(len(part.scores)) if part.groups is None else part.groups for part in parts]
+    sizes = [len(part.scores) for part in parts]
+    groups = [torch.arange(sum(sizes[:i]), sum(sizes[:i + 1])) if part.groups is None else part.groups
+              for i, part in enumerate(parts)]  # None: each response a group of its own
     values = None if parts and parts[0].values is None else [part.values for part in parts]
     responses = Responses([part.scores for part in parts], groups, masks, kls, values)
     advantages, returns = estimate(advantage, responses, settings, dp_group)

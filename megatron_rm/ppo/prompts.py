@@ -3,9 +3,11 @@
 Every rank reads and encodes the prompt file itself (prompts are small next to the models), in
 the data pipeline's formats and with its prompt rules (`generation.batch_job.prompt_rows`: a
 chat template with its generation prompt, the length policy); every invalid row is named or
-counted. The sampler is a function of the step alone: step s takes positions
-[s * P, (s + 1) * P) of an endless stream of epochs, each a fresh permutation drawn from
-(seed, epoch), so a resumed run takes the same prompts as an uninterrupted one at any layout.
+counted. The sampler reads an endless stream of epochs, each a fresh permutation drawn from
+(seed, epoch), at a cursor: step s takes the P prompts from its cursor on, so without dynamic
+sampling step s takes positions [s * P, (s + 1) * P). With dynamic sampling a step may read
+further (`ppo.sampling`); the cursor is checkpointed, so a resumed run takes the same prompts
+as an uninterrupted one at any layout.
 """
 
 from __future__ import annotations
@@ -59,19 +61,25 @@ def load_prompts(path: str | Path, tokenizer, *, room: int, prompt_policy: str, 
 
 
 class PromptSampler:
-    """Which prompts step s takes; checkpointed as the number of prompts and the step reached."""
+    """Which prompts a step takes; checkpointed as the number of prompts, the step reached and the
+    cursor (the stream positions read)."""
 
     def __init__(self, num_prompts: int, prompts_per_step: int, seed: int):
         self.num_prompts, self.prompts_per_step, self.seed = num_prompts, prompts_per_step, seed
         self.step = 0
         """Steps done (set by the loop before a save)."""
+        self.cursor = 0
+        """The stream positions the steps done have read (set by the loop after each step)."""
         self._orders: dict[int, list[int]] = {}
 
     def prompts(self, step: int) -> list[int]:
-        """Indices of the prompts of step `step` (0-based), over all data-parallel replicas."""
-        start = step * self.prompts_per_step
-        return [self._order(position // self.num_prompts)[position % self.num_prompts]
-                for position in range(start, start + self.prompts_per_step)]
+        """Indices of the prompts of step `step` (0-based) without dynamic sampling, over all
+        data-parallel replicas."""
+        return self.at(step * self.prompts_per_step, self.prompts_per_step)
+
+    def at(self, position: int, count: int) -> list[int]:
+        """Indices of the `count` prompts from stream position `position` on."""
+        return [self._order(p // self.num_prompts)[p % self.num_prompts] for p in range(position, position + count)]
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
@@ -80,8 +88,8 @@ class PromptSampler:
         return self._orders[epoch]
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "num_prompts": self.num_prompts, "prompts_per_step": self.prompts_per_step,
-                "seed": self.seed}
+        return {"step": self.step, "cursor": self.cursor, "num_prompts": self.num_prompts,
+                "prompts_per_step": self.prompts_per_step, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         saved = {key: state[key] for key in ("num_prompts", "prompts_per_step", "seed")}
@@ -90,3 +98,5 @@ class PromptSampler:
             raise CheckpointError(f"the checkpoint's prompt stream {saved} is not this run's {mine}: resuming needs "
                                   "the same prompts file, train.prompts_per_step and train.seed")
         self.step = state["step"]
+        # A checkpoint from before the cursor read P prompts a step.
+        self.cursor = state.get("cursor", self.step * self.prompts_per_step)

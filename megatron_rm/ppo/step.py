@@ -1,189 +1,125 @@
-"""One PPO step on this rank: sample, score, build the experience, update the critic and the actor.
+"""One step on this rank: sample and score (`sampling`), build the experience, update the critic
+and the actor.
 
-The step's prompts are split evenly over the data-parallel replicas; a response draws from
-(train.seed, its number in the whole run), so the step's responses are the same at any layout.
-A replica's responses are shuffled (seeded by the step) into micro-batches once, and the
-rollout forwards run on exactly those micro-batches, in the order the first update pass takes
-them, so the first mini-batch's ratio is exactly 1. Later epochs visit the micro-batches in a
-fresh order (shuffled mini-batches of whole micro-batches: the tensors, and so each response's
-old log-probabilities, never change shape).
+Every rank holds the step's responses and rewards (`sampling.sample_step`), and the step is
+laid out as training lays out a global batch: one order of all the step's responses (seeded by the step) cut into
+mini-batches of `ppo.mini_batch_size`, each split evenly over the replicas and cut into
+micro-batches. So each mini-batch holds the same responses at any data-parallel size, and so
+does each update. The rollout forwards run on exactly those micro-batches, in the order the
+first update pass takes them, so the first mini-batch's ratio is exactly 1. Later epochs visit
+the mini-batches in a fresh order (the tensors, and so each response's old log-probabilities,
+never change shape).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from megatron_rm import runtime
-from megatron_rm.core.optim import SkipGuard, train_step
-from megatron_rm.data import Batch, pad_id
-from megatron_rm.generation.generator import Completion, Generator, generate_batched, response_text
-from megatron_rm.generation.sampling import SamplingParams
+from megatron_rm.core.optim import train_step
+from megatron_rm.generation.generator import EOS
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.config import PPOConfig
+from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.estimators import AdvantageSettings
-from megatron_rm.ppo.experience import Shaping, documents, experience
+from megatron_rm.ppo.experience import Shaping, experience
 from megatron_rm.ppo.forwards import RolloutModels, rollout_forwards
-from megatron_rm.ppo.kl import FixedKLController
 from megatron_rm.ppo.losses import PolicyLossSettings
-from megatron_rm.ppo.models import PPOModels, in_eval_mode
+from megatron_rm.ppo.models import in_eval_mode
 from megatron_rm.ppo.objectives import ActorObjective, CriticObjective, Rollouts
-from megatron_rm.ppo.prompts import PromptSet
-from megatron_rm.ppo.reward_sources import ResponseRows, Rewards, RewardSources, response_rows
+from megatron_rm.ppo.prompts import PromptSampler, PromptSet
+from megatron_rm.ppo.sampling import micro_batches, sample_step
 from megatron_rm.runtime.parallel import Layout
 from megatron_rm.runtime.sums import all_reduce_sums, moments
 
 
-@dataclass
-class Context:
-    """What every step of a run uses."""
-
-    cfg: PPOConfig
-    models: PPOModels
-    generator: Generator
-    rewards: RewardSources
-    controller: FixedKLController
-    guards: dict[str, SkipGuard] = field(default_factory=dict)
-
-    @property
-    def layout(self) -> Layout:
-        return self.models.layout
-
-    @property
-    def vocab_size(self) -> int:
-        return self.models.vocab_size
+def update_rows(order: list[int], mini_batch_size: int, layout: Layout) -> list[int]:
+    """This replica's responses of a step whose responses are `order`: its share of each
+    mini-batch (consecutive `mini_batch_size` responses of `order`), mini-batch after mini-batch."""
+    share = mini_batch_size // layout.dp
+    return [i for start in range(0, len(order), mini_batch_size)
+            for i in order[start + layout.dp_rank * share:start + (layout.dp_rank + 1) * share]]
 
 
-def rollout_texts(tokenizer, prompts: list[list[int]], completions: list[Completion]) -> list[str]:
-    """Prompt + response as text for the reward model, here or behind a server (no BOS: its
-    tokenizer adds its own; no stop token: the text ends as the model ends every text)."""
-    out = []
-    for prompt, completion in zip(prompts, completions):
-        ids = prompt[1:] if prompt and prompt[0] == tokenizer.bos_token_id else prompt
-        out.append(tokenizer.decode(ids + completion.response_ids, skip_special_tokens=False))
-    return out
-
-
-def replica_share(items: list, layout: Layout) -> list:
-    """This data-parallel replica's contiguous share of a step's items (their number divides evenly)."""
-    per_replica = len(items) // layout.dp
-    return items[layout.dp_rank * per_replica:(layout.dp_rank + 1) * per_replica]
-
-
-def micro_batches(ctx: Context, prompts: list[list[int]], completions: list[Completion],
-                  order: list[int]) -> tuple[list[Batch], list[torch.Tensor], list[list[int]]]:
-    """The responses in `order`, micro-batch by micro-batch: (batches, ended, rows)."""
-    size, pad = ctx.cfg.micro_batch_size(ctx.layout.dp), pad_id(ctx.models.tokenizer)
-    batches, ended, rows = [], [], []
-    for start in range(0, len(order), size):
-        chosen = order[start:start + size]
-        batch, stopped = documents([prompts[i] for i in chosen], [completions[i] for i in chosen], pad)
-        batches.append(batch)
-        ended.append(stopped)
-        rows.append(chosen)
-    return batches, ended, rows
-
-
-def score_responses(ctx: Context, prompt_set: PromptSet, which: list[int], completions: list[Completion],
-                    batches: list[Batch], rows: list[list[int]]) -> Rewards:
-    """The rewards of each micro-batch's responses: response i answers prompt `which[i]` of
-    `prompt_set`, and micro-batch k holds responses `rows[k]`."""
-    prompts = [prompt_set.ids[p] for p in which]
-    tokenizer = ctx.models.tokenizer
-
-    def texts() -> list[list[str]]:
-        return [rollout_texts(tokenizer, [prompts[i] for i in chosen], [completions[i] for i in chosen])
-                for chosen in rows]
-
-    def function_rows() -> ResponseRows:
-        order = [i for chosen in rows for i in chosen]
-        return response_rows([prompt_set.fields[which[i]] for i in order],
-                             [prompt_set.locations[which[i]] for i in order],
-                             [response_text(tokenizer, completions[i]) for i in order])
-
-    return ctx.rewards(batches, texts, function_rows)
-
-
-def run_step(ctx: Context, step: int, prompt_set: PromptSet, indices: list[int]) -> dict:
-    """Step `step` (1-based) on prompts `indices` of `prompt_set` (all replicas'); the step's
+def run_step(ctx: Context, step: int, prompt_set: PromptSet, sampler: PromptSampler) -> dict:
+    """Step `step` (1-based) on `prompt_set`'s prompts from `sampler`'s cursor on; the step's
     metrics, the same on every rank. The KL controller is updated at the end (not during critic
-    warm-up)."""
+    warm-up), and the sampler's cursor once the step is done."""
     cfg, layout, models = ctx.cfg, ctx.layout, ctx.models
-    samples = cfg.rollout.samples_per_prompt
-    first_number = (step - 1) * cfg.responses_per_step()
-    # (prompt, its group: the prompt's position in the step, the response's number in the run)
-    numbered = [(index, j, first_number + j * samples + k) for j, index in enumerate(indices) for k in range(samples)]
-    mine = replica_share(numbered, layout)  # whole groups: samples of a prompt are contiguous
-    which = [index for index, _, _ in mine]
-    prompts = [prompt_set.ids[index] for index in which]
     actor_chunks = [models.actor.ddp]
     critic_chunks = [models.critic.ddp] if models.critic is not None else None
+    got = sample_step(ctx, prompt_set, sampler)
 
     began = time.perf_counter()
-    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
-    with in_eval_mode(actor_chunks):
-        completions = generate_batched(ctx.generator, prompts, [number for _, _, number in mine], params,
-                                       cfg.train.seed, cfg.rollout.batch_size)
-    generation_s = time.perf_counter() - began
-
-    began = time.perf_counter()
+    prompts = [prompt_set.ids[index] for index in got.prompts]
     shuffle = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-    order = torch.randperm(len(mine), generator=shuffle).tolist()
-    batches, ended, rows = micro_batches(ctx, prompts, completions, order)
-    groups = [torch.tensor([mine[i][1] for i in chosen]) for chosen in rows]
-    rewards = score_responses(ctx, prompt_set, which, completions, batches, rows)
+    order = torch.randperm(len(prompts), generator=shuffle).tolist()
+    batches, ended, rows = micro_batches(ctx, prompts, got.completions,
+                                         update_rows(order, cfg.mini_batch_size(), layout))
+    groups = [torch.tensor([got.groups[i] for i in chosen]) for chosen in rows]
+    combined = [got.rewards["combined"][chosen].to(runtime.device()) for chosen in rows]
     rollout_models = RolloutModels(actor_chunks, critic_chunks, models.reference, layout, ctx.vocab_size,
                                    cfg.rollout.temperature)
     shaping = Shaping(clip=cfg.reward.clip, no_eos=cfg.rollout.no_eos, no_eos_penalty=cfg.rollout.no_eos_penalty,
                       max_new_tokens=cfg.rollout.max_new_tokens, overlong_buffer=cfg.reward.overlong_buffer,
                       overlong_penalty=cfg.reward.overlong_penalty)
     with in_eval_mode(actor_chunks + (critic_chunks or [])):
-        parts = rollout_forwards(rollout_models, batches, ended, rewards.combined, shaping, groups)
+        parts = rollout_forwards(rollout_models, batches, ended, combined, shaping, groups)
     kl_coef = ctx.controller.value
     result = experience(parts, advantage_settings(cfg, kl_coef), advantage=cfg.algorithm.advantage,
                         kl_estimator=cfg.kl.estimator, kl_in_loss=cfg.kl.placement == "loss",
                         dp_group=layout.groups.dp)
-    scoring_s = time.perf_counter() - began
+    forwards_s = time.perf_counter() - began
 
     began = time.perf_counter()
     train_actor = step > cfg.critic.warmup_steps
     updates = update(ctx, result.rollouts, step, train_actor, kl_coef)
     update_s = time.perf_counter() - began
+    sampler.cursor = got.cursor
 
     kl = _moments(result.kl, layout) if result.kl is not None else {"mean": math.nan}
     if train_actor and cfg.kl.placement == "reward":
         ctx.controller.update(kl["mean"], n_steps=cfg.responses_per_step())
-    lengths = torch.tensor([float(len(c.token_ids)) for c in completions], device=runtime.device())
-    tokens = torch.tensor([float(lengths.sum()), float(sum(b.tokens for b in batches))], dtype=torch.float64,
-                          device=runtime.device())
-    new_tokens, document_tokens = all_reduce_sums(tokens, layout.groups.dp).tolist()
-    length = _moments(lengths, layout)
-    raw_moments, reward_moments = _moments(_scored(rewards.raw), layout), _moments(_scored(rewards.combined), layout)
+    # Every rank holds the whole step's responses and rewards: their statistics need no reduction.
+    lengths = torch.tensor([float(len(c.token_ids)) for c in got.completions], dtype=torch.float64)
+    tokens = torch.tensor([float(sum(b.tokens for b in batches))], dtype=torch.float64, device=runtime.device())
+    document_tokens = float(all_reduce_sums(tokens, layout.groups.dp)[0])
+    raw, reward = _statistics(got.rewards["raw"]), _statistics(got.rewards["combined"])
     sources = {}
-    if len(rewards.sources) > 1 or ctx.rewards.functions:
-        sources = {f"reward_{name}": _moments(_scored(values), layout)["mean"]
-                   for name, values in rewards.sources.items()}
-    unscored = _moments(torch.isnan(torch.cat(rewards.combined)).double(), layout)
+    if len(ctx.rewards.names) > 1 or ctx.rewards.functions:
+        sources = {f"reward_{name}": _statistics(got.rewards[name])["mean"] for name in ctx.rewards.names}
+    scoring_s = got.scoring_s + forwards_s
     return _finite({
-        "reward_raw_mean": raw_moments["mean"], "reward_raw_std": raw_moments["std"],
-        "reward_mean": reward_moments["mean"], "reward_std": reward_moments["std"], **sources,
-        **({"unscored_fraction": unscored["mean"]} if ctx.rewards.functions else {}),
+        "reward_raw_mean": raw["mean"], "reward_raw_std": raw["std"],
+        "reward_mean": reward["mean"], "reward_std": reward["std"], **sources,
+        **({"unscored_fraction": float(torch.isnan(got.rewards["combined"]).double().mean())}
+           if ctx.rewards.functions else {}),
+        **({"sampling_rounds": got.rounds, "dropped_groups": got.dropped_groups}
+           if cfg.rollout.dynamic_sampling else {}),
         "kl": kl["mean"], "kl_coef": kl_coef if cfg.kl.placement != "none" else None,
         "kl_coef_next": ctx.controller.value if cfg.kl.placement != "none" else None,
         **updates, **({"explained_variance": _explained_variance(result.rollouts, layout)} if critic_chunks else {}),
-        "response_length_mean": length["mean"], "response_length_max": length["max"],
-        "eos_fraction": _moments(torch.cat(ended).float().to(runtime.device()), layout)["mean"],
-        "responses": int(length["count"]), "actor_trained": train_actor,
-        "new_tokens": int(new_tokens), "document_tokens": int(document_tokens),
-        "generation_s": generation_s, "scoring_s": scoring_s, "update_s": update_s,
-        "generation_tokens_per_s": new_tokens / generation_s,
+        "response_length_mean": float(lengths.mean()), "response_length_max": float(lengths.max()),
+        "eos_fraction": sum(c.finish_reason == EOS for c in got.completions) / len(got.completions),
+        "responses": len(got.completions), "actor_trained": train_actor,
+        "new_tokens": got.generated_tokens, "document_tokens": int(document_tokens),
+        "generation_s": got.generation_s, "scoring_s": scoring_s, "update_s": update_s,
+        "generation_tokens_per_s": got.generated_tokens / got.generation_s,
         "scoring_tokens_per_s": document_tokens / scoring_s,
         "update_tokens_per_s": document_tokens * cfg.ppo.epochs / update_s,
     })
+
+
+def _statistics(values: torch.Tensor) -> dict:
+    """Mean and population std of the responses that have a reward (a function's None is NaN)."""
+    values = values[~torch.isnan(values)].double()
+    if not len(values):
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": float(values.mean()), "std": float(values.std(unbiased=False))}
 
 
 def advantage_settings(cfg: PPOConfig, kl_coef: float) -> AdvantageSettings:
@@ -211,13 +147,13 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool,
     sums = {"actor": None, "critic": None}
     norms = {"actor": [], "critic": []}
     first = None
+    mini_batches = [rollouts[start:start + per_update] for start in range(0, len(rollouts), per_update)]
     for epoch in range(cfg.ppo.epochs):
-        order = list(range(len(rollouts)))
-        if epoch:
+        order = list(range(len(mini_batches)))
+        if epoch:  # the same on every rank: each mini-batch's micro-batches are on its every replica
             shuffle = torch.Generator().manual_seed((cfg.train.seed * 1_000_003 + step) * 101 + epoch)
-            order = torch.randperm(len(rollouts), generator=shuffle).tolist()
-        for start in range(0, len(order), per_update):
-            chosen = [rollouts[i] for i in order[start:start + per_update]]
+            order = torch.randperm(len(mini_batches), generator=shuffle).tolist()
+        for chosen in (mini_batches[i] for i in order):
             jobs = []
             if models.critic is not None:
                 jobs.append(("critic", models.critic, critic, cfg.critic.optim.clip_grad))
@@ -245,12 +181,6 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool,
         if "kl_loss" in policy:
             metrics["kl_loss"] = policy["kl_loss"]
     return metrics
-
-
-def _scored(per_batch: list[torch.Tensor]) -> torch.Tensor:
-    """The responses that have a reward (a reward function's None is NaN)."""
-    values = torch.cat(per_batch)
-    return values[~torch.isnan(values)]
 
 
 def _finite(metrics: dict) -> dict:

@@ -1,16 +1,19 @@
-"""A PPO run (`tools/train_ppo.py`): the actor and the critic trained against a reward, with
-the KL to the initial actor held near its target, saved and resumed exactly.
+"""A PPO or GRPO run (`tools/train_ppo.py`, `tools/train_grpo.py`): the actor (and the critic of
+an estimator that has one) trained against a reward, with the KL to the initial actor held in
+check, saved and resumed exactly.
 
-A checkpoint holds the actor and the critic with their optimizers and schedules, the KL
-controller, the prompt sampler, the skip counters and every rank's RNG, written atomically
-with `latest` (`core.checkpoint`). The reference policy is always `actor.init`: its weights are
-taken into CPU memory before a resumed run's checkpoint is loaded over the actor.
+A checkpoint holds the actor and, when the advantage estimator has one, the critic, with their
+optimizers and schedules, the KL controller, the prompt sampler and its cursor, the skip
+counters and every rank's RNG, written atomically with `latest` (`core.checkpoint`). The
+reference policy is always `actor.init`: its weights are taken into CPU memory before a
+resumed run's checkpoint is loaded over the actor.
 
 A reward server that still fails after `reward.retries` stops the run on every rank together,
 after saving the last completed step (unless it is saved already): a failed step has changed
-nothing a checkpoint holds (its rewards come before any update; the sampler is a function of the
-step; sampling draws from generators of its own), so that checkpoint is exactly the one a save
-after that step writes, and `checkpoint.load=auto` goes on as if the server had never failed.
+nothing a checkpoint holds (its rewards come before any update; the sampler's cursor moves only
+once a step is done; sampling draws from generators of its own), so that checkpoint is exactly
+the one a save after that step writes, and `checkpoint.load=auto` goes on as if the server had
+never failed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from megatron_rm.errors import DataError, RewardServerError
 from megatron_rm.generation.generator import Generator
 from megatron_rm.generation.prompts import end_token_ids
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
+from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.evaluation import evaluate
 from megatron_rm.ppo.kl import KL_UNITS, FixedKLController, kl_controller
 from megatron_rm.ppo.models import PPOModels, build_models, find_sources
@@ -35,7 +39,7 @@ from megatron_rm.ppo.prompts import PromptSampler, PromptSet, load_prompts
 from megatron_rm.ppo.remote_reward import RemoteReward
 from megatron_rm.ppo.reward_sources import RewardSources
 from megatron_rm.ppo.rewards import ModelRewards, ReplicasAgree, ServerRewards
-from megatron_rm.ppo.step import Context, run_step
+from megatron_rm.ppo.step import run_step
 from megatron_rm.reward_functions.function import RewardFunction
 from megatron_rm.training.lifecycle import RunLifecycle
 from megatron_rm.training.resume import restore, start_source
@@ -117,7 +121,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
 
     def step(n: int) -> None:
         nonlocal completed
-        metrics = run_step(ctx, n, train_prompts, sampler.prompts(n - 1))
+        metrics = run_step(ctx, n, train_prompts, sampler)
         completed = n
         if n % t.log_interval == 0 or n == t.max_steps:
             log.write(n, "train", metrics, total_steps=t.max_steps, kl_units=KL_UNITS,

@@ -155,6 +155,16 @@ def broadcast_sequences(sequences: list[list[int]] | None, src: int = 0) -> list
     return [piece.tolist() for piece in flat.cpu().split(lengths.cpu().tolist())]
 
 
+def all_replicas(items: list, layout) -> list:
+    """Every data-parallel replica's `items`, concatenated in replica order, on every rank (each
+    replica's ranks hold the same items)."""
+    if layout.dp == 1:
+        return list(items)
+    gathered = [None] * layout.dp
+    dist.all_gather_object(gathered, items, group=layout.groups.dp)
+    return [item for share in gathered for item in share]
+
+
 def gather_to_first(done: list, layout) -> list | None:
     """Every replica's completions on global rank 0 (None on every other rank). Each replica's
     ranks hold the same completions; those in rank 0's data-parallel group send theirs."""

@@ -11,7 +11,7 @@ from megatron_rm.generation.generator import EOS, LENGTH, Completion
 from megatron_rm.loading.reward import load_model
 from megatron_rm.ppo.remote_reward import RemoteReward
 from megatron_rm.ppo.rewards import ModelRewards, ServerRewards
-from megatron_rm.ppo.step import rollout_texts
+from megatron_rm.ppo.sampling import rollout_texts
 from megatron_rm.scoring.scorer import Scorer
 from megatron_rm.server.app import build_app
 from megatron_rm.server.serving_loop import Batcher, Lead

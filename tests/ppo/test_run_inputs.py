@@ -152,16 +152,20 @@ def test_broken_prompt_rows_are_named_or_counted(tmp_path):
         _prompts(tmp_path / "empty.jsonl", on_invalid="skip")
 
 
-def test_the_sampler_is_a_function_of_the_step_and_refuses_another_stream():
+def test_the_sampler_reads_at_its_cursor_and_refuses_another_stream():
     sampler = PromptSampler(10, 4, seed=3)
     steps = [sampler.prompts(step) for step in range(5)]  # 20 positions: two whole epochs
     assert sorted(steps[0] + steps[1] + steps[2][:2]) == list(range(10))
     assert sorted(steps[2][2:] + steps[3] + steps[4]) == list(range(10))
     assert steps[0] != steps[3] and PromptSampler(10, 4, seed=3).prompts(3) == steps[3]
-    sampler.step = 2
+    assert sampler.at(6, 5) == steps[1][2:] + steps[2][:3]  # a cursor reads any stretch
+    sampler.step, sampler.cursor = 2, 11  # a dynamic-sampling run that read 11 prompts in 2 steps
     restored = PromptSampler(10, 4, seed=3)
     restored.load_state_dict(sampler.state_dict())
-    assert restored.step == 2
+    assert (restored.step, restored.cursor) == (2, 11)
+    legacy = {key: value for key, value in sampler.state_dict().items() if key != "cursor"}
+    restored.load_state_dict(legacy)  # saved before the cursor: P prompts a step
+    assert restored.cursor == 8
     with pytest.raises(CheckpointError, match="same prompts file"):
         PromptSampler(11, 4, seed=3).load_state_dict(sampler.state_dict())
 

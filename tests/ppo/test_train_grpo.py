@@ -1,7 +1,8 @@
-"""tools/train_grpo.py as real torchrun jobs over gloo: GRPO with a reward function mixed with a
-reward model, the KL in the loss and no critic (none in the checkpoint); the first update of
-every step has ratio exactly 1; a run killed with -9 resumes onto the uninterrupted run's exact
-metrics; one update agrees at TP2, PP2, DP2 and TP2xPP2."""
+"""tools/train_grpo.py as real torchrun jobs over gloo: GRPO with reward functions mixed with a
+reward model, dynamic sampling, the KL in the loss and no critic (none in the checkpoint); the
+first update of every step has ratio exactly 1; a run killed with -9 resumes onto the
+uninterrupted run's exact metrics (the prompt cursor included); one update agrees at TP2, PP2,
+DP2 and TP2xPP2; dynamic sampling that cannot fill a step stops naming its bound."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import DEMO, REPO, TORCHRUN, child_env, torchrun
+from tests.conftest import DEMO, REPO, TORCHRUN, child_env, run_command, torchrun
 from tests.ppo.checkpoints import save_run_inputs
 from tests.ppo.test_train_ppo import TIMING, _latest, _rows
 from tests.training.test_resume import _kill_9, _wait_for
@@ -20,22 +21,27 @@ pytestmark = pytest.mark.slow  # real torchrun jobs
 TOOL = str(REPO / "tools" / "train_grpo.py")
 STEPS = 4
 RULE = f"{REPO / 'examples' / 'grpo' / 'rewards.py'}:right_count"
+# A reward on which a random policy's groups sometimes tie (all 0 or all 1) and sometimes differ.
+THIRDS = "def thirds(prompts, completions, **columns):\n    return [float(len(c) % 3 == 0) for c in completions]\n"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, single_rank):
     root = tmp_path_factory.mktemp("grpo")
     models = save_run_inputs(root)
+    (root / "thirds.py").write_text(THIRDS)
     (root / "eval.jsonl").write_text("".join((DEMO / "data" / "eval.jsonl").read_text().splitlines(keepends=True)[:4]))
     return root, models
 
 
 def _args(setup, run_dir, *extra) -> list[str]:
     root, models = setup
-    # A random policy rarely ends a response: under no_eos=penalty the few that end carry the
-    # groups' differences. A high learning rate moves the policy, so the KL term has a size.
-    return [f"actor.init={models['policy']}", f"reward.functions=[{RULE}]", f"reward.model={models['reward']}",
-            "reward.weights=[1.0,0.5]", f"data.prompts_path={root / 'prompts.jsonl'}",
+    # The step's reward is 1 x the rule (always 0 for a random policy) + 1 x `thirds`; the reward
+    # model is logged beside them at weight 0, so that groups can tie and dynamic sampling has
+    # groups to drop. A high learning rate moves the policy, so the KL term has a size.
+    return [f"actor.init={models['policy']}", f"reward.functions=[{RULE},{root / 'thirds.py'}:thirds]",
+            f"reward.model={models['reward']}", "reward.weights=[1.0,1.0,0.0]", "rollout.dynamic_sampling=true",
+            f"data.prompts_path={root / 'prompts.jsonl'}",
             f"data.eval_prompts_path={root / 'eval.jsonl'}", f"train.max_steps={STEPS}", "train.prompts_per_step=4",
             "train.micro_batch_size=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8",
             "rollout.no_eos=penalty", "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3", "kl.init_coef=0.1",
@@ -49,19 +55,24 @@ def uninterrupted(setup, tmp_path_factory):
     return run_dir
 
 
-def test_a_grpo_run_has_no_critic_and_logs_each_reward_source(uninterrupted):
+def test_a_grpo_run_has_no_critic_logs_each_reward_source_and_fills_its_steps(uninterrupted, setup):
     rows = _rows(uninterrupted)
     assert sorted(rows) == list(range(1, STEPS + 1))
+    thirds = f"{setup[0] / 'thirds.py'}:thirds"
     for row in rows.values():
         assert row["first_clip_fraction"] == 0.0 and row["first_approx_kl"] == 0.0  # ratio exactly 1
         assert row["responses"] == 16 and row["kl_coef"] == 0.1
         assert not {"value_loss", "critic_grad_norm", "explained_variance"} & set(row)
         assert row[f"reward_{RULE}"] == 0.0  # a random policy never lists the right number of items
-        # The mix (before the no-EOS penalty): 1.0 x the rule + 0.5 x the reward model.
-        assert row["reward_mean"] == pytest.approx(0.5 * row["reward_model"], rel=1e-5)
+        assert row["reward_mean"] == pytest.approx(row[f"reward_{thirds}"]) and row["reward_model"] != 0
+        assert 0 < row[f"reward_{thirds}"] < 1  # every kept group differs
+    # Some groups tied and were dropped; a step then sampled another round of prompts.
+    assert sum(row["dropped_groups"] for row in rows.values()) > 0
+    assert max(row["sampling_rounds"] for row in rows.values()) > 1
     assert rows[1]["kl_loss"] == 0.0 and rows[STEPS]["kl_loss"] > 0  # the policy moved from its reference
     saved = json.loads((uninterrupted / "checkpoints" / f"step_{STEPS}" / "megatron_rm.json").read_text())
     assert set(saved["models"]) == {"actor"}
+    assert saved["state"]["sampler"]["cursor"] == 4 * sum(row["sampling_rounds"] for row in rows.values())
     samples = [json.loads(line) for line in
                (uninterrupted / "samples" / f"eval_step_{STEPS}.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and {f"reward_{RULE}", "reward_model", "reward"} <= set(samples[0])
@@ -103,6 +114,16 @@ def layouts(setup, tmp_path_factory):
 def test_one_update_agrees_at_every_layout(layouts, uninterrupted, layout):
     mine, reference = _rows(layouts[layout])[1], _rows(uninterrupted)[1]
     assert mine["response_length_mean"] == reference["response_length_mean"]  # the same responses
-    for key in ("reward_mean", "reward_model", "policy_loss", "entropy"):
+    for key in ("reward_mean", "reward_model", "policy_loss", "entropy", "dropped_groups"):
         assert mine[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
     assert mine["actor_grad_norm"] == pytest.approx(reference["actor_grad_norm"], rel=1e-4)
+
+
+def test_dynamic_sampling_that_cannot_fill_a_step_stops_naming_its_bound(setup, tmp_path):
+    """The rule alone: a random policy gets 0 on every response, so every group ties."""
+    result = run_command([TORCHRUN, "--standalone", "--nproc-per-node=1", TOOL,
+                          *_args(setup, tmp_path / "run", f"reward.functions=[{RULE}]", "reward.model=null",
+                                 "reward.weights=null", "rollout.dynamic_sampling_max_batches=2")], timeout=300)
+    assert result.returncode != 0
+    assert ("dynamic sampling found 0 of train.prompts_per_step=4 groups whose rewards differ in "
+            "rollout.dynamic_sampling_max_batches=2 rounds") in result.stdout + result.stderr

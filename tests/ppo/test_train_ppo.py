@@ -1,10 +1,12 @@
-"""tools/train_ppo.py as real torchrun jobs over gloo: one PPO update agrees at every layout, a run
-killed with -9 resumes onto the uninterrupted run's exact metrics (the KL coefficient's trajectory
-included), SIGTERM saves and stops, and a run resumes at another layout."""
+"""tools/train_ppo.py as real torchrun jobs over gloo: one PPO step of two mini-batches agrees at
+every layout, a run killed with -9 resumes onto the uninterrupted run's exact metrics (the KL
+coefficient's trajectory included), a resume at another data-parallel size follows it too,
+SIGTERM saves and stops, and a run resumes at another layout."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 
@@ -32,16 +34,16 @@ def setup(tmp_path_factory, single_rank):
 
 def _args(setup, run_dir, *extra) -> list[str]:
     root, models = setup
-    # One update per step (the whole step is one mini-batch): what the parity check compares. A
-    # high actor learning rate and a short horizon make the KL and its coefficient move at once.
-    # With ratio 1 the surrogate is -mean(whitened advantage), about 0: the entropy bonus gives the
-    # first update's policy loss a size to compare.
+    # Two mini-batches per step, each split over the data-parallel replicas as training splits a
+    # global batch: what the parity checks compare. A high actor learning rate and a short horizon
+    # make the KL and its coefficient move at once. With ratio 1 the surrogate is
+    # -mean(whitened advantage), about 0: the entropy bonus gives the policy loss a size to compare.
     return [f"actor.init={models['policy']}", f"reward.model={models['reward']}",
             f"data.prompts_path={root / 'prompts.jsonl'}", f"data.eval_prompts_path={root / 'eval.jsonl'}",
             f"train.max_steps={STEPS}", "train.prompts_per_step=4", "train.micro_batch_size=2",
             "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8", "rollout.no_eos=penalty",
-            "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3", "critic.optim.lr=1e-3", "kl.init_coef=0.2",
-            "kl.target=0.01", "kl.horizon=16",
+            "ppo.mini_batch_size=4", "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3", "critic.optim.lr=1e-3",
+            "kl.init_coef=0.2", "kl.target=0.01", "kl.horizon=16",
             "checkpoint.save_interval=2", "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
 
 
@@ -103,6 +105,22 @@ def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(setup, uninter
             if key not in TIMING:
                 assert mine[step][key] == value, (step, key)
     assert _rows(run_dir, "eval")[STEPS] == _rows(uninterrupted, "eval")[STEPS]
+
+
+def test_a_resume_at_another_data_parallel_size_follows_the_uninterrupted_run(setup, uninterrupted, tmp_path):
+    """Step 2's checkpoint of the one-rank run, resumed on two data-parallel replicas: the same
+    mini-batches (responses and their split into updates do not depend on DP), so the same steps."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_2", run_dir / "checkpoints" / "step_2")
+    (run_dir / "checkpoints" / "latest").write_text("step_2")
+    torchrun(2, TOOL, *_args(setup, run_dir))
+    mine, reference = _rows(run_dir), _rows(uninterrupted)
+    assert sorted(mine) == [3, 4]
+    for step in (3, 4):
+        assert mine[step]["response_length_mean"] == reference[step]["response_length_mean"]
+        for key in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "actor_grad_norm",
+                    "critic_grad_norm"):
+            assert mine[step][key] == pytest.approx(reference[step][key], rel=1e-4, abs=1e-7), (step, key)
 
 
 @pytest.fixture(scope="module")

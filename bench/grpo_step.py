@@ -1,0 +1,191 @@
+"""One GRPO step on the CPU: ours (`ppo.step.run_step` with conf/train_grpo.yaml's estimator)
+beside TRL's `GRPOTrainer`, on the same policy, prompts, group size, response length and reward.
+
+    pip install --target /tmp/trl trl==1.16.0 accelerate==1.16.0   # the reference, beside the project
+    .venv/bin/python bench/grpo_step.py --trl /tmp/trl               # the demo size and ~100M; ~10 min
+    .venv/bin/python bench/grpo_step.py --trl /tmp/trl --sizes demo --steps 1   # a quick check
+
+Builds a random-weight policy of the size (demo = conf/model/tiny.yaml; 100m = the same
+architecture at 12 layers, hidden 768, 12 heads, 4 query groups, FFN 3072, bench/ppo_step.py's
+~100M shape), saves it and exports it to Hugging Face (`tools/convert_megatron_to_hf.py`'s
+export), so both sides start from the same weights. Both sample `--samples-per-prompt`
+responses to each of `--prompts-per-step` demo eval prompts (examples/demo/data/eval.jsonl, in
+file order) at T=1 up to `--max-new-tokens`, score them with the demo rule
+(examples/grpo/rewards.py:right_count), take GRPO advantages (group mean and std), and make one
+optimizer step of the token-mean clipped surrogate over all of them, fp32, no reference model
+(ours `kl.placement=none`, TRL `beta=0`), `--threads` torch threads each.
+
+Ours runs in this process (a one-rank job, TP1); TRL in its own (bench/grpo_reference.py, with
+--trl on its path). `--warmup` untimed steps, then `--steps` timed ones. Per phase, seconds
+per step:
+- generation: ours `generation_s` (megatron's KV cache); TRL `_generate` (transformers' `generate`);
+- scoring: ours `scoring_s` (the rule, old log-probs, advantages); TRL the rest of
+  `_generate_and_score_completions` (the rule, advantages; with one update per generation it
+  computes no old log-probs: its ratio is taken against a detached copy of the new ones);
+- update: the rest of the step (ours: the actor's forward, backward and optimizer step).
+Tokens/s counts prompt + response tokens per step for every row but generation's (new tokens).
+A random policy rarely samples EOS, so nearly every response runs to --max-new-tokens on both
+sides. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from megatron_rm.config import POLICY, ModelConfig, ParallelConfig
+from megatron_rm.convert.megatron_to_hf import export_hf
+from megatron_rm.core import checkpoint
+from megatron_rm.core.optim import SkipGuard
+from megatron_rm.data import load_tokenizer
+from megatron_rm.loading.trainable import build_trainable
+from megatron_rm.ppo.config import PPOConfig, validate_ppo
+from megatron_rm.ppo.kl import kl_controller
+from megatron_rm.ppo.models import PPOModels
+from megatron_rm.ppo.prompts import PromptSampler, load_prompts
+from megatron_rm.ppo.step import run_step
+from megatron_rm.ppo.trainer import build_context
+from megatron_rm.reward_functions.function import RewardFunction
+from megatron_rm.runtime import parallel
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = REPO / "examples" / "demo" / "data" / "eval.jsonl"
+RULE = f"{REPO / 'examples' / 'grpo' / 'rewards.py'}:right_count"
+LR = 1e-5
+
+
+def model_configs() -> dict[str, ModelConfig]:
+    fields = yaml.safe_load((REPO / "conf" / "model" / "tiny.yaml").read_text())
+    demo = ModelConfig(**{**fields, "tokenizer": str(REPO / fields["tokenizer"])})
+    return {"demo": demo, "100m": dataclasses.replace(demo, num_layers=12, hidden_size=768, num_attention_heads=12,
+                                                       num_query_groups=4, ffn_hidden_size=3072,
+                                                       max_sequence_length=512)}
+
+
+def grpo_config(args) -> PPOConfig:
+    cfg = PPOConfig()
+    cfg.actor.init, cfg.reward.functions = "random weights", [RULE]
+    cfg.algorithm.advantage = "grpo"
+    cfg.kl.placement, cfg.kl.type = "none", "fixed"
+    cfg.actor.optim.lr = LR
+    cfg.train.max_steps = args.warmup + args.steps
+    cfg.train.prompts_per_step, cfg.train.micro_batch_size = args.prompts_per_step, args.micro_batch_size
+    cfg.rollout.samples_per_prompt, cfg.rollout.max_new_tokens = args.samples_per_prompt, args.max_new_tokens
+    cfg.rollout.batch_size = args.prompts_per_step * args.samples_per_prompt
+    validate_ppo(cfg, 1, cuda=False)
+    return cfg
+
+
+def ours(name: str, config: ModelConfig, args, layout, work: Path) -> tuple[list[dict], Path, int]:
+    """Our timed steps, the exported policy (the weights before the first step) and its size."""
+    tokenizer = load_tokenizer(config.tokenizer)
+    cfg = grpo_config(args)
+    actor = build_trainable(POLICY, config, cfg.parallel, len(tokenizer), cfg.actor.optim, cfg.train.max_steps,
+                            precision="fp32")
+    saved = checkpoint.save(work / "megatron", 0, {"actor": actor.state}, tokenizer=tokenizer)
+    exported = export_hf(saved, work / "hf", model_name="actor", kind="policy")
+    models = PPOModels(actor, None, None, None, layout, tokenizer)
+    ctx = build_context(cfg, models, [RewardFunction.load(RULE)], kl_controller("fixed", 0.0),
+                        {"actor": SkipGuard(cfg.train.max_skipped)}, (tokenizer.eos_token_id,))
+    prompts = load_prompts(PROMPTS, tokenizer, room=config.max_sequence_length - cfg.rollout.max_new_tokens,
+                           prompt_policy="error", on_invalid="error", max_new_tokens=cfg.rollout.max_new_tokens,
+                           max_sequence_length=config.max_sequence_length)
+    sampler = PromptSampler(len(prompts), cfg.train.prompts_per_step, cfg.train.seed)
+    timed = []
+    for step in range(1, cfg.train.max_steps + 1):
+        began = time.perf_counter()
+        metrics = run_step(ctx, step, prompts, sampler)
+        if step > args.warmup:
+            timed.append({**metrics, "step_s": time.perf_counter() - began})
+    parameters = sum(p.numel() for p in actor.module.parameters())
+    return timed, exported, parameters
+
+
+def reference(exported: Path, args, work: Path) -> dict:
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+    spec = {"model": str(exported), "prompts": [row["prompt"] for row in rows],
+            "prompts_per_step": args.prompts_per_step, "samples_per_prompt": args.samples_per_prompt,
+            "max_new_tokens": args.max_new_tokens, "steps": args.steps, "warmup": args.warmup, "lr": LR,
+            "threads": torch.get_num_threads()}
+    (work / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [args.trl, str(REPO)])),
+           "OMP_NUM_THREADS": str(spec["threads"])}
+    subprocess.run([sys.executable, str(REPO / "bench" / "grpo_reference.py"), str(work / "spec.json"),
+                    str(work / "result.json")], check=True, env=env)
+    return json.loads((work / "result.json").read_text())
+
+
+def bench(name: str, config: ModelConfig, args, layout) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        mine, exported, parameters = ours(name, config, args, layout, work)
+        theirs = reference(exported, args, work)["steps"][args.warmup:]
+
+    def mean(rows, key):
+        return sum(row[key] for row in rows) / len(rows)
+
+    # Ours: tokens as run_step counts them; TRL: what its _generate returned.
+    documents_ours, new_ours = mean(mine, "document_tokens"), mean(mine, "new_tokens")
+    new_trl = mean(theirs, "completion_tokens")
+    documents_trl = new_trl + mean(theirs, "prompt_tokens")
+    ours_s = {"generation": mean(mine, "generation_s"), "scoring": mean(mine, "scoring_s"),
+              "update": mean(mine, "update_s"), "whole step": mean(mine, "step_s")}
+    trl_s = {"generation": mean(theirs, "generation_s"),
+             "scoring": mean(theirs, "generate_and_score_s") - mean(theirs, "generation_s"),
+             "update": mean(theirs, "step_s") - mean(theirs, "generate_and_score_s"),
+             "whole step": mean(theirs, "step_s")}
+    print(f"\n{name}: policy of {parameters:,} parameters ({config.num_layers} layers x hidden {config.hidden_size}), "
+          f"{args.prompts_per_step} prompts x {args.samples_per_prompt} samples, max_new_tokens "
+          f"{args.max_new_tokens} (mean response {mean(mine, 'response_length_mean'):.1f} tokens ours, "
+          f"{new_trl / (args.prompts_per_step * args.samples_per_prompt):.1f} TRL), "
+          f"{torch.get_num_threads()} torch threads; {len(mine)} timed step(s) after {args.warmup} untimed\n")
+    print("| phase | ours s/step | TRL s/step | ours tokens/s | TRL tokens/s | ours / TRL |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for phase in ours_s:
+        tokens_ours, tokens_trl = (new_ours, new_trl) if phase == "generation" else (documents_ours, documents_trl)
+        rate_ours, rate_trl = tokens_ours / ours_s[phase], tokens_trl / trl_s[phase]
+        print(f"| {phase} | {ours_s[phase]:.2f} | {trl_s[phase]:.2f} | {rate_ours:,.0f} | {rate_trl:,.0f} | "
+              f"{rate_ours / rate_trl:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trl", help="a folder holding trl and accelerate (pip install --target), put on the "
+                        "reference's path; default: the environment's own")
+    parser.add_argument("--sizes", default="demo,100m", help="comma-separated: demo, 100m")
+    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--samples-per-prompt", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads on both sides (default: torch's)")
+    args = parser.parse_args()
+    configs = model_configs()
+    sizes = args.sizes.split(",")
+    if set(sizes) - set(configs):
+        parser.error(f"--sizes takes {', '.join(configs)}, not {', '.join(sorted(set(sizes) - set(configs)))}")
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layout = parallel.initialize(ParallelConfig(), seed=1234)
+    try:
+        for name in sizes:
+            bench(name, configs[name], args, layout)
+    finally:
+        parallel.shutdown()
+
+
+if __name__ == "__main__":
+    main()
