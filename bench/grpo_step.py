@@ -30,8 +30,6 @@ sides. No timing is asserted.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -41,9 +39,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from ppo_step import PROMPTS, REPO, run_sizes, step_arguments
 
-from megatron_rm.config import POLICY, ModelConfig, ParallelConfig
+from megatron_rm.config import POLICY, ModelConfig
 from megatron_rm.convert.megatron_to_hf import export_hf
 from megatron_rm.core import checkpoint
 from megatron_rm.core.optim import SkipGuard
@@ -56,20 +54,9 @@ from megatron_rm.ppo.prompts import PromptSampler, load_prompts
 from megatron_rm.ppo.step import run_step
 from megatron_rm.ppo.trainer import build_context
 from megatron_rm.reward_functions.function import RewardFunction
-from megatron_rm.runtime import parallel
 
-REPO = Path(__file__).resolve().parents[1]
-PROMPTS = REPO / "examples" / "demo" / "data" / "eval.jsonl"
 RULE = f"{REPO / 'examples' / 'grpo' / 'rewards.py'}:right_count"
 LR = 1e-5
-
-
-def model_configs() -> dict[str, ModelConfig]:
-    fields = yaml.safe_load((REPO / "conf" / "model" / "tiny.yaml").read_text())
-    demo = ModelConfig(**{**fields, "tokenizer": str(REPO / fields["tokenizer"])})
-    return {"demo": demo, "100m": dataclasses.replace(demo, num_layers=12, hidden_size=768, num_attention_heads=12,
-                                                       num_query_groups=4, ffn_hidden_size=3072,
-                                                       max_sequence_length=512)}
 
 
 def grpo_config(args) -> PPOConfig:
@@ -118,8 +105,10 @@ def reference(exported: Path, args, work: Path) -> dict:
             "max_new_tokens": args.max_new_tokens, "steps": args.steps, "warmup": args.warmup, "lr": LR,
             "threads": torch.get_num_threads()}
     (work / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [args.trl, str(REPO)])),
-           "OMP_NUM_THREADS": str(spec["threads"])}
+    # Not this process's process-group variables: accelerate would join its rendezvous.
+    distributed = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    env = {**{k: v for k, v in os.environ.items() if k not in distributed},
+           "PYTHONPATH": os.pathsep.join(filter(None, [args.trl, str(REPO)])), "OMP_NUM_THREADS": str(spec["threads"])}
     subprocess.run([sys.executable, str(REPO / "bench" / "grpo_reference.py"), str(work / "spec.json"),
                     str(work / "result.json")], check=True, env=env)
     return json.loads((work / "result.json").read_text())
@@ -159,32 +148,10 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_arguments(__doc__, prompts_per_step=4, samples_per_prompt=8, steps=2)
     parser.add_argument("--trl", help="a folder holding trl and accelerate (pip install --target), put on the "
                         "reference's path; default: the environment's own")
-    parser.add_argument("--sizes", default="demo,100m", help="comma-separated: demo, 100m")
-    parser.add_argument("--prompts-per-step", type=int, default=4)
-    parser.add_argument("--samples-per-prompt", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--micro-batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads on both sides (default: torch's)")
-    args = parser.parse_args()
-    configs = model_configs()
-    sizes = args.sizes.split(",")
-    if set(sizes) - set(configs):
-        parser.error(f"--sizes takes {', '.join(configs)}, not {', '.join(sorted(set(sizes) - set(configs)))}")
-    if args.steps < 1:
-        parser.error("--steps must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    layout = parallel.initialize(ParallelConfig(), seed=1234)
-    try:
-        for name in sizes:
-            bench(name, configs[name], args, layout)
-    finally:
-        parallel.shutdown()
+    run_sizes(parser, parser.parse_args(), bench)
 
 
 if __name__ == "__main__":

@@ -124,17 +124,23 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
         print(f"| {label} | {seconds:.2f} | {100 * seconds / step_s:.0f}% | {tokens / seconds:.1f} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(doc: str, *, prompts_per_step: int, samples_per_prompt: int,
+                   steps: int) -> argparse.ArgumentParser:
+    """The flags of an RL step benchmark (this one and bench/grpo_step.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="demo,100m", help="comma-separated: demo, 100m")
-    parser.add_argument("--prompts-per-step", type=int, default=8)
-    parser.add_argument("--samples-per-prompt", type=int, default=4)
+    parser.add_argument("--prompts-per-step", type=int, default=prompts_per_step)
+    parser.add_argument("--samples-per-prompt", type=int, default=samples_per_prompt)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--micro-batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    args = parser.parse_args()
+    return parser
+
+
+def run_sizes(parser: argparse.ArgumentParser, args, bench) -> None:
+    """`bench(name, config, args, layout)` for each of --sizes, in a one-rank job."""
     configs = model_configs()
     sizes = args.sizes.split(",")
     if set(sizes) - set(configs):
@@ -149,6 +155,11 @@ def main() -> None:
             bench(name, configs[name], args, layout)
     finally:
         parallel.shutdown()
+
+
+def main() -> None:
+    parser = step_arguments(__doc__, prompts_per_step=8, samples_per_prompt=4, steps=3)
+    run_sizes(parser, parser.parse_args(), bench)
 
 
 if __name__ == "__main__":

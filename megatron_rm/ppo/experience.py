@@ -70,7 +70,8 @@ class Scored:
     (rows, seq) in log-probability space, laid out as `batch`."""
 
     batch: Batch
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None
+    """None when the step makes one update: the update's own, detached (`forwards.RolloutModels`)."""
     ref_logprobs: torch.Tensor | None
     """None when nothing needs the reference policy (kl.placement=none)."""
     values: torch.Tensor | None
@@ -89,7 +90,7 @@ class Experience:
     """The update's micro-batches, one per `Scored`."""
     kl: torch.Tensor | None
     """(responses,) each response's mean per-token KL estimate against the reference; None
-    without a reference forward."""
+    without a reference forward or old log-probabilities."""
 
 
 def experience(parts: list[Scored], settings: AdvantageSettings, *, advantage: str = "gae",
@@ -102,7 +103,8 @@ def experience(parts: list[Scored], settings: AdvantageSettings, *, advantage: s
     for part in parts:
         _, mask = next_token_targets(part.batch)
         masks.append(mask)
-        kls.append(torch.zeros_like(part.old_logprobs) if part.ref_logprobs is None else
+        kls.append(torch.zeros(mask.shape, device=mask.device)
+                   if part.ref_logprobs is None or part.old_logprobs is None else
                    torch.where(mask, kl_penalty(part.old_logprobs, part.ref_logprobs, kl_estimator), 0.0))
     sizes = [len(part.scores) for part in parts]
     groups = [torch.arange(sum(sizes[:i]), sum(sizes[:i + 1])) if part.groups is None else part.groups
@@ -119,6 +121,6 @@ def experience(parts: list[Scored], settings: AdvantageSettings, *, advantage: s
         rollouts.append(Rollouts(part.batch, part.old_logprobs, part.values, advantages[i],
                                  None if returns is None else returns[i], policy_rows=learn,
                                  ref_logprobs=part.ref_logprobs if kl_in_loss else None))
-    has_reference = bool(parts) and parts[0].ref_logprobs is not None
-    kl = torch.cat([mean_per_token(k, m) for k, m in zip(kls, masks)]) if has_reference else None
+    read = bool(parts) and parts[0].ref_logprobs is not None and parts[0].old_logprobs is not None
+    kl = torch.cat([mean_per_token(k, m) for k, m in zip(kls, masks)]) if read else None
     return Experience(rollouts, kl)

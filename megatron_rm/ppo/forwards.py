@@ -2,7 +2,8 @@
 forward-only schedule at the job's TP/PP layout, on this replica's micro-batches.
 
 - old log-probabilities: the actor's training forward (never the generator's numbers), on the
-  very micro-batches the update will run first, so that the first update's ratio is exactly 1;
+  very micro-batches the update will run first, so that the first update's ratio is exactly 1
+  (skipped when the step's one update can take its own, `RolloutModels.old_logprobs`);
 - reference log-probabilities: the same forward with the initial weights swapped in from CPU;
 - values: the critic (a reward model read at every position);
 - scores: a reward model of the job at each document's last token (`model_scores`, the same
@@ -41,6 +42,10 @@ class RolloutModels:
     vocab_size: int
     temperature: float
     """The sampling temperature: log-probabilities are those of the distribution sampled from."""
+    old_logprobs: bool = True
+    """False when the step makes exactly one update and the KL is not in the reward: the update's
+    own log-probabilities, detached, are then the old ones (the same numbers, from the same
+    weights, so the ratio is exactly 1 either way; as TRL and verl do), and a forward is saved."""
 
 
 def _per_position(chunks, batches: list[Batch], forward, then, layout: Layout) -> list[torch.Tensor]:
@@ -75,7 +80,7 @@ def rollout_forwards(models: RolloutModels, batches: list[Batch], ended: list[to
     micro-batches, with `ended` (which responses stopped by themselves), `rewards` (each
     response's reward before shaping) and `groups` (each response's prompt in the step), ready
     for `experience.experience`."""
-    old = action_logprobs(models, batches)
+    old = action_logprobs(models, batches) if models.old_logprobs else [None] * len(batches)
     reference = [None] * len(batches)
     if models.reference is not None:
         with models.reference.swapped_into(unwrap(models.actor[0])):

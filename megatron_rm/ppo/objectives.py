@@ -32,8 +32,9 @@ class Rollouts:
     response mask) and, per position, what the rollout phase computed. Rows as in `batch`."""
 
     batch: Batch
-    old_logprobs: torch.Tensor
-    """(rows, seq) log-probabilities of the actions under the policy that sampled them."""
+    old_logprobs: torch.Tensor | None
+    """(rows, seq) log-probabilities of the actions under the policy that sampled them; None:
+    the update's own, detached (a step with one update, before which the policy has not moved)."""
     old_values: torch.Tensor | None
     """(rows, seq) the critic's values before the update; None without a critic."""
     advantages: torch.Tensor
@@ -52,7 +53,7 @@ class Rollouts:
     def to(self, device) -> Rollouts:
         def moved(x):
             return None if x is None else x.to(device)
-        return replace(self, batch=self.batch.to(device), old_logprobs=self.old_logprobs.to(device),
+        return replace(self, batch=self.batch.to(device), old_logprobs=moved(self.old_logprobs),
                        old_values=moved(self.old_values), advantages=self.advantages.to(device),
                        returns=moved(self.returns), policy_rows=moved(self.policy_rows),
                        ref_logprobs=moved(self.ref_logprobs))
@@ -105,8 +106,9 @@ class ActorObjective(_PPOObjective):
         entropy = token_entropy(logits, self.vocab_size, self.temperature) if self.with_entropy else None
         if entropy is not None and not self.settings.entropy_coef:
             entropy = entropy.detach()  # logged only: no second backward through the softmax
-        return self._result(*policy_loss(logprobs, rollouts.old_logprobs, rollouts.advantages, mask, self.settings,
-                                         entropy, rollouts.ref_logprobs))
+        old = rollouts.old_logprobs if rollouts.old_logprobs is not None else logprobs.detach()
+        return self._result(*policy_loss(logprobs, old, rollouts.advantages, mask, self.settings, entropy,
+                                         rollouts.ref_logprobs))
 
 
 class CriticObjective(_PPOObjective):

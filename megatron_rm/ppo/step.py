@@ -62,8 +62,10 @@ def run_step(ctx: Context, step: int, prompt_set: PromptSet, sampler: PromptSamp
                                          update_rows(order, cfg.mini_batch_size(), layout))
     groups = [torch.tensor([got.groups[i] for i in chosen]) for chosen in rows]
     combined = [got.rewards["combined"][chosen].to(runtime.device()) for chosen in rows]
+    one_update = cfg.ppo.epochs == 1 and cfg.mini_batch_size() == cfg.responses_per_step()
     rollout_models = RolloutModels(actor_chunks, critic_chunks, models.reference, layout, ctx.vocab_size,
-                                   cfg.rollout.temperature)
+                                   cfg.rollout.temperature,
+                                   old_logprobs=not (one_update and cfg.kl.placement != "reward"))
     shaping = Shaping(clip=cfg.reward.clip, no_eos=cfg.rollout.no_eos, no_eos_penalty=cfg.rollout.no_eos_penalty,
                       max_new_tokens=cfg.rollout.max_new_tokens, overlong_buffer=cfg.reward.overlong_buffer,
                       overlong_penalty=cfg.reward.overlong_penalty)

@@ -94,8 +94,14 @@ def test_the_first_update_has_ratio_exactly_one(models):
     targets, _ = next_token_targets(micro.batch)
     with torch.no_grad():  # the old log-probabilities: the training forward on the same micro-batch
         old = token_logprobs(forward_logits(ddp, micro.batch), targets, VOCAB, TEMPERATURE)
-    summary, _ = step(models, "actor", ActorObjective(VOCAB, TEMPERATURE), [rollouts(list(range(6)), old)])
+    summary, norm = step(models, "actor", ActorObjective(VOCAB, TEMPERATURE), [rollouts(list(range(6)), old)])
     assert summary["clipped"] == 0.0 and summary["approx_kl"] == 0.0
+    # A step with one update takes the update's own log-probabilities instead (no old forward):
+    # the same loss and the same gradient.
+    own = rollouts(list(range(6)))
+    own.old_logprobs = None
+    reused, reused_norm = step(models, "actor", ActorObjective(VOCAB, TEMPERATURE), [own])
+    assert reused == summary and reused_norm == pytest.approx(norm, rel=1e-6)
 
 
 def test_responses_left_out_of_the_policy_loss_still_train_the_critic(models):

@@ -7,14 +7,12 @@ DP2 and TP2xPP2; dynamic sampling that cannot fill a step stops naming its bound
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.conftest import DEMO, REPO, TORCHRUN, child_env, run_command, torchrun
+from tests.conftest import DEMO, REPO, TORCHRUN, run_command, torchrun
 from tests.ppo.checkpoints import save_run_inputs
-from tests.ppo.test_train_ppo import TIMING, _latest, _rows
-from tests.training.test_resume import _kill_9, _wait_for
+from tests.ppo.test_train_ppo import _rows, kill_9_then_resume
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
 
@@ -79,21 +77,7 @@ def test_a_grpo_run_has_no_critic_logs_each_reward_source_and_fills_its_steps(un
 
 
 def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(setup, uninterrupted, tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    with (run_dir / "output.log").open("a") as output:
-        job = subprocess.Popen([TORCHRUN, "--standalone", "--nproc-per-node=1", TOOL, *_args(setup, run_dir)],
-                               cwd=REPO, env=child_env(), stdout=output, stderr=subprocess.STDOUT)
-    _wait_for(lambda: _latest(run_dir) == "step_2", job, "the checkpoint of step 2")
-    _kill_9(job)
-    resumed = torchrun(1, TOOL, *_args(setup, run_dir))
-    assert "resumed from" in resumed.stdout
-    mine, reference = _rows(run_dir), _rows(uninterrupted)
-    for step in range(1, STEPS + 1):
-        for key, value in reference[step].items():
-            if key not in TIMING:
-                assert mine[step][key] == value, (step, key)
-    assert _rows(run_dir, "eval")[STEPS] == _rows(uninterrupted, "eval")[STEPS]
+    kill_9_then_resume(TOOL, lambda run_dir: _args(setup, run_dir), tmp_path / "run", uninterrupted)
 
 
 @pytest.fixture(scope="module")
