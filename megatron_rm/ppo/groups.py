@@ -13,7 +13,6 @@ import torch
 
 GROUP_ESTIMATORS = ("grpo", "rloo")
 GROUP_SCALES = ("std", "none")
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 
 
 def group_advantages(scores: torch.Tensor, groups: torch.Tensor, estimator: str = "grpo", *, scale: str = "std",
@@ -54,6 +53,29 @@ def group_advantages(scores: torch.Tensor, groups: torch.Tensor, estimator: str 
     return torch.where(scored & (n > 1), advantages, 0.0)
 
 
+def _token_mean(sums, tokens, norm):
+    return sums.sum(), tokens.sum()
+
+
+def _seq_mean_token_mean(sums, tokens, norm):
+    return (sums / tokens.clamp(min=1)).sum(), (tokens > 0).sum()
+
+
+def _seq_mean_token_sum(sums, tokens, norm):
+    return sums.sum(), torch.tensor(sums.numel(), device=sums.device)
+
+
+def _seq_mean_token_sum_norm(sums, tokens, norm):
+    if norm is None or not norm > 0:
+        raise ValueError(f"seq_mean_token_sum_norm needs a norm > 0 (the longest response allowed), got {norm!r}")
+    return sums.sum() / norm, torch.tensor(sums.numel(), device=sums.device)
+
+
+# name -> fn(each response's token sum, its token count, norm) -> (numerator, denominator)
+LOSS_AGGREGATIONS = {"token_mean": _token_mean, "seq_mean_token_mean": _seq_mean_token_mean,
+                     "seq_mean_token_sum": _seq_mean_token_sum, "seq_mean_token_sum_norm": _seq_mean_token_sum_norm}
+
+
 def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
                    norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(numerator, denominator) of a (responses, positions) per-token loss over the masked tokens:
@@ -69,17 +91,7 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "tok
     """
     _choice("loss aggregation", mode, LOSS_AGGREGATIONS)
     valid = mask.bool()
-    sums = torch.where(valid, per_token, 0.0).sum(-1)
-    tokens = valid.sum(-1)
-    if mode == "token_mean":
-        return sums.sum(), tokens.sum()
-    if mode == "seq_mean_token_mean":
-        return (sums / tokens.clamp(min=1)).sum(), (tokens > 0).sum()
-    if mode == "seq_mean_token_sum":
-        return sums.sum(), torch.tensor(sums.numel(), device=sums.device)
-    if norm is None or not norm > 0:
-        raise ValueError(f"seq_mean_token_sum_norm needs a norm > 0 (the longest response allowed), got {norm!r}")
-    return sums.sum() / norm, torch.tensor(sums.numel(), device=sums.device)
+    return LOSS_AGGREGATIONS[mode](torch.where(valid, per_token, 0.0).sum(-1), valid.sum(-1), norm)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -27,42 +27,42 @@ from __future__ import annotations
 
 import torch
 
-ESTIMATORS = ("k1", "abs", "k2", "k3")
-LOSS_ESTIMATORS = ("k1", "k2", "k3")
 PLACEMENTS = ("reward", "loss", "none")
 CONTROLLERS = ("adaptive", "fixed")
 KL_UNITS = "nats per token (batch mean of each response's token mean)"
 
 
+def _k3(d: torch.Tensor) -> torch.Tensor:
+    # exp(-d) overflows fp32 beyond d < -88; such a token's estimate is huge either way.
+    d = d.clamp(min=-20.0)
+    return torch.expm1(-d) + d
+
+
+def _k3_clamped(d: torch.Tensor) -> torch.Tensor:
+    d = d.clamp(-20.0, 20.0)
+    return (torch.expm1(-d) + d).clamp(max=10.0)
+
+
+# name -> the estimate as a function of d = log pi - log pi_ref
+ESTIMATORS = {"k1": lambda d: d, "abs": torch.abs, "k2": lambda d: 0.5 * d.square(), "k3": _k3}
+# In the loss, k3 is verl's `low_var_kl` and NeMo-RL's: d clamped to [-20, 20] and the estimate to
+# at most 10, so one token the reference finds unlikely cannot dominate the loss.
+LOSS_ESTIMATORS = {"k1": ESTIMATORS["k1"], "k2": ESTIMATORS["k2"], "k3": _k3_clamped}
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token KL estimate of the sampled tokens, same shape as the inputs."""
-    d = logprobs - ref_logprobs
-    if estimator == "k1":
-        return d
-    if estimator == "abs":
-        return d.abs()
-    if estimator == "k2":
-        return 0.5 * d.square()
-    if estimator == "k3":
-        # exp(-d) overflows fp32 beyond d < -88; such a token's estimate is huge either way.
-        d = d.clamp(min=-20.0)
-        return torch.expm1(-d) + d
-    raise ValueError(f"KL estimator {estimator!r} must be one of {', '.join(ESTIMATORS)}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"KL estimator {estimator!r} must be one of {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[estimator](logprobs - ref_logprobs)
 
 
 def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token KL term of the policy loss (`kl.placement=loss`), differentiable in `logprobs`.
-
-    `k3` is verl's `low_var_kl` and NeMo-RL's: d clamped to [-20, 20] (exp(-d) stays finite) and
-    the estimate to at most 10, so one token the reference finds unlikely cannot dominate the
-    loss; `k1` is d and `k2` is d^2 / 2 (whose gradient is k1's value, the unbiased gradient of
-    KL(pi || pi_ref))."""
+    """Per-token KL term of the policy loss (`kl.placement=loss`), differentiable in `logprobs`:
+    `LOSS_ESTIMATORS` (k2's gradient is k1's value, the unbiased gradient of KL(pi || pi_ref))."""
     if estimator not in LOSS_ESTIMATORS:
         raise ValueError(f"KL loss estimator {estimator!r} must be one of {', '.join(LOSS_ESTIMATORS)}")
-    if estimator != "k3":
-        return kl_penalty(logprobs, ref_logprobs, estimator)
-    d = (logprobs - ref_logprobs).clamp(-20.0, 20.0)
-    return (torch.expm1(-d) + d).clamp(max=10.0)
+    return LOSS_ESTIMATORS[estimator](logprobs - ref_logprobs)
 
 
 def mean_per_token(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,25 @@ import torch
 from megatron_rm.ppo.groups import aggregate_loss
 from megatron_rm.ppo.kl import kl_loss
 
-POLICY_LOSSES = ("clipped", "reinforce")
+
+def _clipped(logprobs, ratio, advantages, settings):
+    """PPO's clipped surrogate, the ratio clipped to [1 - clip, 1 + clip_high], with the dual clip."""
+    unclipped = -advantages * ratio
+    high = settings.clip if settings.clip_high is None else settings.clip_high
+    clipped = -advantages * ratio.clamp(1.0 - settings.clip, 1.0 + high)
+    per_token = torch.maximum(unclipped, clipped)
+    if settings.dual_clip is not None:
+        per_token = torch.where(advantages < 0, torch.minimum(per_token, -advantages * settings.dual_clip), per_token)
+    return per_token, clipped > unclipped
+
+
+def _reinforce(logprobs, ratio, advantages, settings):
+    """-A log pi: REINFORCE, no ratio and no clip (NeMo-RL's disable_ppo_ratio)."""
+    return -advantages * logprobs, torch.zeros_like(logprobs, dtype=torch.bool)
+
+
+# name -> fn(logprobs, ratio, advantages, settings) -> (per-token loss, where the clip was taken)
+POLICY_LOSSES = {"clipped": _clipped, "reinforce": _reinforce}
 
 
 @dataclass(frozen=True)
@@ -54,19 +72,11 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     when they are computed. Before the first update logprobs equal old_logprobs bit for bit, so
     the ratio is exactly 1 and the first two are 0.
     """
+    if settings.kind not in POLICY_LOSSES:
+        raise ValueError(f"policy loss {settings.kind!r} must be one of {', '.join(POLICY_LOSSES)}")
     valid = mask.bool()
     log_ratio = torch.where(valid, logprobs - old_logprobs, 0.0)
-    ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    high = settings.clip if settings.clip_high is None else settings.clip_high
-    clipped = -advantages * ratio.clamp(1.0 - settings.clip, 1.0 + high)
-    if settings.kind == "reinforce":
-        per_token, took_clip = -advantages * logprobs, torch.zeros_like(valid)
-    else:
-        per_token, took_clip = torch.maximum(unclipped, clipped), clipped > unclipped
-        if settings.dual_clip is not None:
-            per_token = torch.where(advantages < 0, torch.minimum(per_token, -advantages * settings.dual_clip),
-                                    per_token)
+    per_token, took_clip = POLICY_LOSSES[settings.kind](logprobs, log_ratio.exp(), advantages, settings)
     if entropy is not None and settings.entropy_coef:
         per_token = per_token - settings.entropy_coef * entropy
     kl = None
