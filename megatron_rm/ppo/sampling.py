@@ -104,10 +104,10 @@ class StepResponses:
 
 def sample_step(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler) -> StepResponses:
     """The step's responses from `sampler.cursor` on (`sampler` itself is left as it is)."""
-    cfg, layout = ctx.cfg, ctx.layout
-    P, G = cfg.train.prompts_per_step, cfg.rollout.samples_per_prompt
-    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
-    cursor, kept, result = sampler.cursor, [], StepResponses([], [], [], {}, sampler.cursor, rounds=0)
+    cfg = ctx.cfg
+    P = cfg.train.prompts_per_step
+    result = StepResponses([], [], [], {}, sampler.cursor, rounds=0)
+    kept = []
     while len(kept) < P:
         if result.rounds == cfg.rollout.dynamic_sampling_max_batches:
             raise TrainingError(f"dynamic sampling found {len(kept)} of train.prompts_per_step={P} groups whose "
@@ -115,39 +115,14 @@ def sample_step(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler) -> 
                                 f"{P} prompts: raise the bound, or check the reward (is every response right, or "
                                 "every one wrong?)")
         result.rounds += 1
-        # (prompt, its position in the round, the response's number in the run)
-        numbered = [(index, j, (cursor + j) * G + k) for j, index in enumerate(sampler.at(cursor, P))
-                    for k in range(G)]
-        cursor += P
-        began = time.perf_counter()
-        mine = replica_share(numbered, layout)
-        with in_eval_mode([ctx.models.actor.ddp]):
-            sampled = generate_batched(ctx.generator, [prompt_set.ids[index] for index, _, _ in mine],
-                                       [number for _, _, number in mine], params, cfg.train.seed,
-                                       cfg.rollout.batch_size)
-        result.generation_s += time.perf_counter() - began
-        began = time.perf_counter()
-        which = [index for index, _, _ in mine]
-        prompts = [prompt_set.ids[index] for index in which]
-        batches, _, rows = micro_batches(ctx, prompts, sampled, list(range(len(mine))))
-        scored = score_responses(ctx, prompt_set, which, sampled, batches, rows)
-        flat = {"combined": torch.cat(scored.combined), "raw": torch.cat(scored.raw),
-                **{name: torch.cat(values) for name, values in scored.sources.items()}}
-        shared = all_replicas([(completion, {name: float(values[i]) for name, values in flat.items()})
-                               for i, completion in enumerate(sampled)], layout)
-        result.scoring_s += time.perf_counter() - began
-        result.generated_tokens += sum(len(completion.token_ids) for completion, _ in shared)
-        for j in range(P):
-            group = [(numbered[j * G + k][0], *shared[j * G + k]) for k in range(G)]
-            if cfg.rollout.dynamic_sampling and not _differs([rewards["combined"] for _, _, rewards in group]):
-                result.dropped_groups += 1
-            elif len(kept) < P:
+        for group in _sample_round(ctx, prompt_set, sampler, result):
+            if len(kept) < P and (not cfg.rollout.dynamic_sampling or
+                                  _differs([rewards["combined"] for _, _, rewards in group])):
                 kept.append(group)
             else:
                 result.dropped_groups += 1
         if not cfg.rollout.dynamic_sampling:
             break
-    result.cursor = cursor
     for g, group in enumerate(kept):
         for prompt, completion, rewards in group:
             result.prompts.append(prompt)
@@ -157,6 +132,37 @@ def sample_step(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler) -> 
                 result.rewards.setdefault(name, []).append(value)
     result.rewards = {name: torch.tensor(values) for name, values in result.rewards.items()}
     return result
+
+
+def _sample_round(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler, result: StepResponses) -> list:
+    """The next train.prompts_per_step prompts from `result.cursor` (which moves past them), their
+    responses sampled and scored on this replica's share and shared with every replica: one group
+    per prompt, a list of (prompt, completion, {reward name: value}). Times and tokens go to `result`."""
+    cfg, layout = ctx.cfg, ctx.layout
+    P, G = cfg.train.prompts_per_step, cfg.rollout.samples_per_prompt
+    # (prompt, the response's number in the run: its prompt's stream position x G + k)
+    numbered = [(index, (result.cursor + j) * G + k) for j, index in enumerate(sampler.at(result.cursor, P))
+                for k in range(G)]
+    result.cursor += P
+    mine = replica_share(numbered, layout)
+    which = [index for index, _ in mine]
+    began = time.perf_counter()
+    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
+    with in_eval_mode([ctx.models.actor.ddp]):
+        sampled = generate_batched(ctx.generator, [prompt_set.ids[index] for index in which],
+                                   [number for _, number in mine], params, cfg.train.seed, cfg.rollout.batch_size)
+    result.generation_s += time.perf_counter() - began
+    began = time.perf_counter()
+    batches, _, rows = micro_batches(ctx, [prompt_set.ids[index] for index in which], sampled,
+                                     list(range(len(mine))))
+    scored = score_responses(ctx, prompt_set, which, sampled, batches, rows)
+    flat = {"combined": torch.cat(scored.combined), "raw": torch.cat(scored.raw),
+            **{name: torch.cat(values) for name, values in scored.sources.items()}}
+    shared = all_replicas([(completion, {name: float(values[i]) for name, values in flat.items()})
+                           for i, completion in enumerate(sampled)], layout)
+    result.scoring_s += time.perf_counter() - began
+    result.generated_tokens += sum(len(completion.token_ids) for completion, _ in shared)
+    return [[(numbered[j * G + k][0], *shared[j * G + k]) for k in range(G)] for j in range(P)]
 
 
 def _differs(rewards: list[float]) -> bool:

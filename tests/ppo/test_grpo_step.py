@@ -16,7 +16,7 @@ from megatron_rm.ppo.kl import kl_controller
 from megatron_rm.ppo.models import PPOModels
 from megatron_rm.ppo.prompts import PromptSampler, load_prompts
 from megatron_rm.ppo.reference import CpuReference
-from megatron_rm.ppo.step import run_step
+from megatron_rm.ppo.step import run_step, update_rows
 from megatron_rm.ppo.trainer import build_context
 from megatron_rm.reward_functions.function import RewardFunction
 from tests.conftest import DEMO, tiny_model_config
@@ -94,3 +94,14 @@ def test_grpo_on_a_rule_reward_learns(tmp_path, single_rank):
     rewards = [run_step(ctx, step, prompts, sampler)["reward_mean"] for step in range(1, 31)]
     before, after = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
     assert before < 0.15 and after > before + 0.4, rewards  # measured: 0.06 -> 0.76
+
+
+def test_each_mini_batch_holds_the_same_responses_at_any_data_parallel_size():
+    from types import SimpleNamespace
+
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(0)).tolist()
+    for dp in (1, 2, 4):
+        shares = [update_rows(order, 8, SimpleNamespace(dp=dp, dp_rank=rank)) for rank in range(dp)]
+        for k in range(3):  # mini-batch k: each replica's k-th share of 8 // dp responses
+            held = sorted(i for share in shares for i in share[k * 8 // dp:(k + 1) * 8 // dp])
+            assert held == sorted(order[k * 8:(k + 1) * 8])
