@@ -35,11 +35,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from ppo_step import PROMPTS, REPO, run_sizes, step_arguments
+from ppo_step import PROMPTS, REPO, run_sizes, step_arguments, timed_steps
 
 from megatron_rm.config import POLICY, ModelConfig
 from megatron_rm.convert.megatron_to_hf import export_hf
@@ -50,8 +49,6 @@ from megatron_rm.loading.trainable import build_trainable
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
 from megatron_rm.ppo.kl import kl_controller
 from megatron_rm.ppo.models import PPOModels
-from megatron_rm.ppo.prompts import PromptSampler, load_prompts
-from megatron_rm.ppo.step import run_step
 from megatron_rm.ppo.trainer import build_context
 from megatron_rm.reward_functions.function import RewardFunction
 
@@ -84,16 +81,7 @@ def ours(name: str, config: ModelConfig, args, layout, work: Path) -> tuple[list
     models = PPOModels(actor, None, None, None, layout, tokenizer)
     ctx = build_context(cfg, models, [RewardFunction.load(RULE)], kl_controller("fixed", 0.0),
                         {"actor": SkipGuard(cfg.train.max_skipped)}, (tokenizer.eos_token_id,))
-    prompts = load_prompts(PROMPTS, tokenizer, room=config.max_sequence_length - cfg.rollout.max_new_tokens,
-                           prompt_policy="error", on_invalid="error", max_new_tokens=cfg.rollout.max_new_tokens,
-                           max_sequence_length=config.max_sequence_length)
-    sampler = PromptSampler(len(prompts), cfg.train.prompts_per_step, cfg.train.seed)
-    timed = []
-    for step in range(1, cfg.train.max_steps + 1):
-        began = time.perf_counter()
-        metrics = run_step(ctx, step, prompts, sampler)
-        if step > args.warmup:
-            timed.append({**metrics, "step_s": time.perf_counter() - began})
+    timed = timed_steps(ctx, config, tokenizer, args.warmup)
     parameters = sum(p.numel() for p in actor.module.parameters())
     return timed, exported, parameters
 

@@ -88,11 +88,10 @@ def context(cfg: PPOConfig, config: ModelConfig, tokenizer, layout) -> Context:
     return build_context(cfg, models, [], controller, guards, (tokenizer.eos_token_id,))
 
 
-def bench(name: str, config: ModelConfig, args, layout) -> None:
-    tokenizer = load_tokenizer(config.tokenizer)
-    responses = args.prompts_per_step * args.samples_per_prompt
-    cfg = ppo_config(args, args.micro_batch_size)
-    ctx = context(cfg, config, tokenizer, layout)
+def timed_steps(ctx: Context, config: ModelConfig, tokenizer, warmup: int) -> list[dict]:
+    """`run_step`'s metrics and wall clock (`step_s`) for each of the run's steps after `warmup`,
+    on the demo's eval prompts drawn as a run draws them."""
+    cfg = ctx.cfg
     prompts = load_prompts(PROMPTS, tokenizer, room=config.max_sequence_length - cfg.rollout.max_new_tokens,
                            prompt_policy="error", on_invalid="error", max_new_tokens=cfg.rollout.max_new_tokens,
                            max_sequence_length=config.max_sequence_length)
@@ -101,8 +100,17 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
     for step in range(1, cfg.train.max_steps + 1):
         began = time.perf_counter()
         metrics = run_step(ctx, step, prompts, sampler)
-        if step > args.warmup:
+        if step > warmup:
             timed.append({**metrics, "step_s": time.perf_counter() - began})
+    return timed
+
+
+def bench(name: str, config: ModelConfig, args, layout) -> None:
+    tokenizer = load_tokenizer(config.tokenizer)
+    responses = args.prompts_per_step * args.samples_per_prompt
+    cfg = ppo_config(args, args.micro_batch_size)
+    ctx = context(cfg, config, tokenizer, layout)
+    timed = timed_steps(ctx, config, tokenizer, args.warmup)
 
     def mean(key: str) -> float:
         return sum(m[key] for m in timed) / len(timed)

@@ -120,27 +120,40 @@ def load_whole(module: torch.nn.Module, tensors) -> None:
     without the embedding (megatron's copy of it there) takes the embedding's tensor, as it
     does from a checkpoint, where it is saved under the embedding's key.
     """
+    local = local_pieces(module)
+    missing = set(local)
+    for name, whole in tensors:
+        if name not in local:
+            continue  # another pipeline stage's parameter
+        missing.discard(name)
+        with torch.no_grad():
+            for piece in local[name]:
+                piece.data.copy_(whole[place(piece)])
+    if missing:
+        raise AssertionError(f"no tensor given for {sorted(missing)[:8]}")
+
+
+def local_pieces(module: torch.nn.Module) -> dict[str, list]:
+    """This rank's shard of every parameter of `module` (its stage, its tensor-parallel slice), as
+    megatron's sharding metadata describes it: the whole model's parameter name -> the
+    ShardedTensors whose `data` are views of the parameter (a swiglu `linear_fc1` gives two, its
+    gate and up halves). A tied output layer on a last stage without the embedding (megatron's
+    copy of it there) is named as the embedding, as a checkpoint saves it."""
     local: dict[str, list] = {}
     for name, entry in module.sharded_state_dict(prefix="").items():
         if isinstance(entry, ShardedObject):
             continue
         if name == OUTPUT_LAYER and entry.key == EMBEDDING:
             name = EMBEDDING
-        local.setdefault(_global_name(module, name), []).append(entry)
-    missing = set(local)
-    for name, whole in tensors:
-        if name not in local:
-            continue  # another pipeline stage's parameter
-        missing.discard(name)
-        for entry in local[name]:
-            pieces = entry.build() if isinstance(entry, ShardedTensorFactory) else entry
-            with torch.no_grad():
-                for piece in _parts(pieces):
-                    where = tuple(slice(offset, offset + size) for offset, size in
-                                  zip(piece.global_offset[piece.prepend_axis_num:], piece.data.shape))
-                    piece.data.copy_(whole[where])
-    if missing:
-        raise AssertionError(f"no tensor given for {sorted(missing)[:8]}")
+        pieces = entry.build() if isinstance(entry, ShardedTensorFactory) else entry
+        local.setdefault(_global_name(module, name), []).extend(_parts(pieces))
+    return local
+
+
+def place(piece) -> tuple[slice, ...]:
+    """Where a ShardedTensor's `data` lies in its whole (TP1/PP1) parameter."""
+    return tuple(slice(offset, offset + size) for offset, size in
+                 zip(piece.global_offset[piece.prepend_axis_num:], piece.data.shape))
 
 
 def _global_name(module: torch.nn.Module, name: str) -> str:

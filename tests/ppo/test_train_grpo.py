@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import DEMO, REPO, TORCHRUN, run_command, torchrun
 from tests.ppo.checkpoints import save_run_inputs
-from tests.ppo.test_train_ppo import _rows, kill_9_then_resume
+from tests.ppo.test_train_ppo import _rows, kill_9_then_resume, one_step_at_every_layout
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
 
@@ -82,16 +82,7 @@ def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(setup, uninter
 
 @pytest.fixture(scope="module")
 def layouts(setup, tmp_path_factory):
-    """Run dirs of one update at TP2, PP2 and DP2 (one two-rank job) and TP2xPP2 (the tool on four)."""
-    root = tmp_path_factory.mktemp("layouts")
-    runs = {name: root / name for name in ("tp2", "pp2", "dp2", "tp2xpp2")}
-    one_update = ("train.max_steps=1", "data.eval_prompts_path=null")
-    overrides = [arg for arg in _args(setup, root / "unused", *one_update) if not arg.startswith("run.dir=")]
-    torchrun(2, str(REPO / "tests" / "ppo" / "parity_worker.py"), "--config", "train_grpo",
-             "--layout", "2", "1", str(runs["tp2"]), "--layout", "1", "2", str(runs["pp2"]),
-             "--layout", "1", "1", str(runs["dp2"]), "--", *overrides)
-    torchrun(4, TOOL, *_args(setup, runs["tp2xpp2"], *one_update, "parallel.tp=2", "parallel.pp=2"))
-    return runs
+    return one_step_at_every_layout(TOOL, "train_grpo", lambda *a: _args(setup, *a), tmp_path_factory.mktemp("layouts"))
 
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "tp2xpp2"])

@@ -134,14 +134,19 @@ def test_a_resume_at_another_data_parallel_size_follows_the_uninterrupted_run(se
 
 @pytest.fixture(scope="module")
 def layouts(setup, tmp_path_factory):
-    """Run dirs of one update at TP2, PP2 and DP2 (one two-rank job) and TP2xPP2 (the tool on four)."""
-    root = tmp_path_factory.mktemp("layouts")
+    return one_step_at_every_layout(TOOL, "train_ppo", lambda *a: _args(setup, *a), tmp_path_factory.mktemp("layouts"))
+
+
+def one_step_at_every_layout(tool: str, config: str, args, root) -> dict:
+    """Run dirs of one step of `tool` (conf/<config>.yaml, `args(run_dir, *extra)`) at TP2, PP2 and
+    DP2 (one two-rank job) and TP2xPP2 (the tool on four)."""
     runs = {name: root / name for name in ("tp2", "pp2", "dp2", "tp2xpp2")}
-    one_update = ("train.max_steps=1", "data.eval_prompts_path=null")
-    overrides = [arg for arg in _args(setup, root / "unused", *one_update) if not arg.startswith("run.dir=")]
-    torchrun(2, str(REPO / "tests" / "ppo" / "parity_worker.py"), "--layout", "2", "1", str(runs["tp2"]),
-             "--layout", "1", "2", str(runs["pp2"]), "--layout", "1", "1", str(runs["dp2"]), "--", *overrides)
-    torchrun(4, TOOL, *_args(setup, runs["tp2xpp2"], *one_update, "parallel.tp=2", "parallel.pp=2"))
+    one_step = ("train.max_steps=1", "data.eval_prompts_path=null")
+    overrides = [arg for arg in args(root / "unused", *one_step) if not arg.startswith("run.dir=")]
+    torchrun(2, str(REPO / "tests" / "ppo" / "parity_worker.py"), "--config", config,
+             "--layout", "2", "1", str(runs["tp2"]), "--layout", "1", "2", str(runs["pp2"]),
+             "--layout", "1", "1", str(runs["dp2"]), "--", *overrides)
+    torchrun(4, tool, *args(runs["tp2xpp2"], *one_step, "parallel.tp=2", "parallel.pp=2"))
     return runs
 
 
