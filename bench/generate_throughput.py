@@ -7,8 +7,10 @@ Builds a random Llama causal LM (hidden 256, 4 layers by default) with `transfor
 classes and the demo tokenizer in a temporary folder, loads it as our policy (converted in
 memory), and generates greedily for one batch of `--batch` prompts of mixed lengths,
 `--new-tokens` new tokens each (EOS is never reached: no stop token is set on either side),
-with both. Prints a markdown table (tokens/s, seconds per run, the best of `--repeats`), the
-ratio (target >= 1.0) and whether the two produced the same tokens.
+with both, and with the vLLM engine (`--vllm`, when vLLM is installed: the same rollout engine
+`rollout.engine=vllm` runs, its weights loaded through the weight stream). Prints a markdown
+table (tokens/s, seconds per run, the best of `--repeats`), the ratio (target >= 1.0) and
+whether they produced the same tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,9 @@ import torch
 import transformers
 from demo_llama import save_llama
 
-from megatron_rm.generation.generator import Generator
+from megatron_rm.config import POLICY
+from megatron_rm.convert.weight_stream import hf_weights
+from megatron_rm.generation.engines import build_engine
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.loading.models import load_policy
 
@@ -37,11 +42,17 @@ def prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
     return [tokenizer(" ".join(rng.choice(WORDS, n)), add_special_tokens=False)["input_ids"][:n] for n in lengths]
 
 
-def ours(policy, batch: list[list[int]], new_tokens: int) -> list[list[int]]:
-    generator = Generator(policy.chunks, policy.layout, vocab_size=policy.vocab_size,
-                          max_sequence_length=policy.config.max_sequence_length, eos_token_ids=())
-    completions = generator.generate(batch, SamplingParams(max_new_tokens=new_tokens, temperature=0),
-                                     [(0, row) for row in range(len(batch))])
+def engine(policy, name: str):
+    """The rollout engine `name` on `policy`, its weights loaded."""
+    built = build_engine(name, policy.chunks, policy.layout, policy.config, vocab_size=policy.vocab_size,
+                         eos_token_ids=(), dtype=torch.float32, cuda=False)
+    built.load_weights(hf_weights(policy.chunks, policy.layout, policy.config, POLICY, policy.vocab_size), 0)
+    return built
+
+
+def ours(engine, batch: list[list[int]], new_tokens: int) -> list[list[int]]:
+    completions = engine.generate(batch, SamplingParams(max_new_tokens=new_tokens, temperature=0),
+                                  [(0, row) for row in range(len(batch))])
     return [completion.token_ids for completion in completions]
 
 
@@ -63,6 +74,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vllm", action="store_true", help="add the vLLM engine (vLLM installed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         save_llama(Path(folder), args.hidden, args.layers, causal_lm=True, max_positions=1024)
@@ -71,7 +83,9 @@ def main() -> None:
         batch = prompts(policy.tokenizer, args.batch, args.seed)
         runs = {"transformers generate": lambda: reference(model, policy.tokenizer.pad_token_id, batch,
                                                            args.new_tokens),
-                "ours (megatron KV cache)": lambda: ours(policy, batch, args.new_tokens)}
+                "ours (megatron KV cache)": partial(ours, engine(policy, "megatron"), batch, args.new_tokens)}
+        if args.vllm:
+            runs["vLLM engine"] = partial(ours, engine(policy, "vllm"), batch, args.new_tokens)
         seconds, tokens = {}, {}
         for _ in range(args.repeats):
             for name, run in runs.items():
@@ -85,11 +99,13 @@ def main() -> None:
     print("| generator | seconds | new tokens/s |\n|---|---:|---:|")
     for name in runs:
         print(f"| {name} | {seconds[name]:.2f} | {generated / seconds[name]:.0f} |")
-    reference_name, our_name = runs
+    reference_name, our_name, *others = runs
     print(f"\nours / transformers: {seconds[reference_name] / seconds[our_name]:.2f}x (target >= 1.0)")
-    same = tokens[reference_name] == tokens[our_name]
-    print(f"same tokens: {same}" + ("" if same else f" ({sum(a == b for a, b in zip(*tokens.values()))} of "
-                                                     f"{args.batch} rows)"))
+    for other in others:
+        print(f"{other} / transformers: {seconds[reference_name] / seconds[other]:.2f}x")
+    for name in (our_name, *others):
+        same = sum(a == b for a, b in zip(tokens[reference_name], tokens[name]))
+        print(f"{name}: the same tokens as transformers in {same} of {args.batch} rows")
 
 
 if __name__ == "__main__":

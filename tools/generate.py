@@ -20,13 +20,16 @@ generation_config.json names, or at --stop-token-ids. `--temperature 0` is greed
 
 import argparse
 
-from megatron_rm.config import ParallelConfig
+from megatron_rm import runtime
+from megatron_rm.config import POLICY, ParallelConfig
 from megatron_rm.core.file_job import add_file_arguments, check_files, run_tool
 from megatron_rm.errors import UsageError
 from megatron_rm.generation.batch_job import GenerateTask, generate_file
+from megatron_rm.generation.engine import ENGINES
+from megatron_rm.generation.engines import engine_problems
 from megatron_rm.generation.prompts import PROMPT_POLICIES
 from megatron_rm.generation.sampling import SamplingParams
-from megatron_rm.loading.models import PRECISIONS, load_policy
+from megatron_rm.loading.models import PRECISIONS, find, load_policy
 
 
 def arguments() -> argparse.Namespace:
@@ -46,6 +49,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (dp = world / (tp * pp))")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16 needs a GPU")
     parser.add_argument("--batch-size", type=int, default=16, help="responses generated together per replica")
+    parser.add_argument("--engine", choices=ENGINES, default="megatron",
+                        help="what samples: megatron's KV cache on the loaded shards, or vLLM (one per replica)")
     parser.add_argument("--prompt-policy", choices=PROMPT_POLICIES, default="error",
                         help="a prompt with no room for --max-new-tokens: refuse the row, or cut its oldest tokens")
     return parser.parse_args()
@@ -58,6 +63,10 @@ def main() -> None:
 
     def run():
         problems = params.problems()
+        if args.engine != "megatron":  # before any process group starts
+            found = find(args.model, POLICY, model_name=args.model_name)
+            problems += engine_problems(args.engine, found.config, params, cuda=runtime.cuda_available(),
+                                        key="--engine")
         if problems:
             raise UsageError("; ".join(problems))
         check_files(args.input, args.output)
@@ -65,11 +74,14 @@ def main() -> None:
                              model_name=args.model_name, seed=args.seed)
         try:
             task = GenerateTask(policy, params, num_samples=args.num_samples, seed=args.seed,
-                                batch_size=args.batch_size, prompt_policy=args.prompt_policy)
+                                batch_size=args.batch_size, prompt_policy=args.prompt_policy, engine=args.engine)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        return generate_file(task, args.input, args.output, on_invalid=args.on_invalid,
-                             chunk_rows=args.chunk_rows), task
+        try:
+            return generate_file(task, args.input, args.output, on_invalid=args.on_invalid,
+                                 chunk_rows=args.chunk_rows), task
+        finally:
+            task.engine.close()
 
     result = run_tool(run, args.output, "generate")
     if result is None:

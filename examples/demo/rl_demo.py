@@ -38,11 +38,18 @@ def reward_model(work: Path, given: Path | None, steps: int, nproc: int) -> Path
     return work / "rm" / "checkpoints"
 
 
-def policy(work: Path, given: Path | None, steps: int, nproc: int) -> Path:
-    """`given`, else a policy warm-started by SFT on the demo's chosen responses into `work/sft`."""
+# `--engine vllm`: the rollouts come from vLLM, whose CPU attention needs a head size of 32 or more;
+# the demo's tiny model has 16 (64 wide, 4 heads), so its policy is warm-started with 2 heads of 32.
+VLLM_POLICY = ("model.num_attention_heads=2", "model.num_query_groups=2")
+
+
+def policy(work: Path, given: Path | None, steps: int, nproc: int, engine: str = "megatron") -> Path:
+    """`given`, else a policy warm-started by SFT on the demo's chosen responses into `work/sft`
+    (shaped for `engine`)."""
     if given is not None:
         return given
-    run(*torchrun(nproc), "tools/train_sft.py", f"run.dir={work / 'sft'}", f"train.max_steps={steps}")
+    shape = VLLM_POLICY if engine == "vllm" else ()
+    run(*torchrun(nproc), "tools/train_sft.py", f"run.dir={work / 'sft'}", f"train.max_steps={steps}", *shape)
     return work / "sft" / "checkpoints"
 
 

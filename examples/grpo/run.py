@@ -51,12 +51,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="GRPO steps of each run")
     parser.add_argument("--prompts", type=int, default=200, help="held-out prompts (examples/demo/data/eval.jsonl)")
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--engine", choices=("megatron", "vllm"), default="megatron",
+                        help="what samples the rollouts (rollout.engine; vllm: vLLM installed, and a policy with "
+                        "heads of 32 for its CPU attention, which the SFT warm start then trains)")
     parser.add_argument("--rule-only", action="store_true", help="skip the run with the reward model mixed in")
     parser.add_argument("grpo_overrides", nargs="*", help="more key=value settings for tools/train_grpo.py")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    actor = policy(work, args.policy, args.sft_steps, args.nproc)
+    actor = policy(work, args.policy, args.sft_steps, args.nproc, args.engine)
 
     runs = {"rule": (f"reward.functions=[{RULE}]",)}
     if not args.rule_only:
@@ -67,7 +70,7 @@ def main() -> None:
         run_dir = work / name.replace(" + ", "_and_").replace(" ", "_")
         run(*torchrun(args.nproc), "tools/train_grpo.py", f"actor.init={actor}", *rewards, f"run.dir={run_dir}",
             "checkpoint.load=null", f"train.max_steps={args.steps}", f"eval.max_prompts={args.prompts}",
-            *GRPO_SETTINGS, *args.grpo_overrides)
+            *GRPO_SETTINGS, f"rollout.engine={args.engine}", *args.grpo_overrides)
         train = [row for row in read(run_dir / "metrics.jsonl") if row["split"] == "train"]
         report["runs"][name] = {"before": judge(read(run_dir / "samples" / "eval_step_0.jsonl")),
                                 "after": judge(read(run_dir / "samples" / f"eval_step_{args.steps}.jsonl")),

@@ -54,17 +54,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="PPO steps")
     parser.add_argument("--prompts", type=int, default=200, help="held-out prompts (examples/demo/data/eval.jsonl)")
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--engine", choices=("megatron", "vllm"), default="megatron",
+                        help="what samples the rollouts (rollout.engine; vllm: vLLM installed, and a policy with "
+                        "heads of 32 for its CPU attention, which the SFT warm start then trains)")
     parser.add_argument("ppo_overrides", nargs="*", help="more key=value settings for tools/train_ppo.py")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     rm = reward_model(work, args.reward_model, args.rm_steps, args.nproc)
-    actor = policy(work, args.policy, args.sft_steps, args.nproc)
+    actor = policy(work, args.policy, args.sft_steps, args.nproc, args.engine)
 
     ppo_dir = work / "ppo"
     run(*torchrun(args.nproc), "tools/train_ppo.py", f"actor.init={actor}", f"reward.model={rm}",
         f"run.dir={ppo_dir}", "checkpoint.load=null", f"train.max_steps={args.steps}",
-        f"eval.max_prompts={args.prompts}", *PPO_SETTINGS, *args.ppo_overrides)
+        f"eval.max_prompts={args.prompts}", *PPO_SETTINGS, f"rollout.engine={args.engine}", *args.ppo_overrides)
 
     before = judge(read(ppo_dir / "samples" / "eval_step_0.jsonl"))
     after = judge(read(ppo_dir / "samples" / f"eval_step_{args.steps}.jsonl"))

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_rm import runtime
+from megatron_rm.config import POLICY
+from megatron_rm.convert.weight_stream import hf_weights
 from megatron_rm.core.file_job import RowTask, Summary, run_file
 from megatron_rm.core.micro_batches import deal
 from megatron_rm.data.sources import RawRow
-from megatron_rm.generation.generator import Completion, Generator, generate_batched, response_text
+from megatron_rm.generation.engine import generate_batched
+from megatron_rm.generation.engines import build_engine
+from megatron_rm.generation.generator import Completion, response_text
 from megatron_rm.generation.prompts import PROMPT_POLICIES, PromptRow, end_token_ids, prompt_rows
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.loading.models import LoadedPolicy
@@ -28,7 +33,7 @@ class GenerateTask(RowTask):
     verb = "generated for"
 
     def __init__(self, policy: LoadedPolicy, params: SamplingParams, *, num_samples: int = 1, seed: int = 0,
-                 batch_size: int = 16, prompt_policy: str = "error"):
+                 batch_size: int = 16, prompt_policy: str = "error", engine: str = "megatron"):
         problems = params.problems()
         if num_samples < 1:
             problems.append(f"num_samples={num_samples} must be >= 1")
@@ -44,9 +49,11 @@ class GenerateTask(RowTask):
             raise ValueError("; ".join(problems))
         self.policy, self.params, self.num_samples, self.seed = policy, params, num_samples, seed
         self.batch_size, self.prompt_policy, self.room = batch_size, prompt_policy, room
-        self.generator = Generator(policy.chunks, policy.layout, vocab_size=policy.vocab_size,
-                                   max_sequence_length=policy.config.max_sequence_length,
-                                   eos_token_ids=end_token_ids(policy.tokenizer, policy.name))
+        self.engine = build_engine(engine, policy.chunks, policy.layout, policy.config, vocab_size=policy.vocab_size,
+                                   eos_token_ids=end_token_ids(policy.tokenizer, policy.name),
+                                   dtype=next(policy.chunks[0].parameters()).dtype, cuda=runtime.cuda_available())
+        self.engine.load_weights(hf_weights(policy.chunks, policy.layout, policy.config, POLICY, policy.vocab_size),
+                                 version=0)
         self.truncated = 0
         """Prompts cut under prompt_policy truncate_prompt (counted on rank 0)."""
         self.new_tokens = 0
@@ -66,7 +73,7 @@ class GenerateTask(RowTask):
         lengths = [len(prompt) for prompt, _, _ in items]
         mine = [items[i] for (i,) in deal([[i] for i in range(len(items))], lengths, layout.dp)[layout.dp_rank]]
         numbers = [number for _, number, _ in mine]
-        completions = generate_batched(self.generator, [prompt for prompt, _, _ in mine], numbers, self.params,
+        completions = generate_batched(self.engine, [prompt for prompt, _, _ in mine], numbers, self.params,
                                        self.seed, self.batch_size)
         gathered = gather_to_first(list(zip(numbers, completions)), layout)
         if gathered is None:

@@ -142,19 +142,6 @@ class Generator:
                        dtype=torch.float32)[0]
 
 
-def generate_batched(generator: Generator, prompts: list[list[int]], numbers: list[int], params: SamplingParams,
-                     seed: int, batch_size: int) -> list[Completion]:
-    """A completion of each prompt (in order), `batch_size` at a time; response i draws from
-    (seed, numbers[i]), so it is the same in any batch. Prompts of similar length share a batch."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    done: dict[int, Completion] = {}
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        completions = generator.generate([prompts[i] for i in batch], params, [(seed, numbers[i]) for i in batch])
-        done.update(zip(batch, completions))
-    return [done[i] for i in range(len(prompts))]
-
-
 def response_text(tokenizer, completion: Completion) -> str:
     """The response as text, without the stop token that ended it."""
     return tokenizer.decode(completion.response_ids)

@@ -77,8 +77,12 @@ def choose(logits: torch.Tensor, params: SamplingParams,
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
 
 
+def row_seed(seed: int, row: int) -> int:
+    """The seed of one (prompt, sample) row: a function of the run's seed and the row's index in
+    the whole input only, whatever batch, rank or engine the row lands on."""
+    return (seed * 0x9E3779B97F4A7C15 + row * 0xBF58476D1CE4E5B9 + 1) % 2**63
+
+
 def row_generator(seed: int, row: int, device: torch.device) -> torch.Generator:
-    """The generator of one (prompt, sample) row: a function of the run's seed and the row's
-    index in the whole input only, whatever batch or rank the row lands on."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + row * 0xBF58476D1CE4E5B9 + 1) % 2**63
-    return torch.Generator(device=device).manual_seed(mixed)
+    """The generator of one (prompt, sample) row (`row_seed`)."""
+    return torch.Generator(device=device).manual_seed(row_seed(seed, row))

@@ -19,6 +19,7 @@ from megatron_rm.config import (
     optimizer_problems,
 )
 from megatron_rm.errors import ConfigError
+from megatron_rm.generation.engine import ENGINES
 from megatron_rm.ppo.estimators import ADVANTAGE_ESTIMATORS
 from megatron_rm.ppo.experience import NO_EOS_POLICIES
 from megatron_rm.ppo.groups import GROUP_SCALES, LOSS_AGGREGATIONS
@@ -141,6 +142,14 @@ class RolloutConfig:
     dynamic_sampling_max_batches: int = 10
     """Rounds of train.prompts_per_step prompts a step may sample (NeMo-RL's 10, verl's max_num_gen_batches);
     more stop the run."""
+    engine: str = "megatron"
+    """What samples the responses (`generation.engine`): megatron (the actor's own chunks) or vllm
+    (weights pushed after every actor update). The trainer's forward gives the old log-probabilities
+    either way; each step logs how far the engine's are from them."""
+    is_correction: bool = False
+    """Truncated importance sampling (Yao et al. 2025, verl's tis_imp_ratio_cap): each token's policy
+    loss is weighted by min(pi_trainer / pi_engine, is_cap), for what the engine's numerics changed."""
+    is_cap: float = 2.0
 
 
 @dataclass
@@ -274,6 +283,9 @@ def ppo_problems(cfg: PPOConfig, world_size: int, *, cuda: bool) -> list[str]:
     if p.loss_norm_tokens is not None and not p.loss_norm_tokens >= 1:
         found.append(f"ppo.loss_norm_tokens={p.loss_norm_tokens} must be >= 1 or null (rollout.max_new_tokens)")
     found += _choice("rollout.no_eos", r.no_eos, NO_EOS_POLICIES)
+    found += _choice("rollout.engine", r.engine, ENGINES)
+    if r.is_correction and not r.is_cap >= 1:
+        found.append(f"rollout.is_cap={r.is_cap} must be >= 1 (the largest weight a token's loss may get)")
     found += _choice("data.on_invalid", cfg.data.on_invalid, ("error", "skip"))
     found += _choice("data.prompt_policy", cfg.data.prompt_policy, ("error", "truncate_prompt"))
     found += _at_least(1, {"train.prompts_per_step": t.prompts_per_step, "train.micro_batch_size": t.micro_batch_size,

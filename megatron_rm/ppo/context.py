@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megatron_rm.core.optim import SkipGuard
-from megatron_rm.generation.generator import Generator
+from megatron_rm.generation.engine import Engine
 from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.ppo.kl import FixedKLController
 from megatron_rm.ppo.models import PPOModels
@@ -19,7 +19,7 @@ class Context:
 
     cfg: PPOConfig
     models: PPOModels
-    generator: Generator
+    engine: Engine
     rewards: RewardSources
     controller: FixedKLController
     guards: dict[str, SkipGuard] = field(default_factory=dict)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from megatron_rm.generation.generator import EOS, generate_batched, response_text
+from megatron_rm.generation.engine import generate_batched
+from megatron_rm.generation.generator import EOS, response_text
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.models import in_eval_mode
@@ -27,7 +28,8 @@ def evaluate(ctx: Context, step: int, prompts: PromptSet, run_dir: Path) -> dict
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.eval.temperature)
     with in_eval_mode([ctx.models.actor.ddp]):
         # Draws of their own (seed + 1): training responses are numbered from 0 with the run's seed.
-        completions = generate_batched(ctx.generator, ids, mine, params, cfg.train.seed + 1, cfg.rollout.batch_size)
+        completions = generate_batched(ctx.engine, ids, mine, params, cfg.train.seed + 1, cfg.rollout.batch_size,
+                                       version=step)
     batches, _, rows = micro_batches(ctx, ids, completions, list(range(len(mine))))
     rewards = score_responses(ctx, prompts, mine, completions, batches, rows)
     sources = rewards.sources if len(rewards.sources) > 1 else {}

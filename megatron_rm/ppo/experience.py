@@ -49,6 +49,15 @@ def documents(prompts: list[list[int]], completions: list[Completion], pad_id: i
     return batch, torch.tensor([c.finish_reason == EOS for c in completions])
 
 
+def engine_logprobs(batch: Batch, completions: list[Completion]) -> torch.Tensor:
+    """(rows, seq) in log-probability space (`documents`' batch of `completions`): each response
+    token's log-probability as the engine that sampled it reported it; 0 elsewhere."""
+    _, mask = next_token_targets(batch)
+    reported = torch.zeros(mask.shape)
+    reported[mask] = torch.tensor([logprob for completion in completions for logprob in completion.logprobs])
+    return reported
+
+
 def shaped_scores(scores: torch.Tensor, ended: torch.Tensor, shaping: Shaping,
                   lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores as the estimator takes them, which responses the policy loss may learn from);

@@ -60,12 +60,15 @@ class PolicyLossSettings:
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 settings: PolicyLossSettings = PolicyLossSettings(), entropy: torch.Tensor | None = None,
-                ref_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                ref_logprobs: torch.Tensor | None = None,
+                token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(loss numerator, denominator, statistic sums) of the policy loss over the masked tokens.
 
     Each token's loss is the clipped surrogate (or REINFORCE's -A log pi), minus the entropy
     bonus, plus kl_coef times the KL to `ref_logprobs`; `settings.aggregation` makes them the
     batch's loss (the token mean by default, whose denominator is the token count).
+    `token_weights` (no gradient) scale each token's loss before that: the importance weights of
+    `rollout.is_correction`.
 
     Statistic sums over the masked tokens: `clipped` (tokens where the clipped branch was taken),
     `approx_kl` (k3 of the new policy against the old one), `tokens`, and `entropy` and `kl_loss`
@@ -83,6 +86,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     if settings.kl_coef:
         kl = kl_loss(logprobs, ref_logprobs, settings.kl_estimator)
         per_token = per_token + settings.kl_coef * kl
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
     numerator, denominator = aggregate_loss(per_token, valid, settings.aggregation, settings.norm)
     with torch.no_grad():
         stats = {"clipped": (valid & took_clip).sum().double(),

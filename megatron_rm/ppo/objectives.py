@@ -23,6 +23,7 @@ from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.reward_model import forward_documents
 from megatron_rm.model.vocab_parallel import token_entropy, token_logprobs
 from megatron_rm.objectives.sft import next_token_targets
+from megatron_rm.ppo.kl import kl_penalty
 from megatron_rm.ppo.losses import PolicyLossSettings, policy_loss, value_loss
 
 
@@ -45,6 +46,8 @@ class Rollouts:
     from every response (see `experience`, no_eos)."""
     ref_logprobs: torch.Tensor | None = None
     """(rows, seq) the reference policy's log-probabilities, for a KL term in the loss (kl.placement=loss)."""
+    engine_logprobs: torch.Tensor | None = None
+    """(rows, seq) the log-probabilities the rollout engine reported for the sampled tokens."""
 
     @property
     def input_ids(self) -> torch.Tensor:  # megatron's schedule sizes its buffers from it
@@ -56,7 +59,7 @@ class Rollouts:
         return replace(self, batch=self.batch.to(device), old_logprobs=moved(self.old_logprobs),
                        old_values=moved(self.old_values), advantages=self.advantages.to(device),
                        returns=moved(self.returns), policy_rows=moved(self.policy_rows),
-                       ref_logprobs=moved(self.ref_logprobs))
+                       ref_logprobs=moved(self.ref_logprobs), engine_logprobs=moved(self.engine_logprobs))
 
 
 class _PPOObjective:
@@ -85,15 +88,22 @@ class _PPOObjective:
 
 
 class ActorObjective(_PPOObjective):
-    """The policy loss (`losses.policy_loss`) on the actor's log-probabilities at the sampling temperature."""
+    """The policy loss (`losses.policy_loss`) on the actor's log-probabilities at the sampling temperature.
+
+    With the engine's log-probabilities (`engine=True`) it also sums how far they are from the
+    trainer's old ones over the loss's tokens, `engine_abs_diff` (|old - engine|) and `engine_k3`
+    (k3 of KL(engine || trainer), the sampled tokens being the engine's), and with `is_cap` it
+    weights each token's loss by min(pi_old / pi_engine, is_cap) (truncated importance sampling)."""
 
     def __init__(self, vocab_size: int, temperature: float, settings: PolicyLossSettings | None = None,
-                 log_entropy: bool = True):
+                 log_entropy: bool = True, engine: bool = False, is_cap: float | None = None):
         self.vocab_size, self.temperature = vocab_size, temperature
         self.settings = settings or PolicyLossSettings()
         self.with_entropy = log_entropy or self.settings.entropy_coef > 0
+        self.engine, self.is_cap = engine, is_cap
         self.fields = ("tokens", "clipped", "approx_kl", *(("entropy",) if self.with_entropy else ()),
-                       *(("kl_loss",) if self.settings.kl_coef else ()))
+                       *(("kl_loss",) if self.settings.kl_coef else ()),
+                       *(("engine_abs_diff", "engine_k3") if engine else ()), *(("is_weight",) if is_cap else ()))
 
     def forward(self, model, rollouts: Rollouts) -> torch.Tensor:
         return forward_logits(model, rollouts.batch)
@@ -107,8 +117,19 @@ class ActorObjective(_PPOObjective):
         if entropy is not None and not self.settings.entropy_coef:
             entropy = entropy.detach()  # logged only: no second backward through the softmax
         old = rollouts.old_logprobs if rollouts.old_logprobs is not None else logprobs.detach()
-        return self._result(*policy_loss(logprobs, old, rollouts.advantages, mask, self.settings, entropy,
-                                         rollouts.ref_logprobs))
+        weights = None
+        if self.is_cap:
+            weights = torch.where(mask, (old - rollouts.engine_logprobs).exp().clamp(max=self.is_cap), 0.0)
+        loss, denominator, stats = policy_loss(logprobs, old, rollouts.advantages, mask, self.settings, entropy,
+                                               rollouts.ref_logprobs, weights)
+        if self.engine:
+            with torch.no_grad():
+                engine = rollouts.engine_logprobs
+                stats["engine_abs_diff"] = torch.where(mask, old - engine, 0.0).abs().sum().double()
+                stats["engine_k3"] = torch.where(mask, kl_penalty(engine, old, "k3"), 0.0).sum().double()
+        if weights is not None:
+            stats["is_weight"] = weights.sum().double()
+        return self._result(loss, denominator, stats)
 
 
 class CriticObjective(_PPOObjective):

@@ -21,7 +21,8 @@ import torch
 
 from megatron_rm.data import Batch, pad_id
 from megatron_rm.errors import TrainingError
-from megatron_rm.generation.generator import Completion, generate_batched, response_text
+from megatron_rm.generation.engine import generate_batched
+from megatron_rm.generation.generator import Completion, response_text
 from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.experience import documents
@@ -102,8 +103,10 @@ class StepResponses:
     scoring_s: float = 0.0
 
 
-def sample_step(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler) -> StepResponses:
-    """The step's responses from `sampler.cursor` on (`sampler` itself is left as it is)."""
+def sample_step(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler, version: int | None = None) -> \
+        StepResponses:
+    """The step's responses from `sampler.cursor` on (`sampler` itself is left as it is), sampled by
+    the engine holding the actor's weights of `version`."""
     cfg = ctx.cfg
     P = cfg.train.prompts_per_step
     result = StepResponses([], [], [], {}, sampler.cursor, rounds=0)
@@ -115,7 +118,7 @@ def sample_step(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler) -> 
                                 f"{P} prompts: raise the bound, or check the reward (is every response right, or "
                                 "every one wrong?)")
         result.rounds += 1
-        for group in _sample_round(ctx, prompt_set, sampler, result):
+        for group in _sample_round(ctx, prompt_set, sampler, result, version):
             if len(kept) < P and (not cfg.rollout.dynamic_sampling or
                                   _differs([rewards["combined"] for _, _, rewards in group])):
                 kept.append(group)
@@ -134,7 +137,8 @@ def sample_step(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler) -> 
     return result
 
 
-def _sample_round(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler, result: StepResponses) -> list:
+def _sample_round(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler, result: StepResponses,
+                  version: int | None) -> list:
     """The next train.prompts_per_step prompts from `result.cursor` (which moves past them), their
     responses sampled and scored on this replica's share and shared with every replica: one group
     per prompt, a list of (prompt, completion, {reward name: value}). Times and tokens go to `result`."""
@@ -149,8 +153,9 @@ def _sample_round(ctx: Context, prompt_set: PromptSet, sampler: PromptSampler, r
     began = time.perf_counter()
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
     with in_eval_mode([ctx.models.actor.ddp]):
-        sampled = generate_batched(ctx.generator, [prompt_set.ids[index] for index in which],
-                                   [number for _, number in mine], params, cfg.train.seed, cfg.rollout.batch_size)
+        sampled = generate_batched(ctx.engine, [prompt_set.ids[index] for index in which],
+                                   [number for _, number in mine], params, cfg.train.seed, cfg.rollout.batch_size,
+                                   version)
     result.generation_s += time.perf_counter() - began
     began = time.perf_counter()
     batches, _, rows = micro_batches(ctx, [prompt_set.ids[index] for index in which], sampled,

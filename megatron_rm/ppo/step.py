@@ -20,13 +20,15 @@ import torch
 import torch.distributed as dist
 
 from megatron_rm import runtime
+from megatron_rm.config import POLICY
+from megatron_rm.convert.weight_stream import hf_weights
 from megatron_rm.core.optim import train_step
 from megatron_rm.generation.generator import EOS
 from megatron_rm.objectives.sft import next_token_targets
 from megatron_rm.ppo.config import PPOConfig
 from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.estimators import AdvantageSettings
-from megatron_rm.ppo.experience import Shaping, experience
+from megatron_rm.ppo.experience import Shaping, engine_logprobs, experience
 from megatron_rm.ppo.forwards import RolloutModels, rollout_forwards
 from megatron_rm.ppo.losses import PolicyLossSettings
 from megatron_rm.ppo.models import in_eval_mode
@@ -52,7 +54,8 @@ def run_step(ctx: Context, step: int, prompt_set: PromptSet, sampler: PromptSamp
     cfg, layout, models = ctx.cfg, ctx.layout, ctx.models
     actor_chunks = [models.actor.ddp]
     critic_chunks = [models.critic.ddp] if models.critic is not None else None
-    got = sample_step(ctx, prompt_set, sampler)
+    got = sample_step(ctx, prompt_set, sampler, version=step - 1)
+    ctx.engine.release()  # its memory, for the forwards and the update (a no-op on the CPU)
 
     began = time.perf_counter()
     prompts = [prompt_set.ids[index] for index in got.prompts]
@@ -75,12 +78,18 @@ def run_step(ctx: Context, step: int, prompt_set: PromptSet, sampler: PromptSamp
     result = experience(parts, advantage_settings(cfg, kl_coef), advantage=cfg.algorithm.advantage,
                         kl_estimator=cfg.kl.estimator, kl_in_loss=cfg.kl.placement == "loss",
                         dp_group=layout.groups.dp)
+    for rollout, chosen in zip(result.rollouts, rows):
+        rollout.engine_logprobs = engine_logprobs(rollout.batch, [got.completions[i] for i in chosen]).to(
+            runtime.device())
     forwards_s = time.perf_counter() - began
 
     began = time.perf_counter()
     train_actor = step > cfg.critic.warmup_steps
     updates = update(ctx, result.rollouts, step, train_actor, kl_coef)
     update_s = time.perf_counter() - began
+    began = time.perf_counter()
+    load_actor_weights(ctx, step)
+    weights_s = time.perf_counter() - began
     sampler.cursor = got.cursor
 
     kl = _moments(result.kl, layout) if result.kl is not None else {"mean": math.nan}
@@ -109,11 +118,20 @@ def run_step(ctx: Context, step: int, prompt_set: PromptSet, sampler: PromptSamp
         "eos_fraction": sum(c.finish_reason == EOS for c in got.completions) / len(got.completions),
         "responses": len(got.completions), "actor_trained": train_actor,
         "new_tokens": got.generated_tokens, "document_tokens": int(document_tokens),
-        "generation_s": got.generation_s, "scoring_s": scoring_s, "update_s": update_s,
+        "generation_s": got.generation_s, "scoring_s": scoring_s, "update_s": update_s, "weights_s": weights_s,
         "generation_tokens_per_s": got.generated_tokens / got.generation_s,
         "scoring_tokens_per_s": document_tokens / scoring_s,
         "update_tokens_per_s": document_tokens * cfg.ppo.epochs / update_s,
     })
+
+
+def load_actor_weights(ctx: Context, version: int) -> None:
+    """The actor's weights into the rollout engine as `version` (nothing is copied for the
+    megatron engine, which samples from the actor itself)."""
+    models = ctx.models
+    ctx.engine.resume()
+    ctx.engine.load_weights(hf_weights([models.actor.ddp], ctx.layout, models.actor.state.config, POLICY,
+                                       ctx.vocab_size), version)
 
 
 def _statistics(values: torch.Tensor) -> dict:
@@ -144,7 +162,8 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool,
     mini-batch's actor statistics."""
     cfg, layout, models = ctx.cfg, ctx.layout, ctx.models
     per_update = cfg.mini_batch_size() // layout.dp // cfg.micro_batch_size(layout.dp)
-    actor = ActorObjective(ctx.vocab_size, cfg.rollout.temperature, policy_settings(cfg, kl_coef))
+    actor = ActorObjective(ctx.vocab_size, cfg.rollout.temperature, policy_settings(cfg, kl_coef), engine=True,
+                           is_cap=cfg.rollout.is_cap if cfg.rollout.is_correction else None)
     critic = CriticObjective(cfg.ppo.value_clip)
     sums = {"actor": None, "critic": None}
     norms = {"actor": [], "critic": []}
@@ -179,7 +198,9 @@ def update(ctx: Context, rollouts: list[Rollouts], step: int, train_actor: bool,
         metrics.update(policy_loss=policy["loss"], clip_fraction=policy["clipped"], approx_kl=policy["approx_kl"],
                        entropy=policy.get("entropy"), policy_tokens=policy["tokens"],
                        actor_grad_norm=sum(norms["actor"]) / len(norms["actor"]),
-                       first_clip_fraction=first["clipped"], first_approx_kl=first["approx_kl"])
+                       first_clip_fraction=first["clipped"], first_approx_kl=first["approx_kl"],
+                       engine_logprob_abs_diff=policy["engine_abs_diff"], engine_logprob_k3=policy["engine_k3"],
+                       **({"is_weight": policy["is_weight"]} if "is_weight" in policy else {}))
         if "kl_loss" in policy:
             metrics["kl_loss"] = policy["kl_loss"]
     return metrics

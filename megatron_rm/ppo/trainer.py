@@ -21,15 +21,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from megatron_rm import runtime
 from megatron_rm.config import CheckpointConfig
 from megatron_rm.core import checkpoint
 from megatron_rm.core.checkpoint_files import LATEST
 from megatron_rm.core.optim import SkipGuard
 from megatron_rm.data.sources import iter_raw_rows
-from megatron_rm.errors import DataError, RewardServerError
-from megatron_rm.generation.generator import Generator
+from megatron_rm.errors import ConfigError, DataError, RewardServerError
+from megatron_rm.generation.engines import build_engine, engine_problems
 from megatron_rm.generation.prompts import end_token_ids
+from megatron_rm.generation.sampling import SamplingParams
 from megatron_rm.ppo.config import PPOConfig, validate_ppo
 from megatron_rm.ppo.context import Context
 from megatron_rm.ppo.evaluation import evaluate
@@ -39,7 +42,7 @@ from megatron_rm.ppo.prompts import PromptSampler, PromptSet, load_prompts
 from megatron_rm.ppo.remote_reward import RemoteReward
 from megatron_rm.ppo.reward_sources import RewardSources
 from megatron_rm.ppo.rewards import ModelRewards, ReplicasAgree, ServerRewards
-from megatron_rm.ppo.step import run_step
+from megatron_rm.ppo.step import load_actor_weights, run_step
 from megatron_rm.reward_functions.function import RewardFunction
 from megatron_rm.training.lifecycle import RunLifecycle
 from megatron_rm.training.resume import restore, start_source
@@ -54,6 +57,11 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
             iter_raw_rows(path)  # checks the path and its format, reads nothing
     functions = [RewardFunction.load(spec) for spec in cfg.reward.functions]
     sources = find_sources(cfg, world_size, cuda=runtime.cuda_available(), te_available=runtime.te_available())
+    problems = engine_problems(cfg.rollout.engine, sources.actor.config,
+                               SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature),
+                               cuda=runtime.cuda_available())
+    if problems:  # before the models take a minute to build
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     resume_from = start_source(CheckpointConfig(load=cfg.checkpoint.load), cfg.run.dir)
 
     t = cfg.train
@@ -84,7 +92,7 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
                "critic_skips": guards["critic"]}
     start = restore(resume_from, models.states(), objects, layout, say, resume=True,
                     load_optimizer=cfg.checkpoint.load_optimizer)
-    ctx = build_context(cfg, models, functions, controller, guards, end_token_ids(tokenizer, cfg.actor.init))
+    ctx = build_context(cfg, models, functions, controller, guards, end_token_ids(tokenizer, cfg.actor.init), start)
 
     life.begin()
     say(f"layout: tp={layout.tp} pp={layout.pp} dp={layout.dp} on {runtime.device().type}; "
@@ -151,13 +159,14 @@ def train_ppo(cfg: PPOConfig) -> dict | None:
         raise RewardServerError(f"{error}\n{where}") from None
     finally:
         log.close()
+        ctx.engine.close()
 
 
 def build_context(cfg: PPOConfig, models: PPOModels, functions: list[RewardFunction], controller: FixedKLController,
-                  guards: dict[str, SkipGuard], eos_token_ids: tuple[int, ...]) -> Context:
-    """What every step uses: the models, the actor's generator (ending responses at
-    `eos_token_ids`), the reward (`functions` and the job's reward model or the server), the KL
-    controller."""
+                  guards: dict[str, SkipGuard], eos_token_ids: tuple[int, ...], start: int = 0) -> Context:
+    """What every step uses: the models, the rollout engine (`rollout.engine`, ending responses
+    at `eos_token_ids`, holding the actor's weights as of step `start`), the reward (`functions`
+    and the job's reward model or the server), the KL controller."""
     model = None
     if models.reward is not None:
         model = ModelRewards(models.reward, cfg.reward.normalize)
@@ -167,10 +176,13 @@ def build_context(cfg: PPOConfig, models: PPOModels, functions: list[RewardFunct
                                                          batch_size=cfg.reward.batch_size),
                                             models.layout))
     rewards = RewardSources(model, functions, cfg.reward.weights, cfg.reward.combine, models.layout)
-    config = models.actor.state.config
-    generator = Generator([models.actor.ddp], models.layout, vocab_size=models.vocab_size,
-                          max_sequence_length=config.max_sequence_length, eos_token_ids=eos_token_ids)
-    return Context(cfg, models, generator, rewards, controller, guards)
+    engine = build_engine(cfg.rollout.engine, [models.actor.ddp], models.layout, models.actor.state.config,
+                          vocab_size=models.vocab_size, eos_token_ids=eos_token_ids,
+                          dtype=torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32,
+                          cuda=runtime.cuda_available(), version=start)
+    ctx = Context(cfg, models, engine, rewards, controller, guards)
+    load_actor_weights(ctx, start)
+    return ctx
 
 
 def _latest_name(checkpoints_dir: Path) -> str | None:

@@ -5,6 +5,7 @@ rank (`single_rank`); torchrun jobs then load them at any layout."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,9 +18,10 @@ from megatron_rm.model import build_policy_model, build_reward_model
 from tests.conftest import DEMO, tiny_model_config
 
 
-def save_tiny_models(root: Path) -> dict[str, Path]:
-    """{"policy", "reward", "other_tokenizer"}: checkpoint folders under `root`."""
-    config = tiny_model_config()
+def save_tiny_models(root: Path, **fields) -> dict[str, Path]:
+    """{"policy", "reward", "other_tokenizer"}: checkpoint folders under `root`; `fields` change
+    the tiny config (conf/model/tiny.yaml)."""
+    config = replace(tiny_model_config(), **fields)
     tokenizer = load_tokenizer(config.tokenizer)
     other = load_tokenizer(config.tokenizer)
     other.add_tokens(["<another-token>"])
@@ -36,9 +38,9 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
     return made
 
 
-def save_run_inputs(root: Path) -> dict[str, Path]:
-    """`save_tiny_models(root / "models")`, and `root/prompts.jsonl`: 24 demo rows to prompt with."""
-    models = save_tiny_models(root / "models")
+def save_run_inputs(root: Path, **fields) -> dict[str, Path]:
+    """`save_tiny_models(root / "models", **fields)`, and `root/prompts.jsonl`: 24 demo rows to prompt with."""
+    models = save_tiny_models(root / "models", **fields)
     rows = (DEMO / "data" / "train.jsonl").read_text().splitlines(keepends=True)
     (root / "prompts.jsonl").write_text("".join(rows[:24]))
     return models

@@ -14,7 +14,7 @@ from megatron_rm.model import build_policy_model, build_reward_model
 from megatron_rm.model.policy import forward_logits
 from megatron_rm.model.vocab_parallel import token_logprobs
 from megatron_rm.objectives.sft import next_token_targets
-from megatron_rm.ppo.losses import PolicyLossSettings
+from megatron_rm.ppo.losses import PolicyLossSettings, policy_loss
 from megatron_rm.ppo.objectives import ActorObjective, CriticObjective, Rollouts
 from tests.conftest import tiny_model_config
 
@@ -115,3 +115,43 @@ def test_responses_left_out_of_the_policy_loss_still_train_the_critic(models):
     assert critic["tokens"] == sum(map(len, RESPONSES))
     only = step(models, "actor", ActorObjective(VOCAB, TEMPERATURE), [rollouts([i for i in rows if learn[i]])])[0]
     assert actor["loss"] == pytest.approx(only["loss"], rel=1e-6)
+
+
+def test_the_engine_gap_and_the_importance_weights_are_taken_against_the_trainers_old_log_probabilities(models):
+    """The engine's log-probabilities enter through `experience.engine_logprobs` at the positions of
+    the response tokens; the gap statistics are |old - engine| and k3, and rollout.is_correction
+    weights each token's loss by min(exp(old - engine), cap)."""
+    from megatron_rm.generation.generator import EOS, Completion
+    from megatron_rm.ppo.experience import engine_logprobs
+    from megatron_rm.ppo.kl import kl_penalty
+
+    rows = rollouts([0, 1, 2])
+    _, mask = next_token_targets(rows.batch)
+    shift = torch.tensor([0.0, 1.0, -3.0])  # old - engine per response: equal, the engine below, the engine above
+    completions = [Completion(RESPONSES[i], (rows.old_logprobs[k][mask[k]] - shift[k]).tolist(), EOS)
+                   for k, i in enumerate([0, 1, 2])]
+    rows.engine_logprobs = engine_logprobs(rows.batch, completions)
+    assert torch.equal(rows.engine_logprobs[~mask], torch.zeros(int((~mask).sum())))
+    torch.testing.assert_close(rows.engine_logprobs[mask], (rows.old_logprobs - shift[:, None])[mask])
+
+    _, layout = models
+    settings = PolicyLossSettings()
+    logits = torch.randn(*rows.batch.input_ids.shape, VOCAB, generator=torch.Generator().manual_seed(3),
+                         requires_grad=True)
+    plain = ActorObjective(VOCAB, TEMPERATURE, settings, engine=True)
+    corrected = ActorObjective(VOCAB, TEMPERATURE, settings, engine=True, is_cap=2.0)
+    loss, tokens, found = plain(rows, logits)
+    stats = plain.summarize(found["sums"])
+    gaps = (shift[:, None].expand_as(mask))[mask]
+    assert stats["engine_abs_diff"] == pytest.approx(float(gaps.abs().mean()))
+    k3 = kl_penalty(rows.engine_logprobs, rows.old_logprobs, "k3")[mask]
+    assert stats["engine_k3"] == pytest.approx(float(k3.mean()))
+    weighted, _, found = corrected(rows, logits)
+    weights = shift.exp().clamp(max=2.0)  # 1, e^1 capped at 2, e^-3
+    assert corrected.summarize(found["sums"])["is_weight"] == pytest.approx(
+        float((weights[:, None].expand_as(mask))[mask].mean()))
+    per_token = policy_loss(token_logprobs(logits, torch.roll(rows.batch.input_ids, -1, 1), VOCAB, TEMPERATURE),
+                            rows.old_logprobs, rows.advantages, mask, settings,
+                            token_weights=torch.where(mask, weights[:, None].expand_as(mask), 0.0))[0]
+    torch.testing.assert_close(weighted, per_token)
+    assert not torch.allclose(weighted, loss)

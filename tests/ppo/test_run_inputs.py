@@ -69,6 +69,8 @@ def test_the_critic_free_estimators_need_no_critic_and_no_reward_model():
     ({"reward__overlong_buffer": 100}, "reward.overlong_buffer=100 exceeds rollout.max_new_tokens=64"),
     ({"ppo__loss_agg": "sum"}, "ppo.loss_agg='sum' must be one of token_mean"),
     ({"reward__combine": "max"}, "reward.combine='max' must be one of sum, normalize_then_sum"),
+    ({"rollout__engine": "sglang"}, "rollout.engine='sglang' must be one of megatron, vllm"),
+    ({"rollout__is_correction": True, "rollout__is_cap": 0.5}, "rollout.is_cap=0.5 must be >= 1"),
 ])
 def test_bad_configuration_is_named(changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
