@@ -66,6 +66,7 @@ def grpo_config(args) -> PPOConfig:
     cfg.train.prompts_per_step, cfg.train.micro_batch_size = args.prompts_per_step, args.micro_batch_size
     cfg.rollout.samples_per_prompt, cfg.rollout.max_new_tokens = args.samples_per_prompt, args.max_new_tokens
     cfg.rollout.batch_size = args.prompts_per_step * args.samples_per_prompt
+    cfg.rollout.engine = args.engine
     validate_ppo(cfg, 1, cuda=False)
     return cfg
 

@@ -19,6 +19,8 @@ averaged over the timed steps:
   critic values, reward-model scores and the experience (advantages, returns);
 - update: one critic and one actor optimizer step per mini-batch (one mini-batch: all of the
   step's responses), ppo.epochs = 1;
+- weights into the engine: the actor's weights loaded into the rollout engine after the update
+  (`--engine`: megatron, nothing to copy; vllm, the weight stream to vLLM);
 - whole step: `run_step`'s wall clock (the phases plus its metrics).
 Scoring, update and whole-step tokens/s count document tokens (prompt + response, as
 `run_step` reports them). A random-weight policy rarely samples EOS, so nearly every response
@@ -38,6 +40,8 @@ import yaml
 from megatron_rm.config import POLICY, REWARD, ModelConfig, ParallelConfig
 from megatron_rm.core.optim import SkipGuard
 from megatron_rm.data import load_tokenizer
+from megatron_rm.generation.engine import ENGINES
+from megatron_rm.generation.engines import engine_problems
 from megatron_rm.loading.reward import ScoringModel
 from megatron_rm.loading.trainable import build_trainable
 from megatron_rm.model.factory import build_reward_model
@@ -70,6 +74,7 @@ def ppo_config(args, micro_batch_size: int) -> PPOConfig:
     cfg.train.max_steps = args.warmup + args.steps
     cfg.train.prompts_per_step, cfg.train.micro_batch_size = args.prompts_per_step, micro_batch_size
     cfg.rollout.samples_per_prompt, cfg.rollout.max_new_tokens = args.samples_per_prompt, args.max_new_tokens
+    cfg.rollout.engine = args.engine
     validate_ppo(cfg, 1, cuda=False)
     return cfg
 
@@ -97,11 +102,14 @@ def timed_steps(ctx: Context, config: ModelConfig, tokenizer, warmup: int) -> li
                            max_sequence_length=config.max_sequence_length)
     sampler = PromptSampler(len(prompts), cfg.train.prompts_per_step, cfg.train.seed)
     timed = []
-    for step in range(1, cfg.train.max_steps + 1):
-        began = time.perf_counter()
-        metrics = run_step(ctx, step, prompts, sampler)
-        if step > warmup:
-            timed.append({**metrics, "step_s": time.perf_counter() - began})
+    try:
+        for step in range(1, cfg.train.max_steps + 1):
+            began = time.perf_counter()
+            metrics = run_step(ctx, step, prompts, sampler)
+            if step > warmup:
+                timed.append({**metrics, "step_s": time.perf_counter() - began})
+    finally:
+        ctx.engine.close()
     return timed
 
 
@@ -120,6 +128,7 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
     rows = [("generation", mean("generation_s"), new_tokens),
             ("scoring (log-probs, values, rewards)", mean("scoring_s"), documents),
             ("update (critic + actor)", mean("update_s"), documents * cfg.ppo.epochs),
+            ("weights into the engine", mean("weights_s"), None),
             ("whole step", step_s, documents)]
     parameters = sum(p.numel() for p in ctx.models.actor.module.parameters())
     print(f"\n{name}: policy of {parameters:,} parameters ({config.num_layers} layers x hidden "
@@ -129,7 +138,8 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
           f"{torch.get_num_threads()} torch threads; {len(timed)} timed step(s) after {args.warmup} untimed\n")
     print("| phase | seconds per step | share of step | tokens/s |\n|---|---:|---:|---:|")
     for label, seconds, tokens in rows:
-        print(f"| {label} | {seconds:.2f} | {100 * seconds / step_s:.0f}% | {tokens / seconds:.1f} |")
+        rate = "-" if tokens is None else f"{tokens / seconds:.1f}"
+        print(f"| {label} | {seconds:.2f} | {100 * seconds / step_s:.0f}% | {rate} |")
 
 
 def step_arguments(doc: str, *, prompts_per_step: int, samples_per_prompt: int,
@@ -144,6 +154,7 @@ def step_arguments(doc: str, *, prompts_per_step: int, samples_per_prompt: int,
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--engine", choices=ENGINES, default="megatron", help="rollout.engine")
     return parser
 
 
@@ -153,6 +164,10 @@ def run_sizes(parser: argparse.ArgumentParser, args, bench) -> None:
     sizes = args.sizes.split(",")
     if set(sizes) - set(configs):
         parser.error(f"--sizes takes {', '.join(configs)}, not {', '.join(sorted(set(sizes) - set(configs)))}")
+    for name in sizes:
+        problems = engine_problems(args.engine, configs[name], cuda=False, key="--engine")
+        if problems:
+            parser.error(f"--sizes {name}: " + "; ".join(problems))
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     if args.threads:

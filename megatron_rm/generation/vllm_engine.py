@@ -155,7 +155,9 @@ def _start(model: ModelConfig, folder: Path, vocab_size: int, dtype: torch.dtype
     """A vLLM engine for `model`'s architecture (its config written to `folder`) with placeholder
     weights: the trainer loads its own."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"  # see the module's docstring
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # Its warnings repeat at every push and request here (the rotary embedding has no weights to
+    # load; no tokenizer, so no EOS of its own), all expected.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is sized for servers
     from vllm import LLM
 

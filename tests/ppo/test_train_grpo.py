@@ -23,24 +23,30 @@ RULE = f"{REPO / 'examples' / 'grpo' / 'rewards.py'}:right_count"
 THIRDS = "def thirds(prompts, completions, **columns):\n    return [float(len(c) % 3 == 0) for c in completions]\n"
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, single_rank):
-    root = tmp_path_factory.mktemp("grpo")
-    models = save_run_inputs(root)
+def grpo_inputs(root, **fields) -> tuple:
+    """(root, the tiny models): `save_run_inputs(root, **fields)`, with `root/thirds.py` (THIRDS)
+    and `root/eval.jsonl` (4 demo eval prompts)."""
+    models = save_run_inputs(root, **fields)
     (root / "thirds.py").write_text(THIRDS)
     (root / "eval.jsonl").write_text("".join((DEMO / "data" / "eval.jsonl").read_text().splitlines(keepends=True)[:4]))
     return root, models
 
 
-def _args(setup, run_dir, *extra) -> list[str]:
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, single_rank):
+    return grpo_inputs(tmp_path_factory.mktemp("grpo"))
+
+
+def grpo_args(setup, run_dir, *extra, steps: int = STEPS, reward_model: bool = True) -> list[str]:
     root, models = setup
     # The step's reward is 1 x the rule (always 0 for a random policy) + 1 x `thirds`; the reward
     # model is logged beside them at weight 0, so that groups can tie and dynamic sampling has
-    # groups to drop. A high learning rate moves the policy, so the KL term has a size.
-    return [f"actor.init={models['policy']}", f"reward.functions=[{RULE},{root / 'thirds.py'}:thirds]",
-            f"reward.model={models['reward']}", "reward.weights=[1.0,1.0,0.0]", "rollout.dynamic_sampling=true",
-            f"data.prompts_path={root / 'prompts.jsonl'}",
-            f"data.eval_prompts_path={root / 'eval.jsonl'}", f"train.max_steps={STEPS}", "train.prompts_per_step=4",
+    # groups to drop. A high learning rate and an entropy bonus move the policy, so the KL term
+    # has a size.
+    model = [f"reward.model={models['reward']}", "reward.weights=[1.0,1.0,0.0]"] if reward_model else []
+    return [f"actor.init={models['policy']}", f"reward.functions=[{RULE},{root / 'thirds.py'}:thirds]", *model,
+            "rollout.dynamic_sampling=true", f"data.prompts_path={root / 'prompts.jsonl'}",
+            f"data.eval_prompts_path={root / 'eval.jsonl'}", f"train.max_steps={steps}", "train.prompts_per_step=4",
             "train.micro_batch_size=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8",
             "rollout.no_eos=penalty", "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3", "kl.init_coef=0.1",
             "checkpoint.save_interval=2", "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
@@ -49,7 +55,7 @@ def _args(setup, run_dir, *extra) -> list[str]:
 @pytest.fixture(scope="module")
 def uninterrupted(setup, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    torchrun(1, TOOL, *_args(setup, run_dir, "checkpoint.keep=0"))
+    torchrun(1, TOOL, *grpo_args(setup, run_dir, "checkpoint.keep=0"))
     return run_dir
 
 
@@ -77,12 +83,13 @@ def test_a_grpo_run_has_no_critic_logs_each_reward_source_and_fills_its_steps(un
 
 
 def test_kill_9_then_resume_follows_the_uninterrupted_run_exactly(setup, uninterrupted, tmp_path):
-    kill_9_then_resume(TOOL, lambda run_dir: _args(setup, run_dir), tmp_path / "run", uninterrupted)
+    kill_9_then_resume(TOOL, lambda run_dir: grpo_args(setup, run_dir), tmp_path / "run", uninterrupted)
 
 
 @pytest.fixture(scope="module")
 def layouts(setup, tmp_path_factory):
-    return one_step_at_every_layout(TOOL, "train_grpo", lambda *a: _args(setup, *a), tmp_path_factory.mktemp("layouts"))
+    return one_step_at_every_layout(TOOL, "train_grpo", lambda *a: grpo_args(setup, *a),
+                                    tmp_path_factory.mktemp("layouts"))
 
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "dp2", "tp2xpp2"])
@@ -97,8 +104,8 @@ def test_one_update_agrees_at_every_layout(layouts, uninterrupted, layout):
 def test_dynamic_sampling_that_cannot_fill_a_step_stops_naming_its_bound(setup, tmp_path):
     """The rule alone: a random policy gets 0 on every response, so every group ties."""
     result = run_command([TORCHRUN, "--standalone", "--nproc-per-node=1", TOOL,
-                          *_args(setup, tmp_path / "run", f"reward.functions=[{RULE}]", "reward.model=null",
-                                 "reward.weights=null", "rollout.dynamic_sampling_max_batches=2")], timeout=300)
+                          *grpo_args(setup, tmp_path / "run", f"reward.functions=[{RULE}]", "reward.model=null",
+                                     "reward.weights=null", "rollout.dynamic_sampling_max_batches=2")], timeout=300)
     assert result.returncode != 0
     assert ("dynamic sampling found 0 of train.prompts_per_step=4 groups whose rewards differ in "
             "rollout.dynamic_sampling_max_batches=2 rounds") in result.stdout + result.stderr

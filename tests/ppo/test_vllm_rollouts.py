@@ -10,35 +10,26 @@ import importlib.util
 
 import pytest
 
-from tests.conftest import DEMO, REPO, torchrun
-from tests.ppo.checkpoints import save_run_inputs
+from tests.conftest import REPO, torchrun
+from tests.ppo.test_train_grpo import grpo_args, grpo_inputs
 from tests.ppo.test_train_ppo import _rows, kill_9_then_resume
 
 pytestmark = [pytest.mark.slow,  # real torchrun jobs, each starting a vLLM engine
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]
 
 TOOL = str(REPO / "tools" / "train_grpo.py")
-THIRDS = "def thirds(prompts, completions, **columns):\n    return [float(len(c) % 3 == 0) for c in completions]\n"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, single_rank):
-    root = tmp_path_factory.mktemp("vllm_grpo")
-    models = save_run_inputs(root, num_attention_heads=2, num_query_groups=2)  # head size 32, as vLLM's CPU needs
-    (root / "thirds.py").write_text(THIRDS)
-    (root / "eval.jsonl").write_text("".join((DEMO / "data" / "eval.jsonl").read_text().splitlines(keepends=True)[:4]))
-    return root, models
+    # Head size 32 (64 wide, 2 heads): vLLM's CPU attention has no kernel for the tiny model's 16.
+    return grpo_inputs(tmp_path_factory.mktemp("vllm_grpo"), num_attention_heads=2, num_query_groups=2)
 
 
 def _args(setup, run_dir, *extra) -> list[str]:
-    root, models = setup
-    return [f"actor.init={models['policy']}", f"reward.functions=[{root / 'thirds.py'}:thirds]",
-            "rollout.engine=vllm", "rollout.dynamic_sampling=true", "rollout.is_correction=true",
-            f"data.prompts_path={root / 'prompts.jsonl'}", f"data.eval_prompts_path={root / 'eval.jsonl'}",
-            "train.max_steps=3", "train.prompts_per_step=4", "train.micro_batch_size=4", "rollout.samples_per_prompt=4",
-            "rollout.max_new_tokens=8", "rollout.no_eos=penalty", "ppo.entropy_coef=0.01", "actor.optim.lr=3e-3",
-            "kl.init_coef=0.1",
-            "checkpoint.save_interval=2", "logging.tensorboard=false", f"run.dir={run_dir}", *extra]
+    # test_train_grpo's run (two reward functions, dynamic sampling) without the reward model, on vLLM.
+    return grpo_args(setup, run_dir, "rollout.engine=vllm", "rollout.is_correction=true", *extra, steps=3,
+                     reward_model=False)
 
 
 @pytest.fixture(scope="module")
