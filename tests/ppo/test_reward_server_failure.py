@@ -16,12 +16,11 @@ import torch
 
 from tests.conftest import REPO, TORCHRUN, run_command, torchrun
 from tests.ppo.checkpoints import save_run_inputs
+from tests.ppo.test_train_ppo import TIMING
 
 pytestmark = pytest.mark.slow  # real torchrun jobs
 
 TOOL = str(REPO / "tools" / "train_ppo.py")
-TIMING = ("generation_s", "scoring_s", "update_s", "generation_tokens_per_s", "scoring_tokens_per_s",
-          "update_tokens_per_s")
 NPROC = 2  # two replicas, each asking the server for its own responses
 
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow  # real torchrun jobs
 
 TOOL = str(REPO / "tools" / "train_ppo.py")
 STEPS = 4
+# Wall-clock metrics, which differ between any two runs.
 TIMING = ("generation_s", "scoring_s", "update_s", "weights_s", "generation_tokens_per_s", "scoring_tokens_per_s",
           "update_tokens_per_s")
 
