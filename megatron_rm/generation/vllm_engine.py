@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_rm.config import POLICY, ModelConfig
+from megatron_rm.convert.families import Shapes
 from megatron_rm.convert.hf_config import hf_config, save_config
 from megatron_rm.errors import CheckpointError
 from megatron_rm.generation.engine import Engine
@@ -61,7 +62,7 @@ def vllm_problems(model: ModelConfig, params: SamplingParams | None = None, *, c
                   reward_normalization=None, model_kind=POLICY)
     except CheckpointError as error:
         problems.append(f"the vllm engine runs the policy as a Hugging Face model, and {error}")
-    head_dim = model.kv_channels or model.hidden_size // model.num_attention_heads
+    head_dim = Shapes.of(model).head_dim
     if not cuda and head_dim not in CPU_HEAD_SIZES:
         problems.append(f"vLLM's CPU attention has no kernel for the policy's head size {head_dim} "
                         f"(model.kv_channels or hidden_size / num_attention_heads); it supports "
@@ -76,11 +77,11 @@ class VllmEngine(Engine):
     def __init__(self, model: ModelConfig, layout: Layout, *, vocab_size: int, dtype: torch.dtype,
                  eos_token_ids: tuple[int, ...], cuda: bool = False, gpu_memory_utilization: float = 0.3):
         super().__init__(version=None)  # its weights are placeholders until the trainer loads its own
-        self.layout, self.vocab_size = layout, vocab_size
+        self.layout = layout
         self.eos_token_ids = tuple(eos_token_ids)
-        self.max_sequence_length = model.max_sequence_length
         self.ranks = dist.get_process_group_ranks(layout.groups.mp)
         self.first = dist.get_rank() == self.ranks[0]
+        self.sleeps = self.first and cuda  # sleep mode is vLLM's on GPUs only (`_start`)
         self.llm, self.folder = None, None
         if self.first:
             self.folder = Path(tempfile.mkdtemp(prefix="megatron_rm_vllm_"))
@@ -127,11 +128,11 @@ class VllmEngine(Engine):
         self.llm.reset_prefix_cache()
 
     def release(self) -> None:
-        if self.llm is not None and self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode:
+        if self.sleeps:
             self.llm.sleep(level=1)
 
     def resume(self) -> None:
-        if self.llm is not None and self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode:
+        if self.sleeps:
             self.llm.wake_up()
 
     def close(self) -> None:
