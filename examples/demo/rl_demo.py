@@ -43,6 +43,13 @@ def reward_model(work: Path, given: Path | None, steps: int, nproc: int) -> Path
 VLLM_POLICY = ("model.num_attention_heads=2", "model.num_query_groups=2")
 
 
+def add_engine_argument(parser) -> None:
+    """The demos' `--engine` (rollout.engine)."""
+    parser.add_argument("--engine", choices=("megatron", "vllm"), default="megatron",
+                        help="what samples the rollouts (rollout.engine; vllm: vLLM installed, and a policy with "
+                        "heads of 32 for its CPU attention, which the SFT warm start then trains)")
+
+
 def policy(work: Path, given: Path | None, steps: int, nproc: int, engine: str = "megatron") -> Path:
     """`given`, else a policy warm-started by SFT on the demo's chosen responses into `work/sft`
     (shaped for `engine`)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples" / "demo"))
-from rl_demo import judge, policy, read, reward_model, run, torchrun  # noqa: E402  (the RL demos' shared steps)
+from rl_demo import add_engine_argument, judge, policy, read, reward_model, run, torchrun  # noqa: E402  (the RL demos' shared steps)
 
 RULE = "examples/grpo/rewards.py:right_count"
 # On top of conf/train_grpo.yaml: a tiny policy learns at a higher rate than a real one (the
@@ -51,9 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="GRPO steps of each run")
     parser.add_argument("--prompts", type=int, default=200, help="held-out prompts (examples/demo/data/eval.jsonl)")
     parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--engine", choices=("megatron", "vllm"), default="megatron",
-                        help="what samples the rollouts (rollout.engine; vllm: vLLM installed, and a policy with "
-                        "heads of 32 for its CPU attention, which the SFT warm start then trains)")
+    add_engine_argument(parser)
     parser.add_argument("--rule-only", action="store_true", help="skip the run with the reward model mixed in")
     parser.add_argument("grpo_overrides", nargs="*", help="more key=value settings for tools/train_grpo.py")
     args = parser.parse_args()
