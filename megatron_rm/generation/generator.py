@@ -78,7 +78,7 @@ class Generator:
         self.vocab_size, self.max_sequence_length = vocab_size, max_sequence_length
         self.eos_token_ids = tuple(eos_token_ids)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]]) -> \
             list[Completion]:
         """A completion of each prompt. `seeds[i]` = (run seed, the row's index in the whole
@@ -105,24 +105,23 @@ class Generator:
         # The prompts as a left-padded document batch: training's positions and block-causal mask.
         prompt_mask = (torch.arange(longest, device=device)[None, :] >= pads[:, None]).long()
         step = _Step(tokens, position_ids(prompt_mask), causal_padding_mask(prompt_mask))
-        new = torch.zeros(rows, 0, dtype=torch.long, device=device)
-        logprobs = torch.zeros(rows, 0, device=device)
+        new = torch.zeros(rows, params.max_new_tokens, dtype=torch.long, device=device)
+        logprobs = torch.zeros(rows, params.max_new_tokens, device=device)
+        padding = (torch.arange(longest + params.max_new_tokens, device=device)[None, :] < pads[:, None])[:, None, None]
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         finished_at = torch.full((rows,), params.max_new_tokens, device=device)
         for position in range(params.max_new_tokens):
             logits = self._forward(step, context)
             context.sequence_len_offset += step.input_ids.shape[1]
             chosen, chosen_logprobs = choose(logits, params, generators)
-            new = torch.cat([new, chosen[:, None]], 1)
-            logprobs = torch.cat([logprobs, chosen_logprobs[:, None]], 1)
+            new[:, position], logprobs[:, position] = chosen, chosen_logprobs
             stopped = ~done & torch.isin(chosen, stops)
             finished_at[stopped] = position + 1
             done |= stopped
             if bool(done.all()):
                 break
             width = longest + position + 1
-            step = _Step(chosen[:, None], (width - 1 - pads)[:, None],
-                         (torch.arange(width, device=device)[None, :] < pads[:, None])[:, None, None, :])
+            step = _Step(chosen[:, None], (width - 1 - pads)[:, None], padding[..., :width])
         return [Completion(new[row, :int(end)].tolist(), logprobs[row, :int(end)].tolist(),
                            EOS if done[row] else LENGTH)
                 for row, end in enumerate(finished_at.tolist())]

@@ -9,6 +9,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron_rm import runtime
 from megatron_rm.config import ModelConfig
 from megatron_rm.model.sdpa_attention import SDPAttention
+from megatron_rm.model.self_attention import RotatedCacheSelfAttention
 
 
 def uses_transformer_engine(model: ModelConfig) -> bool:
@@ -26,7 +27,8 @@ def layer_implementation(model: ModelConfig) -> str:
 
 def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
     """megatron-core's TE spec when TransformerEngine is in use, else its local spec,
-    with torch SDPA as the core attention unless `transformer_impl=local`.
+    with torch SDPA as the core attention unless `transformer_impl=local`, and a
+    self-attention whose KV cache (generation) holds rotated keys (`self_attention`).
 
     The local and sdpa specs take our dense (batch, 1, seq, seq) block-diagonal causal
     mask; both apply whatever mask they are given, and share every weight name (the
@@ -49,6 +51,7 @@ def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
         spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.padding_causal
         return spec
     spec = get_gpt_layer_local_spec(normalization=model.normalization)
+    spec.submodules.self_attention.module = RotatedCacheSelfAttention
     if implementation == "sdpa":
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
     return spec

@@ -113,6 +113,9 @@ class SDPAttention(MegatronModule):
             raise ValueError(f"{heads} query heads cannot share {groups} key/value groups evenly")
 
         mask, is_causal = self._sdpa_mask(attention_mask, query.shape[0], key.shape[0])
+        dropout_p = self.dropout_p if self.training else 0.0
+        if query.shape[0] == 1 and dropout_p == 0:
+            return self._one_query_grouped(query, key, value, mask)
         enable_gqa = heads != groups and mask is None
         if heads != groups and not enable_gqa:
             key = key.repeat_interleave(heads // groups, dim=2)
@@ -120,7 +123,6 @@ class SDPAttention(MegatronModule):
 
         # (s, b, h, d) -> (b, h, s, d), SDPA's layout; the last dim stays contiguous.
         query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        dropout_p = self.dropout_p if self.training else 0.0
 
         rng = (tensor_parallel.get_cuda_rng_tracker().fork()
                if dropout_p > 0 and not self.config.sequence_parallel else contextlib.nullcontext())
@@ -132,6 +134,22 @@ class SDPAttention(MegatronModule):
                 scale=self.softmax_scale, enable_gqa=enable_gqa)
         # (b, np, sq, hn) -> (sq, b, np * hn)
         return context.permute(2, 0, 1, 3).reshape(context.shape[2], context.shape[0], -1)
+
+    def _one_query_grouped(self, query, key, value, mask) -> torch.Tensor:
+        """Attention of one query position with grouped heads: a KV-cached decoding step, at
+        every layer and new token. The heads sharing a key/value group become that group's
+        query rows, (b, ng, np / ng, hn), so the cached keys and values are read in place
+        instead of repeated to np heads; the mask (b, 1, 1, sk) broadcasts over groups and
+        rows. torch picks the kernel here on the CPU too: `CPU_KERNELS` keeps a scored
+        document's rounding free of its batch's padding, and a decoding step's keys are the
+        whole padded cache whatever the kernel (its fused kernel is 2-3x the math kernel's
+        speed here, measured with `bench/generate_throughput.py`)."""
+        batch, heads, dim = query.shape[1:]
+        groups = key.shape[2]
+        query = query[0].reshape(batch, groups, heads // groups, dim)
+        key, value = (t.permute(1, 2, 0, 3) for t in (key, value))
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.softmax_scale)
+        return context.reshape(1, batch, heads * dim)
 
     def _sdpa_mask(
         self, attention_mask: torch.Tensor | None, sq: int, sk: int

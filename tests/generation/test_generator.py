@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from megatron.core.transformer.attention import SelfAttention
 
 from megatron_rm.config import ParallelConfig
 from megatron_rm.data import document_batch
 from megatron_rm.generation.generator import EOS, LENGTH, Generator
 from megatron_rm.generation.sampling import SamplingParams
-from megatron_rm.model import build_policy_model
+from megatron_rm.model import build_policy_model, layer_spec
 from megatron_rm.model.policy import forward_logits
+from megatron_rm.model.self_attention import RotatedCacheSelfAttention
 from megatron_rm.model.vocab_parallel import token_logprobs
 from tests.conftest import tiny_model_config
 
@@ -50,6 +52,22 @@ def test_kv_cached_greedy_equals_full_recomputation(policy):
                 ids.append(int(forward_logits(model, document_batch([ids], 0))[0, -1, :VOCAB].argmax()))
         assert completion.token_ids == ids[len(prompt):]
         assert completion.finish_reason == LENGTH
+
+
+def test_the_rotated_key_cache_gives_megatrons_numbers_bit_for_bit(policy, monkeypatch):
+    # megatron's own SelfAttention rotates the whole cache at every step; ours rotates each key once.
+    model, layout = policy
+    monkeypatch.setattr(layer_spec, "RotatedCacheSelfAttention", SelfAttention)
+    stock = build_policy_model(tiny_model_config(), ParallelConfig(), VOCAB).eval()
+    stock.load_state_dict(model.state_dict())
+    assert {type(layer.self_attention) for layer in stock.decoder.layers} == {SelfAttention}
+    assert {type(layer.self_attention) for layer in model.decoder.layers} == {RotatedCacheSelfAttention}
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    seeds = [(5, row) for row in range(len(PROMPTS))]
+    ours = generator(policy).generate(PROMPTS, params, seeds)
+    megatrons = generator((stock, layout)).generate(PROMPTS, params, seeds)
+    assert [c.token_ids for c in ours] == [c.token_ids for c in megatrons]
+    assert [c.logprobs for c in ours] == [c.logprobs for c in megatrons]
 
 
 @pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=8, temperature=0),

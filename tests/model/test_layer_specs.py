@@ -31,6 +31,7 @@ from megatron_rm.model.layer_spec import (
     uses_transformer_engine,
 )
 from megatron_rm.model.sdpa_attention import SDPAttention
+from megatron_rm.model.self_attention import RotatedCacheSelfAttention
 from megatron_rm.objectives.losses import bradley_terry_loss
 from tests.conftest import REPO, tiny_model_config, torchrun
 
@@ -129,6 +130,7 @@ def test_auto_takes_sdpa_without_transformer_engine(monkeypatch):
         spec = transformer_layer_spec(cfg)
         core = spec.submodules.self_attention.submodules.core_attention
         assert core is (SDPAttention if expected == "sdpa" else DotProductAttention)
+        assert spec.submodules.self_attention.module is RotatedCacheSelfAttention
         assert not takes_packed_sequences(spec)
     monkeypatch.setattr(runtime, "cuda_available", lambda: True)
     monkeypatch.setattr(runtime, "te_available", lambda: True)
@@ -199,6 +201,21 @@ def test_module_matches_dot_product_attention(single_rank, mask_type, with_mask,
         expected = reference(query, key, value, causal)
         actual = sdpa(query, key, value, None)
     assert actual.shape == expected.shape == (6, 3, 4 * 16)
+    torch.testing.assert_close(actual, expected, rtol=TOLERANCE, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_one_query_position_matches_dot_product_attention(single_rank, groups):
+    # A KV-cached decoding step: one new query per row against the cache, left padding blocked.
+    config = tiny_transformer_config(num_query_groups=groups)
+    built = dict(config=config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
+    reference, sdpa = DotProductAttention(**built), SDPAttention(**built)
+    query, _, _ = attention_inputs(seq=1, groups=groups)
+    _, key, value = attention_inputs(seq=7, groups=groups)
+    blocked = (torch.arange(7)[None, :] < torch.tensor([0, 3, 6])[:, None])[:, None, None, :]
+    expected = reference(query, key, value, blocked)
+    actual = sdpa(query, key, value, blocked)
+    assert actual.shape == expected.shape == (1, 3, 4 * 16)
     torch.testing.assert_close(actual, expected, rtol=TOLERANCE, atol=1e-6)
 
 
