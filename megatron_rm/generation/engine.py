@@ -37,19 +37,31 @@ class Engine:
     schedules_itself = False
     """True: it batches (and pads) prompts itself, and takes them all at once."""
 
-    def __init__(self, version: int | None = 0):
+    def __init__(self, max_sequence_length: int, version: int | None = 0):
+        self.max_sequence_length = max_sequence_length
+        """Prompt and response tokens together: the policy's context."""
         self.version = version
         """The version of the weights it holds; None: none yet."""
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]], *,
                  version: int | None = None) -> list[Completion]:
         """A completion of each prompt; `seeds[i]` = (run seed, the row's index in the whole input)
-        makes row i's draws. `version`: the weights' version the caller expects (None: any)."""
+        makes row i's draws. `version`: the weights' version the caller expects (None: any).
+        What no engine can generate is refused here, what one engine cannot by `_problems`."""
         if version is not None and version != self.version:
             held = "no weights" if self.version is None else f"weights of version {self.version}"
             raise StaleWeights(f"the {self.name} engine holds {held}, but version {version} was asked for: load "
                                "the policy's weights into it first")
-        return self._generate(prompts, params, seeds)
+        problems = params.problems() + self._problems(params)
+        longest = max((len(ids) for ids in prompts), default=0)
+        if longest + params.max_new_tokens > self.max_sequence_length:
+            problems.append(f"a prompt of {longest} tokens + max_new_tokens={params.max_new_tokens} exceeds "
+                            f"the model's max_sequence_length={self.max_sequence_length}")
+        if any(not ids for ids in prompts):
+            problems.append("an empty prompt: a response needs at least one token to follow")
+        if problems:
+            raise ValueError("cannot generate: " + "; ".join(problems))
+        return self._generate(prompts, params, seeds) if prompts else []
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Take the policy's weights (Hugging Face names, whole tensors) as version `version`."""
@@ -65,7 +77,12 @@ class Engine:
     def close(self) -> None:
         """Stop the engine (before the process groups it shares a job with)."""
 
+    def _problems(self, params: SamplingParams) -> list[str]:
+        """Sampling settings this engine cannot honour (none by default)."""
+        return []
+
     def _generate(self, prompts, params, seeds) -> list[Completion]:
+        """Completions of checked, non-empty `prompts`."""
         raise NotImplementedError
 
     def _load(self, weights) -> None:
@@ -76,7 +93,7 @@ class MegatronEngine(Engine):
     name = "megatron"
 
     def __init__(self, generator: Generator, version: int = 0):
-        super().__init__(version)
+        super().__init__(generator.max_sequence_length, version)
         self.generator = generator
 
     def _generate(self, prompts, params, seeds) -> list[Completion]:

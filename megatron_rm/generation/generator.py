@@ -81,19 +81,10 @@ class Generator:
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[tuple[int, int]]) -> \
             list[Completion]:
-        """A completion of each prompt. `seeds[i]` = (run seed, the row's index in the whole
-        input) makes row i's draws (see `sampling.row_generator`)."""
-        problems = params.problems()
-        longest = max((len(ids) for ids in prompts), default=0)
-        if longest + params.max_new_tokens > self.max_sequence_length:
-            problems.append(f"a prompt of {longest} tokens + max_new_tokens={params.max_new_tokens} exceeds "
-                            f"the model's max_sequence_length={self.max_sequence_length}")
-        if any(not ids for ids in prompts):
-            problems.append("an empty prompt: a response needs at least one token to follow")
-        if problems:
-            raise ValueError("cannot generate: " + "; ".join(problems))
-        if not prompts:
-            return []
+        """A completion of each prompt, all of them non-empty and fitting the model with
+        `params.max_new_tokens` (`Engine.generate` checks). `seeds[i]` = (run seed, the row's
+        index in the whole input) makes row i's draws (see `sampling.row_generator`)."""
+        longest = max(len(ids) for ids in prompts)
         device = runtime.device()
         rows = len(prompts)
         pads = torch.tensor([longest - len(ids) for ids in prompts], device=device)

@@ -76,7 +76,7 @@ class VllmEngine(Engine):
 
     def __init__(self, model: ModelConfig, layout: Layout, *, vocab_size: int, dtype: torch.dtype,
                  eos_token_ids: tuple[int, ...], cuda: bool = False, gpu_memory_utilization: float = 0.3):
-        super().__init__(version=None)  # its weights are placeholders until the trainer loads its own
+        super().__init__(model.max_sequence_length, version=None)  # placeholders until the trainer's weights load
         self.layout = layout
         self.eos_token_ids = tuple(eos_token_ids)
         self.ranks = dist.get_process_group_ranks(layout.groups.mp)
@@ -87,13 +87,13 @@ class VllmEngine(Engine):
             self.folder = Path(tempfile.mkdtemp(prefix="megatron_rm_vllm_"))
             self.llm = _start(model, self.folder, vocab_size, dtype, cuda, gpu_memory_utilization)
 
+    def _problems(self, params: SamplingParams) -> list[str]:
+        return sampling_problems(params)
+
     def _generate(self, prompts, params, seeds) -> list[Completion]:
-        problems = params.problems() + sampling_problems(params)
-        if problems:
-            raise ValueError("cannot generate: " + "; ".join(problems))
         completions = None
         if self.first:
-            completions = self._sample(prompts, params, seeds) if prompts else []
+            completions = self._sample(prompts, params, seeds)
         box = [completions]
         dist.broadcast_object_list(box, src=self.ranks[0], group=self.layout.groups.mp)
         return box[0]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from megatron_rm.generation import vllm_engine
-from megatron_rm.generation.engine import MegatronEngine, StaleWeights, generate_batched
+from megatron_rm.generation.engine import Engine, MegatronEngine, StaleWeights, generate_batched
 from megatron_rm.generation.engines import engine_problems
 from megatron_rm.generation.sampling import SamplingParams
 from tests.conftest import tiny_model_config
@@ -63,3 +63,18 @@ def test_row_seeds_and_generators_agree():
     assert torch.equal(torch.rand(3, generator=row_generator(7, 2, torch.device("cpu"))),
                        torch.rand(3, generator=torch.Generator().manual_seed(row_seed(7, 2))))
     assert row_seed(7, 2) != row_seed(7, 3) != row_seed(8, 2)
+
+
+def test_what_no_engine_can_generate_is_refused_at_the_seam(policy):  # noqa: F811
+    model, _ = policy
+    engine = MegatronEngine(generator(policy))
+    with pytest.raises(ValueError, match="exceeds the model's max_sequence_length"):
+        engine.generate([[1] * (model.max_sequence_length - 3)], SamplingParams(max_new_tokens=4), [(0, 0)])
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.generate([[1], []], SamplingParams(), [(0, 0), (0, 1)])
+    with pytest.raises(ValueError, match="top_p"):
+        engine.generate([[1]], SamplingParams(top_p=2), [(0, 0)])
+    assert engine.generate([], SamplingParams(), []) == []
+    # Every engine takes these checks from the seam: the vLLM engine adds its own, never replaces them.
+    assert vllm_engine.VllmEngine.generate is Engine.generate
+    assert vllm_engine.VllmEngine._problems(None, SamplingParams(top_p=0.9))  # and refuses what it cannot report

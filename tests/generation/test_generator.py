@@ -109,14 +109,3 @@ def test_responses_stop_at_eos_or_a_stop_token_and_keep_it(policy):
             end = free_one.token_ids.index(stop_at) + 1 if stop_at in free_one.token_ids else 10
             assert stopped.token_ids == free_one.token_ids[:end]
             assert stopped.finish_reason == (EOS if stop_at in free_one.token_ids else LENGTH)
-
-
-def test_refuses_what_cannot_be_generated(policy):
-    model, _ = policy
-    with pytest.raises(ValueError, match="exceeds the model's max_sequence_length"):
-        generator(policy).generate([[1] * (model.max_sequence_length - 3)], SamplingParams(max_new_tokens=4),
-                                   [(0, 0)])
-    with pytest.raises(ValueError, match="empty prompt"):
-        generator(policy).generate([[]], SamplingParams(), [(0, 0)])
-    with pytest.raises(ValueError, match="top_p"):
-        generator(policy).generate([[1]], SamplingParams(top_p=2), [(0, 0)])
