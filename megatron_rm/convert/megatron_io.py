@@ -16,6 +16,7 @@ second copy of every MLP's largest weight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -83,15 +84,27 @@ def save(tensors: dict[str, torch.Tensor], out: Path, model: ModelConfig, padded
     dist_checkpointing.save({name: {"model": sharded}}, str(out))
 
 
-def load(directory: Path, model: ModelConfig, padded_vocab: int, dtype: torch.dtype,
-         prefix: str, kind: str = REWARD) -> dict[str, torch.Tensor]:
-    """Every parameter of one `kind` model of the checkpoint in `directory` (saved at any TP/PP),
-    whole; `prefix` is that model's key prefix (checkpoint_files.ModelEntry)."""
+def tensor_shapes(model: ModelConfig, padded_vocab: int, dtype: torch.dtype, prefix: str,
+                  kind: str = REWARD) -> dict[str, tuple[int, ...]]:
+    """The checkpoint key and global shape of each of one `kind` model's tensors (objects left out)."""
     sharded, _ = _template(model, padded_vocab, dtype, prefix, kind)
+    return {piece.key: tuple(piece.global_shape) for entry in sharded.values()
+            if not isinstance(entry, ShardedObject) for piece in _parts(entry)}
+
+
+def load(directory: Path, model: ModelConfig, padded_vocab: int, dtype: torch.dtype,
+         prefix: str, kind: str = REWARD, *, keys: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
+    """Every parameter of one `kind` model of the checkpoint in `directory` (saved at any TP/PP),
+    whole; `prefix` is that model's key prefix (checkpoint_files.ModelEntry). `keys`: the
+    checkpoint's key for each of ours, when it names tensors otherwise (a NeMo checkpoint).
+    Objects (`_extra_state`) are not read: no parameter is one."""
+    sharded, _ = _template(model, padded_vocab, dtype, prefix, kind)
+    sharded = {name: entry for name, entry in sharded.items() if not isinstance(entry, ShardedObject)}
     for entry in sharded.values():
-        if not isinstance(entry, ShardedObject):
-            for piece in _parts(entry):
-                piece.data = torch.empty(piece.data.shape, dtype=piece.data.dtype)
+        for piece in _parts(entry):
+            piece.data = torch.empty(piece.data.shape, dtype=piece.data.dtype)
+            if keys is not None:
+                piece.key = keys(piece.key)
     state = dist_checkpointing.load(sharded, str(directory))
     sharded.clear()  # the loaded tensors are the pieces' own; keep one reference to each
     whole = {}

@@ -88,3 +88,24 @@ def ending_with_eos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     if isinstance(template, str) and not template.startswith(_MARK):
         tokenizer.chat_template = _OPEN + template + _CLOSE
     return tokenizer
+
+
+def without_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A copy of `tokenizer` whose own encoding adds no special tokens to a text (no BOS): how NeMo
+    tokenizes (`text_to_ids`), so that a model imported from it reads the ids it was trained on.
+    Already such a tokenizer: unchanged."""
+    probe = "reward"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if tokenizer(probe)["input_ids"] == plain:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    for flag in ("add_bos_token", "add_eos_token"):  # classes that rebuild their post-processor from these
+        if getattr(tokenizer, flag, False):
+            setattr(tokenizer, flag, False)
+    if tokenizer(probe)["input_ids"] != plain:
+        if not tokenizer.is_fast:
+            raise ValueError(f"{tokenizer.name_or_path}: only a fast tokenizer's post-processor can be made to add "
+                             "no special tokens")
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B:1")
+    return tokenizer
+
