@@ -95,7 +95,6 @@ class NemoSource:
     root: Path
     label: str
     """The path the user gave, for messages."""
-    cfg: dict
     model: ModelConfig
     settings: RewardSettings
     tokenizer: PreTrainedTokenizerBase
@@ -118,13 +117,8 @@ class NemoSource:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every parameter of our model, whole, under our names."""
-        def nemo_key(key: str) -> str:
-            for ours, theirs in HEAD_NAMES.items():
-                key = key.replace(PREFIX + ours, PREFIX + theirs)
-            return key
-
         whole = megatron_io.load(self.root / WEIGHTS, self.saved_model, self.rows, self.dtype, PREFIX, self.kind,
-                                 keys=nemo_key)
+                                 keys=_nemo_key)
         for name in (megatron_io.EMBEDDING, OUTPUT_LAYER):
             if name in whole:
                 whole[name] = _resized(whole[name], len(self.tokenizer), self.padded_vocab_size)
@@ -146,6 +140,13 @@ class NemoSource:
         return {"mean": [stats[0]] * labels, "std": [stats[1]] * labels}
 
 
+def _nemo_key(key: str) -> str:
+    """NeMo-Aligner's checkpoint key for one of ours."""
+    for ours, theirs in HEAD_NAMES.items():
+        key = key.replace(PREFIX + ours, PREFIX + theirs)
+    return key
+
+
 def _resized(rows: torch.Tensor, vocab: int, count: int) -> torch.Tensor:
     """The first `vocab` rows (the tokenizer's) followed by zero rows, `count` in all: NeMo's
     padding rows are whatever training left there, ours are zeros."""
@@ -157,7 +158,7 @@ def open_nemo(root: Path, label: str, *, kind: str = REWARD, tokenizer_dir: str 
               dtype: str | None = None) -> NemoSource:
     """Read and check the extracted `.nemo` at `root` (`label`: what the user named) without
     loading a tensor. `kind`: reward (a reward model or critic) or policy (an SFT model);
-    `tokenizer_dir`: a Hugging Face tokenizer folder, when the file names only a hub id;
+    `tokenizer_dir`: a Hugging Face tokenizer folder (see `_tokenizer`);
     `keep_attributes`: keep the attributes a merging reward model combines as labels;
     `ignored_keys`: config keys the user vouches change nothing; `dtype` (fp32 or bf16)
     defaults to the weights'."""
@@ -194,7 +195,7 @@ def open_nemo(root: Path, label: str, *, kind: str = REWARD, tokenizer_dir: str 
     target = DTYPES[dtype] if dtype else source_dtype
     if target not in (torch.float32, torch.bfloat16):
         raise CheckpointError(f"{label}: weights are {source_dtype}; pass --dtype fp32 or --dtype bf16")
-    source = NemoSource(root, label, cfg, model, settings, tokenizer, rows, target, kind, keep_attributes, notes)
+    source = NemoSource(root, label, model, settings, tokenizer, rows, target, kind, keep_attributes, notes)
     _check_tensors(source, metadata)
     return source
 
@@ -217,12 +218,8 @@ def _check_weights(root: Path, label: str) -> None:
 
 def _check_tensors(source: NemoSource, found: dict) -> None:
     """Refuse a checkpoint whose tensors are not the model's, naming the difference."""
-    expected = {}
-    for key, shape in megatron_io.tensor_shapes(source.saved_model, source.rows, source.dtype, PREFIX,
-                                                source.kind).items():
-        for mine, theirs in HEAD_NAMES.items():
-            key = key.replace(PREFIX + mine, PREFIX + theirs)
-        expected[key] = shape
+    expected = {_nemo_key(key): shape for key, shape in
+                megatron_io.tensor_shapes(source.saved_model, source.rows, source.dtype, PREFIX, source.kind).items()}
     unused = {PREFIX + OUTPUT_LAYER} if source.kind == REWARD else set()
     tensors = {key for key in found if "_extra_state" not in key} - unused
     missing, unexpected = sorted(set(expected) - tensors), sorted(tensors - set(expected))
