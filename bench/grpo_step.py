@@ -1,8 +1,8 @@
 """One GRPO step on the CPU: ours (`ppo.step.run_step` with conf/train_grpo.yaml's estimator)
 beside TRL's `GRPOTrainer`, on the same policy, prompts, group size, response length and reward.
 
-    pip install --target /tmp/trl trl==1.16.0 accelerate==1.16.0   # the reference, beside the project
-    .venv/bin/python bench/grpo_step.py --trl /tmp/trl               # the demo size and ~100M; ~10 min
+    .venv/bin/pip install --no-deps --target /tmp/trl trl==1.16.0 accelerate==1.16.0  # on the project's torch
+    .venv/bin/python bench/grpo_step.py --trl /tmp/trl               # the demo size and ~100M; ~2 min
     .venv/bin/python bench/grpo_step.py --trl /tmp/trl --sizes demo --steps 1   # a quick check
 
 Builds a random-weight policy of the size (demo = conf/model/tiny.yaml; 100m = the same
