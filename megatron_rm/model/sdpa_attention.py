@@ -68,7 +68,8 @@ class SDPAttention(MegatronModule):
     Grouped-query attention uses SDPA's `enable_gqa` when no mask is given (the
     flash-kernel case, which reads shared key/value heads in place); with a mask, key
     and value are repeated to np heads first, since not every masked kernel takes
-    grouped heads and torch would otherwise drop to its unfused math kernel.
+    grouped heads and torch would otherwise drop to its unfused math kernel. One query
+    position (a decoding step) reads grouped keys in place whatever the mask (`_one_query`).
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class SDPAttention(MegatronModule):
         mask, is_causal = self._sdpa_mask(attention_mask, query.shape[0], key.shape[0])
         dropout_p = self.dropout_p if self.training else 0.0
         if query.shape[0] == 1 and dropout_p == 0:
-            return self._one_query_grouped(query, key, value, mask)
+            return self._one_query(query, key, value, mask)
         enable_gqa = heads != groups and mask is None
         if heads != groups and not enable_gqa:
             key = key.repeat_interleave(heads // groups, dim=2)
@@ -135,15 +136,15 @@ class SDPAttention(MegatronModule):
         # (b, np, sq, hn) -> (sq, b, np * hn)
         return context.permute(2, 0, 1, 3).reshape(context.shape[2], context.shape[0], -1)
 
-    def _one_query_grouped(self, query, key, value, mask) -> torch.Tensor:
-        """Attention of one query position with grouped heads: a KV-cached decoding step, at
-        every layer and new token. The heads sharing a key/value group become that group's
-        query rows, (b, ng, np / ng, hn), so the cached keys and values are read in place
-        instead of repeated to np heads; the mask (b, 1, 1, sk) broadcasts over groups and
-        rows. torch picks the kernel here on the CPU too: `CPU_KERNELS` keeps a scored
-        document's rounding free of its batch's padding, and a decoding step's keys are the
-        whole padded cache whatever the kernel (its fused kernel is 2-3x the math kernel's
-        speed here, measured with `bench/generate_throughput.py`)."""
+    def _one_query(self, query, key, value, mask) -> torch.Tensor:
+        """Attention of one query position: a KV-cached decoding step, at every layer and new
+        token. The heads sharing a key/value group become that group's query rows,
+        (b, ng, np / ng, hn), so the cached keys and values are read in place instead of
+        repeated to np heads; the mask (b, 1, 1, sk) broadcasts over groups and rows. torch
+        picks the kernel here on the CPU too: `CPU_KERNELS` keeps a scored document's rounding
+        free of its batch's padding, and a decoding step's keys are the whole padded cache
+        whatever the kernel (its fused kernel is 2-3x the math kernel's speed here, measured
+        with `bench/generate_throughput.py`)."""
         batch, heads, dim = query.shape[1:]
         groups = key.shape[2]
         query = query[0].reshape(batch, groups, heads // groups, dim)
