@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import PreTrainedTokenizerBase
 
 from megatron_rm.config import MODEL_KINDS, POLICY, REWARD, ModelConfig, padded_vocab_size
@@ -21,15 +20,13 @@ from megatron_rm.convert.hf_config import (
     DTYPES,
     HF_HEADS,
     TOKEN_LABELS,
-    TORCH_DTYPE_NAMES,
     classifier_head,
     config_num_labels,
     model_config,
     ties_embeddings,
 )
 from megatron_rm.convert.safetensors_io import SafetensorsFolder
-from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
-from megatron_rm.data import load_tokenizer, save_tokenizer
+from megatron_rm.data import load_tokenizer
 from megatron_rm.data.ending import ending_with_eos
 from megatron_rm.errors import CheckpointError
 
@@ -217,23 +214,13 @@ def _policy_checks(hf_dir: Path, hf: dict, names: set[str], num_labels: int | No
 def import_hf(hf_dir: str | Path, out_dir: str | Path, **options) -> Path:
     """Convert `hf_dir` into a checkpoint at `out_dir` (options: see `open_hf`); returns `out_dir`."""
     source = open_hf(hf_dir, **options)
-    model = source.model
-    tensors = dict(source.tensors())
-    with atomic_folder(out_dir) as staging:
-        megatron_io.save(tensors, staging, model, source.padded_vocab_size, source.dtype, kind=source.kind)
-        del tensors
-        save_tokenizer(source.tokenizer, staging / TOKENIZER_DIR)
-        origin = {"hf_dir": str(source.hf_dir.resolve()), "architectures": source.hf.get("architectures"),
-                  "head": _head_origin(source)}
-        entry = ModelEntry(model, source.padded_vocab_size, TORCH_DTYPE_NAMES[source.dtype],
-                           prefix=f"{DEFAULT_MODEL}.", kind=source.kind)
-        token_scores = source.token_scores()
-        write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, source=origin,
-                       reward_normalization=source.reward_normalization(),
-                       **({"token_scores": token_scores} if token_scores else {}))
-        (staging / "model.yaml").write_text(
-            f"# Derived from {source.hf_dir / 'config.json'}; tokenizer is relative to this folder.\n"
-            + yaml.safe_dump(asdict(model), sort_keys=False))
+    origin = {"hf_dir": str(source.hf_dir.resolve()), "architectures": source.hf.get("architectures"),
+              "head": _head_origin(source)}
+    token_scores = source.token_scores()
+    megatron_io.save_converted(out_dir, dict(source.tensors()), source.model, source.padded_vocab_size, source.dtype,
+                               source.kind, source.tokenizer, source.hf_dir / "config.json", source=origin,
+                               reward_normalization=source.reward_normalization(),
+                               **({"token_scores": token_scores} if token_scores else {}))
     return Path(out_dir)
 
 

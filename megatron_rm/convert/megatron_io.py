@@ -16,16 +16,20 @@ second copy of every MLP's largest weight.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensorFactory
 
 from megatron_rm.config import POLICY, REWARD, ModelConfig, ParallelConfig
 from megatron_rm.convert.families import OUTPUT_LAYER
-from megatron_rm.core.checkpoint_files import DEFAULT_MODEL
+from megatron_rm.convert.hf_config import TORCH_DTYPE_NAMES
+from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
+from megatron_rm.data import save_tokenizer
 from megatron_rm.model.factory import build_policy_model, build_reward_model
 from megatron_rm.runtime import parallel
 
@@ -82,6 +86,21 @@ def save(tensors: dict[str, torch.Tensor], out: Path, model: ModelConfig, padded
             entry.data = tensor
         del tensor
     dist_checkpointing.save({name: {"model": sharded}}, str(out))
+
+
+def save_converted(out_dir: str | Path, tensors: dict[str, torch.Tensor], model: ModelConfig, padded_vocab: int,
+                   dtype: torch.dtype, kind: str, tokenizer, derived_from: Path, **metadata) -> None:
+    """A converted model's whole checkpoint at `out_dir`, which appears only once complete: its
+    `tensors` (`save`; the dict is emptied), its tokenizer, `megatron_rm.json` at step 0 with
+    `metadata` (the source, reward statistics, ...) and `model.yaml`, noting `derived_from`."""
+    with atomic_folder(out_dir) as staging:
+        save(tensors, staging, model, padded_vocab, dtype, kind=kind)
+        save_tokenizer(tokenizer, staging / TOKENIZER_DIR)
+        entry = ModelEntry(model, padded_vocab, TORCH_DTYPE_NAMES[dtype], prefix=f"{DEFAULT_MODEL}.", kind=kind)
+        write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, **metadata)
+        (staging / "model.yaml").write_text(
+            f"# Derived from {derived_from}; tokenizer is relative to this folder.\n"
+            + yaml.safe_dump(dataclasses.asdict(model), sort_keys=False))
 
 
 def tensor_shapes(model: ModelConfig, padded_vocab: int, dtype: torch.dtype, prefix: str,

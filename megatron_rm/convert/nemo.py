@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import tarfile
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,10 +44,9 @@ from transformers import PreTrainedTokenizerBase
 from megatron_rm.config import MODEL_KINDS, REWARD, ModelConfig, padded_vocab_size
 from megatron_rm.convert import megatron_io
 from megatron_rm.convert.families import OUTPUT_LAYER
-from megatron_rm.convert.hf_config import DTYPES, TORCH_DTYPE_NAMES
+from megatron_rm.convert.hf_config import DTYPES
 from megatron_rm.convert.nemo_config import RewardSettings, read_config
-from megatron_rm.core.checkpoint_files import DEFAULT_MODEL, TOKENIZER_DIR, ModelEntry, atomic_folder, write_metadata
-from megatron_rm.data import load_tokenizer, save_tokenizer
+from megatron_rm.data import load_tokenizer
 from megatron_rm.data.ending import ending_with_eos, without_special_tokens
 from megatron_rm.errors import CheckpointError
 
@@ -115,6 +114,12 @@ class NemoSource:
         """The model as NeMo saved it: every attribute of the head, the embedding's own rows."""
         return dataclasses.replace(self.model, num_labels=self.settings.num_attributes, make_vocab_size_divisible_by=1)
 
+    @property
+    def folds(self) -> bool:
+        """Whether the head's attributes are folded into one reward (a merging model, unless
+        `keep_attributes`; a critic always)."""
+        return self.settings.merge and not self.keep_attributes
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every parameter of our model, whole, under our names."""
         whole = megatron_io.load(self.root / WEIGHTS, self.saved_model, self.rows, self.dtype, PREFIX, self.kind,
@@ -122,7 +127,7 @@ class NemoSource:
         for name in (megatron_io.EMBEDDING, OUTPUT_LAYER):
             if name in whole:
                 whole[name] = _resized(whole[name], len(self.tokenizer), self.padded_vocab_size)
-        if self.model.num_labels != self.settings.num_attributes:  # merged into one reward
+        if self.folds:
             weights = torch.tensor(self.settings.weights, dtype=torch.float64)
             for name in ("reward_head.weight", "reward_head.bias"):
                 whole[name] = (weights @ whole[name].double().reshape(len(weights), -1)).reshape(
@@ -132,10 +137,8 @@ class NemoSource:
     def reward_normalization(self) -> dict | None:
         """NeMo-Aligner's reward_standardization as our stored statistics (per label)."""
         stats = self.settings.standardization
-        if self.kind != REWARD or stats is None:
-            return None
-        if self.keep_attributes and self.settings.merge:
-            return None
+        if self.kind != REWARD or stats is None or (self.settings.merge and not self.folds):
+            return None  # a merging model's kept attributes: its statistics were the merged reward's
         labels = self.model.num_labels
         return {"mean": [stats[0]] * labels, "std": [stats[1]] * labels}
 
@@ -260,20 +263,9 @@ def import_nemo(path: str | Path, out_dir: str | Path, **options) -> list[str]:
     `out_dir` (options: see `open_nemo`); returns notes on what changed or was left out."""
     with unpacked(path) as root:
         source = open_nemo(root, str(path), **options)
-        tensors = source.tensors()
-        model = source.model
-        with atomic_folder(out_dir) as staging:
-            megatron_io.save(tensors, staging, model, source.padded_vocab_size, source.dtype, kind=source.kind)
-            del tensors
-            save_tokenizer(source.tokenizer, staging / TOKENIZER_DIR)
-            origin = {"nemo": str(Path(path).resolve()), "kind": source.kind, "critic": source.settings.critic,
-                      "attributes": source.settings.num_attributes,
-                      "merged": model.num_labels != source.settings.num_attributes}
-            entry = ModelEntry(model, source.padded_vocab_size, TORCH_DTYPE_NAMES[source.dtype],
-                               prefix=f"{DEFAULT_MODEL}.", kind=source.kind)
-            write_metadata(staging, step=0, models={DEFAULT_MODEL: entry}, source=origin,
-                           reward_normalization=source.reward_normalization())
-            (staging / "model.yaml").write_text(
-                f"# Derived from {Path(path) / CONFIG}; tokenizer is relative to this folder.\n"
-                + yaml.safe_dump(asdict(model), sort_keys=False))
+        origin = {"nemo": str(Path(path).resolve()), "kind": source.kind, "critic": source.settings.critic,
+                  "attributes": source.settings.num_attributes, "merged": source.folds}
+        megatron_io.save_converted(out_dir, source.tensors(), source.model, source.padded_vocab_size, source.dtype,
+                                   source.kind, source.tokenizer, Path(path) / CONFIG, source=origin,
+                                   reward_normalization=source.reward_normalization())
     return source.notes

@@ -108,4 +108,3 @@ def without_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedToke
                              "no special tokens")
         tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B:1")
     return tokenizer
-

@@ -122,6 +122,13 @@ def test_merged_attributes_fold_into_one_reward_or_stay_labels(sources, tmp_path
     torch.testing.assert_close(scorer.normalized(rewards), (attributes - 0.5) / 2.0)
 
 
+def test_one_merged_attribute_is_scaled_by_its_weight(sources, tmp_path):
+    merged = write_nemo(sources["reward"], tmp_path / "merged", form="folder",
+                        regression={"num_attributes": 1, "merge_attributes": True, "attribute_weights": [2.0]})
+    _import(merged, tmp_path / "out", sources["reward"])
+    torch.testing.assert_close(_rewards(tmp_path / "out"), 2.0 * _rewards(sources["reward"]), rtol=0, atol=1e-6)
+
+
 def test_a_critic_becomes_one_value_read_at_every_token(sources, tmp_path):
     source = sources["attributes"]
     critic = write_nemo(source, tmp_path / "critic", form="folder", output_sequence=True,
