@@ -13,7 +13,9 @@ responses to each of `--prompts-per-step` demo eval prompts (examples/demo/data/
 file order) at T=1 up to `--max-new-tokens`, score them with the demo rule
 (examples/grpo/rewards.py:right_count), take GRPO advantages (group mean and std), and make one
 optimizer step of the token-mean clipped surrogate over all of them, fp32, no reference model
-(ours `kl.placement=none`, TRL `beta=0`), `--threads` torch threads each.
+(ours `kl.placement=none`, TRL `beta=0`), the update's forward and backward over all the
+responses as one batch (ours `--micro-batch-size` 32, TRL `per_device_train_batch_size`),
+`--threads` torch threads each.
 
 Ours runs in this process (a one-rank job, TP1); TRL in its own (bench/grpo_reference.py, with
 --trl on its path). `--warmup` untimed steps, then `--steps` timed ones. Per phase, seconds
@@ -137,7 +139,8 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
 
 
 def main() -> None:
-    parser = step_arguments(__doc__, prompts_per_step=4, samples_per_prompt=8, steps=2)
+    # One micro-batch of all 32 responses: TRL's update takes them as one batch too.
+    parser = step_arguments(__doc__, prompts_per_step=4, samples_per_prompt=8, steps=2, micro_batch_size=32)
     parser.add_argument("--trl", help="a folder holding trl and accelerate (pip install --target), put on the "
                         "reference's path; default: the environment's own")
     run_sizes(parser, parser.parse_args(), bench)

@@ -142,15 +142,15 @@ def bench(name: str, config: ModelConfig, args, layout) -> None:
         print(f"| {label} | {seconds:.2f} | {100 * seconds / step_s:.0f}% | {rate} |")
 
 
-def step_arguments(doc: str, *, prompts_per_step: int, samples_per_prompt: int,
-                   steps: int) -> argparse.ArgumentParser:
+def step_arguments(doc: str, *, prompts_per_step: int, samples_per_prompt: int, steps: int,
+                   micro_batch_size: int = 8) -> argparse.ArgumentParser:
     """The flags of an RL step benchmark (this one and bench/grpo_step.py)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="demo,100m", help="comma-separated: demo, 100m")
     parser.add_argument("--prompts-per-step", type=int, default=prompts_per_step)
     parser.add_argument("--samples-per-prompt", type=int, default=samples_per_prompt)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--micro-batch-size", type=int, default=micro_batch_size)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")

@@ -8,6 +8,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_rm import runtime
 from megatron_rm.config import ModelConfig
+from megatron_rm.model.linear import GradFreeColumnParallelLinear, GradFreeRowParallelLinear
 from megatron_rm.model.sdpa_attention import SDPAttention
 from megatron_rm.model.self_attention import RotatedCacheSelfAttention
 
@@ -27,8 +28,9 @@ def layer_implementation(model: ModelConfig) -> str:
 
 def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
     """megatron-core's TE spec when TransformerEngine is in use, else its local spec,
-    with torch SDPA as the core attention unless `transformer_impl=local`, and a
-    self-attention whose KV cache (generation) holds rotated keys (`self_attention`).
+    with torch SDPA as the core attention unless `transformer_impl=local`, a
+    self-attention whose KV cache (generation) holds rotated keys (`self_attention`), and
+    linear layers that skip autograd's bookkeeping when no gradient is taken (`linear`).
 
     The local and sdpa specs take our dense (batch, 1, seq, seq) block-diagonal causal
     mask; both apply whatever mask they are given, and share every weight name (the
@@ -51,9 +53,12 @@ def transformer_layer_spec(model: ModelConfig) -> ModuleSpec:
         spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.padding_causal
         return spec
     spec = get_gpt_layer_local_spec(normalization=model.normalization)
-    spec.submodules.self_attention.module = RotatedCacheSelfAttention
+    attention, mlp = spec.submodules.self_attention, spec.submodules.mlp
+    attention.module = RotatedCacheSelfAttention
+    attention.submodules.linear_qkv = mlp.submodules.linear_fc1 = GradFreeColumnParallelLinear
+    attention.submodules.linear_proj = mlp.submodules.linear_fc2 = GradFreeRowParallelLinear
     if implementation == "sdpa":
-        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        attention.submodules.core_attention = SDPAttention
     return spec
 
 

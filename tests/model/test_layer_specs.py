@@ -3,7 +3,7 @@
 The same weights under `transformer_impl=local` and `=sdpa` must give the same
 rewards and the same Bradley-Terry gradients on right-padded, left-padded and
 packed batches, with grouped-query heads and with a head size other than
-hidden / heads; sdpa_parity_worker.py repeats the comparison at TP2.
+hidden / heads; sdpa_parity_worker.py repeats the comparison at TP2 (with test_linear.py's).
 """
 
 from __future__ import annotations
@@ -169,9 +169,10 @@ def test_sdpa_rewards_and_gradients_match_local_at_tp2(tmp_path):
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         print(rank, json.dumps(result))
-        for model, cases in result.items():
+        for model, cases in result["models"].items():
             for name, diffs in cases.items():
                 assert diffs["rewards"] < TOLERANCE and diffs["grads"] < TOLERANCE, (rank, model, name, diffs)
+        assert len(result["linear"]) == 6 and all(result["linear"].values()), (rank, result["linear"])
 
 
 # ---- the module alone, against DotProductAttention

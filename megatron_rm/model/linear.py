@@ -1,0 +1,58 @@
+"""megatron's tensor-parallel linear layers, without autograd bookkeeping when no gradient is taken.
+
+megatron-core's `ColumnParallelLinear` and `RowParallelLinear` send every forward through
+autograd Functions (the matmul's `LinearWithGradAccumulationAndAsyncCommunication`, or
+`LinearWithFrozenWeight` for a frozen weight, and the tensor-parallel region mappings around
+it), and `RowParallelLinear` finds its group through
+a deprecated lookup that raises a (filtered) warning on every call. Without gradients these
+steps save nothing for a backward pass and compute nothing more: on the CPU they cost
+40-60 µs per call over `nn.Linear`, and a decoding step makes four such calls per layer
+for one token per row (docs/performance.md, "Generation on the CPU").
+
+These subclasses keep megatron's parameters, initialisation and checkpoint layout, and
+its forward whenever gradients are enabled or a feature needs it (sequence parallelism,
+expert communication, activation offloading, a weight passed in, a gathered output). With
+gradients disabled (generation, scoring, the first pass of recomputed activations) they
+compute what megatron's forward computes, in the same order (`matmul` with the weight's
+transpose, then the bias added, the row layer's partial sums all-reduced before its bias),
+so the outputs are the same bits.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+
+def _plain(layer) -> bool:
+    """Whether megatron's forward of `layer` would be a matmul and a bias, no more."""
+    return (not torch.is_grad_enabled() and not layer.sequence_parallel and not layer.explicit_expert_comm
+            and layer.config._cpu_offloading_context is None)
+
+
+class GradFreeColumnParallelLinear(ColumnParallelLinear):
+    """`ColumnParallelLinear` whose forward without gradients is a plain matmul."""
+
+    def forward(self, input_, weight=None, runtime_gather_output=None):
+        gather = self.gather_output if runtime_gather_output is None else runtime_gather_output
+        if weight is not None or gather or not _plain(self):
+            return super().forward(input_, weight, runtime_gather_output)
+        # Column-parallel input needs no communication forward: each rank holds all of it.
+        output = torch.matmul(input_, self.weight.t())
+        if self.skip_bias_add:
+            return output, self.bias
+        return (output + self.bias if self.bias is not None else output), None
+
+
+class GradFreeRowParallelLinear(RowParallelLinear):
+    """`RowParallelLinear` whose forward without gradients is a plain matmul and all-reduce."""
+
+    def forward(self, input_):
+        if not self.input_is_parallel or not _plain(self):
+            return super().forward(input_)
+        output = torch.matmul(input_, self.weight.t())
+        if self.tp_group.size() > 1:
+            torch.distributed.all_reduce(output, group=self.tp_group)
+        if self.skip_bias_add:
+            return output, self.bias
+        return (output + self.bias if self.bias is not None else output), None
