@@ -30,6 +30,14 @@ def _plain(layer) -> bool:
             and layer.config._cpu_offloading_context is None)
 
 
+def _biased(layer, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """megatron's (output, bias) pair: the bias added, or returned for the caller to add
+    (`skip_bias_add`, where the next op fuses it)."""
+    if layer.skip_bias_add:
+        return output, layer.bias
+    return (output + layer.bias if layer.bias is not None else output), None
+
+
 class GradFreeColumnParallelLinear(ColumnParallelLinear):
     """`ColumnParallelLinear` whose forward without gradients is a plain matmul."""
 
@@ -38,10 +46,7 @@ class GradFreeColumnParallelLinear(ColumnParallelLinear):
         if weight is not None or gather or not _plain(self):
             return super().forward(input_, weight, runtime_gather_output)
         # Column-parallel input needs no communication forward: each rank holds all of it.
-        output = torch.matmul(input_, self.weight.t())
-        if self.skip_bias_add:
-            return output, self.bias
-        return (output + self.bias if self.bias is not None else output), None
+        return _biased(self, torch.matmul(input_, self.weight.t()))
 
 
 class GradFreeRowParallelLinear(RowParallelLinear):
@@ -53,6 +58,4 @@ class GradFreeRowParallelLinear(RowParallelLinear):
         output = torch.matmul(input_, self.weight.t())
         if self.tp_group.size() > 1:
             torch.distributed.all_reduce(output, group=self.tp_group)
-        if self.skip_bias_add:
-            return output, self.bias
-        return (output + self.bias if self.bias is not None else output), None
+        return _biased(self, output)
