@@ -131,14 +131,18 @@ class Shapes:
         return cls(groups, heads // groups, model.kv_channels or model.hidden_size // heads)
 
 
+def zero_padded(embedding: torch.Tensor, rows: int) -> torch.Tensor:
+    """A vocabulary's rows followed by zero rows up to `rows` (our padded vocabulary)."""
+    padding = embedding.new_zeros(rows - embedding.shape[0], *embedding.shape[1:])
+    return torch.cat([embedding, padding]) if padding.numel() else embedding
+
+
 def to_megatron(kind: str, tensors: list[torch.Tensor], shapes: Shapes, rows: int | None = None) -> torch.Tensor:
     """Combine the Hugging Face `tensors` of one rule into our parameter (`rows`: padded vocab)."""
     if kind == "copy":
         return tensors[0]
     if kind == "embedding":
-        (embedding,) = tensors
-        padding = embedding.new_zeros(rows - embedding.shape[0], *embedding.shape[1:])
-        return torch.cat([embedding, padding]) if padding.numel() else embedding
+        return zero_padded(tensors[0], rows)
     if kind == "gate_up":
         return torch.cat(tensors)
     if kind == "qkv":

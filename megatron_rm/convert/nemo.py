@@ -43,7 +43,7 @@ from transformers import PreTrainedTokenizerBase
 
 from megatron_rm.config import MODEL_KINDS, REWARD, ModelConfig, padded_vocab_size
 from megatron_rm.convert import megatron_io
-from megatron_rm.convert.families import OUTPUT_LAYER
+from megatron_rm.convert.families import OUTPUT_LAYER, zero_padded
 from megatron_rm.convert.hf_config import DTYPES
 from megatron_rm.convert.nemo_config import RewardSettings, read_config
 from megatron_rm.data import load_tokenizer
@@ -126,7 +126,8 @@ class NemoSource:
                                  keys=_nemo_key)
         for name in (megatron_io.EMBEDDING, OUTPUT_LAYER):
             if name in whole:
-                whole[name] = _resized(whole[name], len(self.tokenizer), self.padded_vocab_size)
+                # The tokenizer's rows: NeMo's padding rows are whatever training left there, ours zeros.
+                whole[name] = zero_padded(whole[name][:len(self.tokenizer)], self.padded_vocab_size)
         if self.folds:
             weights = torch.tensor(self.settings.weights, dtype=torch.float64)
             for name in ("reward_head.weight", "reward_head.bias"):
@@ -148,12 +149,6 @@ def _nemo_key(key: str) -> str:
     for ours, theirs in HEAD_NAMES.items():
         key = key.replace(PREFIX + ours, PREFIX + theirs)
     return key
-
-
-def _resized(rows: torch.Tensor, vocab: int, count: int) -> torch.Tensor:
-    """The first `vocab` rows (the tokenizer's) followed by zero rows, `count` in all: NeMo's
-    padding rows are whatever training left there, ours are zeros."""
-    return torch.cat([rows[:vocab], rows.new_zeros(count - vocab, *rows.shape[1:])])
 
 
 def open_nemo(root: Path, label: str, *, kind: str = REWARD, tokenizer_dir: str | Path | None = None,
