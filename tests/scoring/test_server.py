@@ -229,13 +229,19 @@ def test_concurrent_clients_get_their_own_rewards_from_merged_forwards(one):
 
 
 class Broken(Lead):
-    """A forward that fails, and an idle tick that fails as a lost rank would make it."""
+    """A forward that fails, and after it an idle tick that fails as a lost rank would make it.
+    The tick fails only once a forward has: a slow start must not kill the loop before the
+    first request reaches it."""
+
+    failed = False
 
     def score(self, sequences):
+        self.failed = True
         raise RuntimeError("the forward broke")
 
     def idle(self):
-        raise RuntimeError("a rank is gone")
+        if self.failed:
+            raise RuntimeError("a rank is gone")
 
 
 def test_a_failing_forward_is_a_500_and_a_dead_loop_a_503(one):
