@@ -8,7 +8,9 @@ megatron's text-generation controller does, without what ties that controller to
 generator per row (see `sampling`).
 
 Prompts of different lengths are left-padded to the longest; the prompt is run once
-(prefill), then one token per step (decode). A row's padding is blocked from every query by
+(prefill), then one token per step (decode). Rows with the same prompt (a GRPO group, or any
+repeated prompt) share one prefill: each distinct prompt runs once and its keys and values
+are copied to its rows before the first token is drawn, as vLLM's prefix cache shares them. A row's padding is blocked from every query by
 the attention mask; rotary positions count from the padded start, which changes no score
 (rotary attention depends on distances only). Finished rows stay in the batch until every
 row has finished or `max_new_tokens` is reached.
@@ -32,6 +34,7 @@ from megatron_rm.errors import ConfigError
 from megatron_rm.generation.sampling import SamplingParams, choose, row_generator
 from megatron_rm.model.document_model import unwrap
 from megatron_rm.model.inputs import causal_padding_mask, position_ids
+from megatron_rm.model.linear import sampling_products
 from megatron_rm.runtime.parallel import Layout
 
 EOS, LENGTH = "eos", "length"
@@ -87,22 +90,24 @@ class Generator:
         longest = max(len(ids) for ids in prompts)
         device = runtime.device()
         rows = len(prompts)
+        distinct: dict[tuple[int, ...], int] = {}  # each distinct prompt -> its index among them
+        shared = torch.tensor([distinct.setdefault(tuple(ids), len(distinct)) for ids in prompts], device=device)
         pads = torch.tensor([longest - len(ids) for ids in prompts], device=device)
-        tokens = torch.tensor([[0] * (longest - len(ids)) + list(ids) for ids in prompts], device=device)
         generators = [row_generator(seed, row, device) for seed, row in seeds]
         stops = torch.tensor(sorted(set(self.eos_token_ids) | set(params.stop_token_ids)), device=device)
-        context = StaticInferenceContext(rows, longest + params.max_new_tokens)
-
-        # The prompts as a left-padded document batch: training's positions and block-causal mask.
-        prompt_mask = (torch.arange(longest, device=device)[None, :] >= pads[:, None]).long()
-        step = _Step(tokens, position_ids(prompt_mask), causal_padding_mask(prompt_mask))
+        context = StaticInferenceContext(len(distinct), longest + params.max_new_tokens)
+        step = _prefill(list(distinct), longest, device)
         new = torch.zeros(rows, params.max_new_tokens, dtype=torch.long, device=device)
         logprobs = torch.zeros(rows, params.max_new_tokens, device=device)
         padding = (torch.arange(longest + params.max_new_tokens, device=device)[None, :] < pads[:, None])[:, None, None]
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         finished_at = torch.full((rows,), params.max_new_tokens, device=device)
         for position in range(params.max_new_tokens):
-            logits = self._forward(step, context)
+            with sampling_products():  # oneDNN's products on the CPU (model/linear.py)
+                logits = self._forward(step, context)
+            if position == 0 and len(distinct) < rows:
+                logits = logits[shared]
+                _copy_cache_rows(context, shared)
             context.sequence_len_offset += step.input_ids.shape[1]
             chosen, chosen_logprobs = choose(logits, params, generators)
             new[:, position], logprobs[:, position] = chosen, chosen_logprobs
@@ -130,6 +135,22 @@ class Generator:
         rows = step.input_ids.shape[0]
         return collect(self.chunks, [step], forward, self.layout, shape=lambda _: (rows, self.vocab_size),
                        dtype=torch.float32)[0]
+
+
+def _prefill(prompts: list[tuple[int, ...]], longest: int, device) -> _Step:
+    """The prompts as a left-padded document batch: training's positions and block-causal mask."""
+    pads = torch.tensor([longest - len(ids) for ids in prompts], device=device)
+    tokens = torch.tensor([[0] * (longest - len(ids)) + list(ids) for ids in prompts], device=device)
+    prompt_mask = (torch.arange(longest, device=device)[None, :] >= pads[:, None]).long()
+    return _Step(tokens, position_ids(prompt_mask), causal_padding_mask(prompt_mask))
+
+
+def _copy_cache_rows(context: StaticInferenceContext, rows: torch.Tensor) -> None:
+    """Each layer's cached keys and values (sequence, batch, ...) gathered to one batch row
+    per entry of `rows` (megatron's `swap_key_value_dict` keeps the batch size; this grows it)."""
+    for layer, (keys, values) in context.key_value_memory_dict.items():
+        context.key_value_memory_dict[layer] = (keys[:, rows], values[:, rows])
+    context.max_batch_size = len(rows)
 
 
 def response_text(tokenizer, completion: Completion) -> str:

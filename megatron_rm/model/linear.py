@@ -16,9 +16,21 @@ gradients disabled (generation, scoring, the first pass of recomputed activation
 compute what megatron's forward computes, in the same order (`matmul` with the weight's
 transpose, then the bias added, the row layer's partial sums all-reduced before its bias),
 so the outputs are the same bits.
+
+Sampling may trade those bits for speed. Inside `sampling_products()`, a float32 product on
+the CPU goes through oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's
+inductor emits for CPU linears; vLLM's CPU backend also runs oneDNN) instead of `matmul`. MKL's
+kernel behind `matmul` runs a decoding step's thin products (one row per response) slowly:
+oneDNN ran them 1.3-2.2x faster at ~100M (docs/performance.md, "Generation on the CPU"). The
+results differ from `matmul`'s in rounding only. Generation uses it: its tokens are sampled, and
+the trainer computes the log-probabilities it learns from with its own forward. Scoring and
+training never do, so a PPO ratio stays exactly 1 before the first update.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import torch
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -28,6 +40,34 @@ def _plain(layer) -> bool:
     """Whether megatron's forward of `layer` would be a matmul and a bias, no more."""
     return (not torch.is_grad_enabled() and not layer.sequence_parallel and not layer.explicit_expert_comm
             and layer.config._cpu_offloading_context is None)
+
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_sampling = threading.local()
+# oneDNN's fixed cost per call (about 40 µs on the CPU, where it takes a plain weight) is repaid
+# from about this many multiply-adds (rows x weight elements); below it, `matmul` is as fast.
+ONEDNN_MIN_MULTIPLY_ADDS = 1 << 21
+
+
+@contextlib.contextmanager
+def sampling_products():
+    """Within (on this thread): grad-free float32 products on the CPU through oneDNN."""
+    before = getattr(_sampling, "on", False)
+    _sampling.on = _ONEDNN
+    try:
+        yield
+    finally:
+        _sampling.on = before
+
+
+def _product(input_: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`input_ @ weight.t()`: `matmul`, or oneDNN's linear inside `sampling_products` for a
+    float32 product on the CPU of at least `ONEDNN_MIN_MULTIPLY_ADDS`."""
+    if (getattr(_sampling, "on", False) and input_.device.type == "cpu"
+            and input_.dtype == weight.dtype == torch.float32
+            and input_.numel() // input_.shape[-1] * weight.numel() >= ONEDNN_MIN_MULTIPLY_ADDS):
+        return torch.ops.mkldnn._linear_pointwise(input_, weight, None, "none", [], "")
+    return torch.matmul(input_, weight.t())
 
 
 def _biased(layer, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -46,7 +86,7 @@ class GradFreeColumnParallelLinear(ColumnParallelLinear):
         if weight is not None or gather or not _plain(self):
             return super().forward(input_, weight, runtime_gather_output)
         # Column-parallel input needs no communication forward: each rank holds all of it.
-        return _biased(self, torch.matmul(input_, self.weight.t()))
+        return _biased(self, _product(input_, self.weight))
 
 
 class GradFreeRowParallelLinear(RowParallelLinear):
@@ -55,7 +95,7 @@ class GradFreeRowParallelLinear(RowParallelLinear):
     def forward(self, input_):
         if not self.input_is_parallel or not _plain(self):
             return super().forward(input_)
-        output = torch.matmul(input_, self.weight.t())
+        output = _product(input_, self.weight)
         if self.tp_group.size() > 1:
             torch.distributed.all_reduce(output, group=self.tp_group)
         return _biased(self, output)

@@ -94,6 +94,25 @@ def test_a_row_samples_the_same_alone_or_in_any_batch(policy):
     assert [c.token_ids for c in other_seed] != [c.token_ids for c in together]
 
 
+def test_rows_of_one_prompt_share_its_prefill_and_sample_as_they_would_alone(policy, monkeypatch):
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2]]  # a group per prompt
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.95)
+    forward_rows = []
+    forward = Generator._forward
+
+    def counted(self, step, context):
+        forward_rows.append(step.input_ids.shape[0])
+        return forward(self, step, context)
+    monkeypatch.setattr(Generator, "_forward", counted)
+    together = generator(policy).generate(prompts, params, [(7, row) for row in range(len(prompts))])
+    assert forward_rows[0] == 3 and set(forward_rows[1:]) == {6}  # one prefill per distinct prompt
+    for row, prompt in enumerate(prompts):
+        alone = generator(policy).generate([prompt], params, [(7, row)])[0]
+        assert alone.token_ids == together[row].token_ids
+        torch.testing.assert_close(torch.tensor(alone.logprobs), torch.tensor(together[row].logprobs),
+                                   rtol=0, atol=1e-5)
+
+
 def test_responses_stop_at_eos_or_a_stop_token_and_keep_it(policy):
     params = SamplingParams(max_new_tokens=10, temperature=0)
     free = generator(policy).generate(PROMPTS, params, [(0, row) for row in range(len(PROMPTS))])

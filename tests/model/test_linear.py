@@ -1,7 +1,8 @@
 """The grad-free linear layers (model/linear.py) against megatron's own.
 
 With gradients disabled they must give megatron's outputs bit for bit without running its
-autograd Function; with gradients enabled they are megatron's forward and backward.
+autograd Function; with gradients enabled they are megatron's forward and backward. Inside
+`sampling_products` (generation) a CPU product is oneDNN's: megatron's outputs to rounding.
 sdpa_parity_worker.py repeats the no-gradient comparison at TP2, where the row layer's
 partial sums are all-reduced.
 """
@@ -14,7 +15,8 @@ from megatron.core.tensor_parallel import layers as megatron_layers
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
 from megatron_rm.model.layer_spec import transformer_layer_spec
-from megatron_rm.model.linear import GradFreeColumnParallelLinear, GradFreeRowParallelLinear
+from megatron_rm.model import linear
+from megatron_rm.model.linear import GradFreeColumnParallelLinear, GradFreeRowParallelLinear, sampling_products
 from tests.conftest import tiny_model_config
 from tests.model.test_layer_specs import tiny_transformer_config
 
@@ -102,6 +104,37 @@ def test_what_it_cannot_skip_runs_megatrons_forward(single_rank, monkeypatch):
         ours(inputs, runtime_gather_output=True)
     with torch.no_grad(), pytest.raises(AssertionError, match="Function ran"):
         ours(inputs, weight=torch.nn.Parameter(ours.weight.detach().clone()))
+
+
+@pytest.mark.skipif(not linear._ONEDNN, reason="this torch has no oneDNN linear")
+@pytest.mark.parametrize("bias", list(BIASES))
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_sampling_products_are_onednns_and_megatrons_outputs_to_rounding(single_rank, kind, bias, monkeypatch):
+    reference, ours, inputs = layer_pair(kind, bias)
+    with torch.no_grad():
+        expected = list(reference(inputs))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("matmul ran")
+    monkeypatch.setattr(torch, "matmul", refuse)
+    monkeypatch.setattr(linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)  # these layers are small
+    with torch.no_grad(), sampling_products():
+        sampled = list(ours(inputs))
+    with torch.no_grad(), pytest.raises(AssertionError, match="matmul ran"):  # the context is left: matmul again
+        ours(inputs)
+    assert sampled[0].shape == expected[0].shape == (4, 3, 48)
+    for want, got in zip(expected, sampled, strict=True):
+        assert (want is None) == (got is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_small_sampling_product_stays_matmuls(single_rank):
+    reference, ours, inputs = layer_pair("column", "bias")
+    with torch.no_grad():
+        expected = list(reference(inputs))
+        with sampling_products():
+            assert same(expected, list(ours(inputs)))  # 12 rows x 48 x 32: far below oneDNN's threshold
 
 
 def test_the_local_and_sdpa_specs_build_them():
