@@ -10,10 +10,11 @@ generator per row (see `sampling`).
 Prompts of different lengths are left-padded to the longest; the prompt is run once
 (prefill), then one token per step (decode). Rows with the same prompt (a GRPO group, or any
 repeated prompt) share one prefill: each distinct prompt runs once and its keys and values
-are copied to its rows before the first token is drawn, as vLLM's prefix cache shares them. A row's padding is blocked from every query by
-the attention mask; rotary positions count from the padded start, which changes no score
-(rotary attention depends on distances only). Finished rows stay in the batch until every
-row has finished or `max_new_tokens` is reached.
+are copied to its rows before the first token is drawn, as vLLM's prefix cache shares them.
+A row's padding is blocked from every query by the attention mask; rotary positions count
+from the padded start, which changes no score (rotary attention depends on distances only).
+Finished rows stay in the batch until every row has finished or `max_new_tokens` is reached.
+On the CPU the forwards run inside `linear.sampling_products` (oneDNN's products).
 
 Collective over the model-parallel group: every TP/PP rank of a data-parallel replica calls
 `generate` with the same prompts. The last stage gathers each step's logits across TP

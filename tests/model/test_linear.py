@@ -14,8 +14,8 @@ import torch
 from megatron.core.tensor_parallel import layers as megatron_layers
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
-from megatron_rm.model.layer_spec import transformer_layer_spec
 from megatron_rm.model import linear
+from megatron_rm.model.layer_spec import transformer_layer_spec
 from megatron_rm.model.linear import GradFreeColumnParallelLinear, GradFreeRowParallelLinear, sampling_products
 from tests.conftest import tiny_model_config
 from tests.model.test_layer_specs import tiny_transformer_config
