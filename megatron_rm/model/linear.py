@@ -44,9 +44,11 @@ def _plain(layer) -> bool:
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _sampling = threading.local()
-# oneDNN's fixed cost per call (about 40 µs on the CPU, where it takes a plain weight) is repaid
-# from about this many multiply-adds (rows x weight elements); below it, `matmul` is as fast.
-ONEDNN_MIN_MULTIPLY_ADDS = 1 << 21
+# The smallest weight (elements) sampled through oneDNN. Measured on 2 CPU cores (1 MiB of L2
+# each), at 16 to 1,024 rows: from 768 x 768 up oneDNN ran 1.0-1.7x matmul's speed, while on
+# the 256 x 1,024 weight of bench/generate_throughput.py's model, or smaller, it ran
+# 0.6-1.2x; its fixed cost per call (about 40 µs) also outweighs a small product's time.
+ONEDNN_MIN_WEIGHT = 1 << 19
 
 
 @contextlib.contextmanager
@@ -62,10 +64,10 @@ def sampling_products():
 
 def _product(input_: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`input_ @ weight.t()`: `matmul`, or oneDNN's linear inside `sampling_products` for a
-    float32 product on the CPU of at least `ONEDNN_MIN_MULTIPLY_ADDS`."""
+    float32 product on the CPU by a weight of at least `ONEDNN_MIN_WEIGHT` elements."""
     if (getattr(_sampling, "on", False) and input_.device.type == "cpu"
             and input_.dtype == weight.dtype == torch.float32
-            and input_.numel() // input_.shape[-1] * weight.numel() >= ONEDNN_MIN_MULTIPLY_ADDS):
+            and weight.numel() >= ONEDNN_MIN_WEIGHT):
         return torch.ops.mkldnn._linear_pointwise(input_, weight, None, "none", [], "")
     return torch.matmul(input_, weight.t())
 

@@ -117,7 +117,7 @@ def test_sampling_products_are_onednns_and_megatrons_outputs_to_rounding(single_
     def refuse(*args, **kwargs):
         raise AssertionError("matmul ran")
     monkeypatch.setattr(torch, "matmul", refuse)
-    monkeypatch.setattr(linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)  # these layers are small
+    monkeypatch.setattr(linear, "ONEDNN_MIN_WEIGHT", 0)  # these layers are small
     with torch.no_grad(), sampling_products():
         sampled = list(ours(inputs))
     with torch.no_grad(), pytest.raises(AssertionError, match="matmul ran"):  # the context is left: matmul again
@@ -134,7 +134,7 @@ def test_a_small_sampling_product_stays_matmuls(single_rank):
     with torch.no_grad():
         expected = list(reference(inputs))
         with sampling_products():
-            assert same(expected, list(ours(inputs)))  # 12 rows x 48 x 32: far below oneDNN's threshold
+            assert same(expected, list(ours(inputs)))  # a 48 x 32 weight: far below oneDNN's threshold
 
 
 def test_the_local_and_sdpa_specs_build_them():
